@@ -1,0 +1,231 @@
+"""Classes to segment: names, prompt texts and colours, their validation and presets.
+
+A :class:`ClassSpec` is the one description of a class used by the engine, the
+command line, the napari widget and every export.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+__all__ = [
+    "ClassSpec",
+    "ClassListError",
+    "PRESETS",
+    "as_class_specs",
+    "default_color",
+    "parse_class_list",
+    "preset_classes",
+    "read_class_file",
+    "write_class_file",
+]
+
+
+class ClassListError(ValueError):
+    """A class list that cannot be segmented (empty, blank or duplicate names)."""
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """One class: the name shown to people, the prompt texts given to the model, a colour.
+
+    ``prompts`` defaults to ``(name,)``. Several prompts are averaged (SPEC §3), so a class
+    named "impervious" can be prompted with ``("road", "pavement")``.
+    """
+
+    name: str
+    prompts: tuple[str, ...] = ()
+    color: tuple[int, int, int] | None = None
+
+    def __post_init__(self):
+        name = " ".join(str(self.name).split())
+        if not name:
+            raise ClassListError("a class name is empty")
+        prompts = self.prompts
+        if isinstance(prompts, str):
+            prompts = (prompts,)
+        prompts = tuple(" ".join(str(p).split()) for p in prompts) or (name,)
+        if any(not p for p in prompts):
+            raise ClassListError(f"class {name!r} has an empty prompt text")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "prompts", prompts)
+        if self.color is not None:
+            color = tuple(int(c) for c in self.color)
+            if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+                raise ClassListError(f"class {name!r}: colour must be three values 0-255, got {self.color!r}")
+            object.__setattr__(self, "color", color)
+
+    @property
+    def prompt(self) -> str:
+        """The prompt texts as one string, ``" | "``-separated (the class-file syntax)."""
+        return " | ".join(self.prompts)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "prompts": list(self.prompts), "color": list(self.color) if self.color else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassSpec":
+        prompts = d.get("prompts", d.get("prompt", ()))
+        if isinstance(prompts, str):
+            prompts = [p.strip() for p in prompts.split("|")]
+        return cls(d["name"], tuple(prompts), tuple(d["color"]) if d.get("color") else None)
+
+
+# A qualitative palette (Glasbey-like) for classes without a colour; index 0 is never black.
+_PALETTE = [
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+]
+
+
+def default_color(index: int) -> tuple[int, int, int]:
+    """Colour of the ``index``-th class when none is given (cycles through 20, then varies)."""
+    r, g, b = _PALETTE[index % len(_PALETTE)]
+    shift = 37 * (index // len(_PALETTE))
+    return ((r + shift) % 256, (g + 2 * shift) % 256, (b + 3 * shift) % 256)
+
+
+def _check_unique(specs: Sequence[ClassSpec]) -> None:
+    if not specs:
+        raise ClassListError("no classes given: name at least one class, e.g. --classes 'road,building,tree'")
+    seen: dict[str, int] = {}
+    for i, s in enumerate(specs):
+        key = s.name.lower()
+        if key in seen:
+            raise ClassListError(f"duplicate class name {s.name!r} (classes {seen[key] + 1} and {i + 1})")
+        seen[key] = i
+
+
+def as_class_specs(classes: Iterable[ClassSpec | str | dict] | str) -> list[ClassSpec]:
+    """Validate any class description and give a list of :class:`ClassSpec` with colours.
+
+    Accepts ``ClassSpec`` objects, plain names, dicts (``name``, ``prompts``, ``color``), a
+    comma-separated string, or a preset name prefixed by ``preset:``. Raises
+    :class:`ClassListError` for an empty list, blank names or duplicates.
+    """
+    if isinstance(classes, str):
+        if classes.startswith("preset:"):
+            return preset_classes(classes[len("preset:"):])
+        return parse_class_list(classes)
+    specs = []
+    for c in classes:
+        if isinstance(c, ClassSpec):
+            specs.append(c)
+        elif isinstance(c, dict):
+            specs.append(ClassSpec.from_dict(c))
+        else:
+            specs.append(ClassSpec(str(c)))
+    _check_unique(specs)
+    return [s if s.color else ClassSpec(s.name, s.prompts, default_color(i)) for i, s in enumerate(specs)]
+
+
+def parse_class_list(text: str) -> list[ClassSpec]:
+    """Parse ``"road, building=house|roof, tree"``: comma-separated, ``name=prompt|prompt``."""
+    items = [t for t in (x.strip() for x in text.split(",")) if t] if text.strip() else []
+    specs = []
+    for item in items:
+        name, _, prompts = item.partition("=")
+        specs.append(ClassSpec(name, tuple(p.strip() for p in prompts.split("|")) if prompts else ()))
+    return as_class_specs(specs)
+
+
+def read_class_file(path: str | Path) -> list[ClassSpec]:
+    """Read a class list: ``.json`` (a list of dicts, or ``{"classes": [...]}``) or text.
+
+    Text files hold one class a line, ``name``, ``name = prompt | prompt`` or
+    ``name = prompt ; #rrggbb``; lines starting with ``#`` are comments.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ClassListError(f"cannot read class file {path}: {e.strerror or e}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ClassListError(f"class file {path} is not valid JSON: {e}") from None
+        if isinstance(data, dict):
+            data = data.get("classes", [])
+        return as_class_specs(data)
+    specs = []
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        line, _, colour = line.partition(";")
+        if not line.strip():
+            continue
+        name, _, prompts = line.partition("=")
+        color = _parse_hex(colour.strip()) if colour.strip() else None
+        specs.append(ClassSpec(name, tuple(p.strip() for p in prompts.split("|")) if prompts.strip() else (), color))
+    return as_class_specs(specs)
+
+
+def _parse_hex(text: str) -> tuple[int, int, int]:
+    h = text.lstrip("#")
+    if len(h) != 6:
+        raise ClassListError(f"colour {text!r} is not #rrggbb")
+    return tuple(int(h[i : i + 2], 16) for i in (0, 2, 4))
+
+
+def write_class_file(path: str | Path, classes: Sequence[ClassSpec]) -> None:
+    """Write a class list as JSON (readable by :func:`read_class_file`)."""
+    Path(path).write_text(json.dumps({"classes": [c.to_dict() for c in classes]}, indent=2), encoding="utf-8")
+
+
+def _specs(rows) -> list[ClassSpec]:
+    return [ClassSpec(name, tuple(prompt.split("|")) if prompt else (), color) for name, prompt, color in rows]
+
+
+PRESETS: dict[str, list[ClassSpec]] = {
+    # ISPRS Potsdam, the colour codes of its labels (SPEC §5).
+    "potsdam6": _specs([
+        ("impervious surfaces", "", (255, 255, 255)),
+        ("building", "", (0, 0, 255)),
+        ("low vegetation", "", (0, 255, 255)),
+        ("tree", "", (0, 255, 0)),
+        ("car", "", (255, 255, 0)),
+        ("clutter", "", (255, 0, 0)),
+    ]),
+    # Potsdam-3 (IIC/STEGO): {impervious+car}, {building+clutter}, {low vegetation+tree}.
+    "potsdam3": _specs([
+        ("roads and cars", "road|car", (255, 255, 255)),
+        ("buildings and clutter", "building|clutter", (0, 0, 255)),
+        ("vegetation", "low vegetation|tree", (0, 255, 0)),
+    ]),
+    "cityscapes": _specs([
+        ("road", "", (128, 64, 128)), ("sidewalk", "", (244, 35, 232)), ("building", "", (70, 70, 70)),
+        ("wall", "", (102, 102, 156)), ("fence", "", (190, 153, 153)), ("pole", "", (153, 153, 153)),
+        ("traffic light", "", (250, 170, 30)), ("traffic sign", "", (220, 220, 0)),
+        ("vegetation", "", (107, 142, 35)), ("terrain", "", (152, 251, 152)), ("sky", "", (70, 130, 180)),
+        ("person", "", (220, 20, 60)), ("rider", "", (255, 0, 0)), ("car", "", (0, 0, 142)),
+        ("truck", "", (0, 0, 70)), ("bus", "", (0, 60, 100)), ("train", "", (0, 80, 100)),
+        ("motorcycle", "", (0, 0, 230)), ("bicycle", "", (119, 11, 32)),
+    ]),
+    # COCO-Stuff-27 in the order of STEGO/DiffSeg: 12 "things" then 15 "stuff" super-categories;
+    # the two names used twice there get distinct display names and the same prompt.
+    "cocostuff27": [
+        ClassSpec(n, tuple(p.split("|")) if p else (), default_color(i))
+        for i, (n, p) in enumerate([
+            ("electronic", ""), ("appliance", ""), ("food (thing)", "food"), ("furniture (thing)", "furniture"),
+            ("indoor", ""), ("kitchen", ""), ("accessory", ""), ("animal", ""), ("outdoor", ""),
+            ("person", ""), ("sports", ""), ("vehicle", ""), ("ceiling", ""), ("floor", ""),
+            ("food (stuff)", "food"), ("furniture (stuff)", "furniture"), ("raw material", ""),
+            ("textile", ""), ("wall", ""), ("window", ""), ("building", ""), ("ground", ""),
+            ("plant", ""), ("sky", ""), ("solid", ""), ("structural", ""), ("water", ""),
+        ])
+    ],
+}
+
+
+def preset_classes(name: str) -> list[ClassSpec]:
+    """The class list of a preset: ``potsdam6``, ``potsdam3``, ``cityscapes`` or ``cocostuff27``."""
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    if key not in PRESETS:
+        raise ClassListError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return list(PRESETS[key])

@@ -1,0 +1,128 @@
+"""Any input image as the 8-bit RGB tiles the model sees (SPEC §3).
+
+Accepts (H, W) or (H, W, C) arrays of any size, uint8/uint16/int/float/bool, gray, RGB, RGBA or
+multi-band with a band choice. Nothing is converted whole: tiles are cut, stretched to 8 bits and
+resampled on demand, so a 20,000 px image (or a memory map) costs no float copy.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["InputImageError", "ImageSource", "MAX_BANDS"]
+
+#: More trailing channels than this means the array is not channels-last (a stack, say).
+MAX_BANDS = 64
+
+
+class InputImageError(ValueError):
+    """An image that cannot be segmented, with the reason in one sentence."""
+
+
+class ImageSource:
+    """Read access to an image as 8-bit RGB, optionally resampled by ``scale``.
+
+    ``shape`` is the (height, width) the model works on (the input's times ``scale``); ``tile``
+    cuts any window of it, reflect-padding past the border so tiles are never squashed.
+    """
+
+    def __init__(self, image, bands: Sequence[int] | None = None, scale: float = 1.0, stretch=(1.0, 99.0)):
+        arr = np.asarray(image) if not hasattr(image, "shape") else image
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3):
+            raise InputImageError(f"expected an image of shape (H, W) or (H, W, bands), got shape {tuple(arr.shape)}")
+        if arr.ndim == 3 and arr.shape[2] > MAX_BANDS:
+            raise InputImageError(
+                f"image of shape {tuple(arr.shape)} has {arr.shape[2]} channels: expected bands last, (H, W, bands)"
+            )
+        if arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise InputImageError(f"image is empty (shape {tuple(arr.shape)})")
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise InputImageError(f"image data type {arr.dtype} is not numeric")
+        self.array = arr
+        self.bands = self._choose_bands(arr, bands)
+        self.scale = float(scale)
+        self.input_shape = (int(arr.shape[0]), int(arr.shape[1]))
+        self.shape = tuple(max(1, int(round(n * self.scale))) for n in self.input_shape)
+        self._lo, self._hi = self._stretch_limits(stretch)
+
+    @staticmethod
+    def _choose_bands(arr, bands) -> tuple[int, ...]:
+        n = 1 if arr.ndim == 2 else arr.shape[2]
+        if bands is None:
+            return (0, 0, 0) if n < 3 else (0, 1, 2)
+        bands = tuple(int(b) for b in bands)
+        if len(bands) not in (1, 3):
+            raise InputImageError(f"choose 1 or 3 bands, got {bands}")
+        bad = [b for b in bands if not 0 <= b < n]
+        if bad:
+            raise InputImageError(f"band {bad[0]} does not exist: the image has {n} band(s), numbered 0 to {n - 1}")
+        return bands * 3 if len(bands) == 1 else bands
+
+    def _stretch_limits(self, percentiles):
+        """Per-band limits mapped to 0 and 255: the full range for uint8, percentiles otherwise."""
+        if self.array.dtype in (np.uint8, bool):
+            return None, None
+        step = max(1, int(np.ceil(np.sqrt(self.input_shape[0] * self.input_shape[1] / 1_000_000))))
+        sample = np.asarray(self.array[::step, ::step], dtype=np.float64)
+        if sample.ndim == 2:
+            sample = sample[..., None]
+        sample = sample[..., list(self.bands)].reshape(-1, 3)
+        lo, hi = [], []
+        for b in range(3):
+            v = sample[:, b][np.isfinite(sample[:, b])]
+            if v.size == 0:
+                raise InputImageError("image holds no finite values (all NaN or infinite)")
+            a, z = np.percentile(v, percentiles)
+            if z <= a:
+                a, z = float(v.min()), float(v.max())
+            lo.append(a)
+            hi.append(z if z > a else a + 1.0)
+        return np.array(lo, np.float32), np.array(hi, np.float32)
+
+    def _to_uint8(self, window: np.ndarray) -> np.ndarray:
+        window = window[..., None] if window.ndim == 2 else window
+        rgb = window[..., list(self.bands)]
+        if rgb.dtype == bool:
+            return rgb.astype(np.uint8) * 255
+        if self._lo is None:
+            return np.ascontiguousarray(rgb)
+        f = (rgb.astype(np.float32) - self._lo) * (255.0 / (self._hi - self._lo))
+        return np.nan_to_num(np.clip(f, 0, 255), nan=0.0).astype(np.uint8)
+
+    def read(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """Window of the *input* grid as uint8 (h, w, 3), reflect-padded outside the image."""
+        H, W = self.input_shape
+        ys = _reflect_index(np.arange(y0, y0 + h), H)
+        xs = _reflect_index(np.arange(x0, x0 + w), W)
+        ya, yb = ys.min(), ys.max() + 1
+        xa, xb = xs.min(), xs.max() + 1
+        block = self._to_uint8(np.asarray(self.array[ya:yb, xa:xb]))
+        return block[np.ix_(ys - ya, xs - xa)]
+
+    def tile(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """Window of the working (scaled) grid as uint8 (h, w, 3)."""
+        if self.scale == 1.0:
+            return self.read(y0, x0, h, w)
+        from scipy.ndimage import map_coordinates
+
+        # Pixel centres of the scaled grid, in input coordinates.
+        yy = (np.arange(y0, y0 + h) + 0.5) / self.scale - 0.5
+        xx = (np.arange(x0, x0 + w) + 0.5) / self.scale - 0.5
+        ya, xa = int(np.floor(yy.min())) - 1, int(np.floor(xx.min())) - 1
+        src = self.read(ya, xa, int(np.ceil(yy.max())) + 2 - ya, int(np.ceil(xx.max())) + 2 - xa).astype(np.float32)
+        gy, gx = np.meshgrid(yy - ya, xx - xa, indexing="ij")
+        out = np.stack([map_coordinates(src[..., c], [gy, gx], order=1, mode="nearest") for c in range(3)], -1)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Reflect indices into [0, n) (``numpy.pad``'s 'reflect'), repeating for pads larger than n."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx < n, idx, period - idx)

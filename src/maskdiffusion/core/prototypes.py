@@ -1,0 +1,76 @@
+"""The equations of SPEC §2.4–2.6 on plain tensors: class maps, features, prototypes, scores.
+
+All functions take and return float32 ``torch`` tensors on any device, without batch axes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .tokens import TokenSpan
+
+__all__ = [
+    "class_maps",
+    "normalize_features",
+    "prototype_sums",
+    "prototypes",
+    "class_scores",
+    "upsample",
+    "cluster_scores",
+]
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (C, h, w) to ``size`` with ``align_corners=False``."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def class_maps(token_maps: torch.Tensor, spans: Sequence[Sequence[TokenSpan]], eps: float = 1e-12) -> torch.Tensor:
+    """(K, h, w) class maps from (prompts, 77, h, w) head-averaged token maps.
+
+    A class's map is the mean over its token span (averaged over its prompt texts), divided by
+    its own maximum over the tile.
+    """
+    maps = []
+    for class_spans in spans:
+        per_text = [token_maps[s.prompt, s.start : s.stop].mean(0) for s in class_spans]
+        maps.append(torch.stack(per_text).mean(0))
+    if not maps:
+        return token_maps.new_zeros((0, *token_maps.shape[-2:]))
+    m = torch.stack(maps)
+    return m / m.flatten(1).amax(1).clamp_min(eps)[:, None, None]
+
+
+def normalize_features(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+    """f̂: each feature map L2-normalised over channels, coarse resized to fine, concatenated,
+    normalised again. (C1, h1, w1), (C2, h2, w2) -> (C1 + C2, h2, w2)."""
+    coarse = F.normalize(coarse, dim=0)
+    fine = F.normalize(fine, dim=0)
+    return F.normalize(torch.cat([upsample(coarse, fine.shape[-2:]), fine]), dim=0)
+
+
+def prototype_sums(maps: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_p A_k(p) f̂(p) (K, C) and Σ_p A_k(p) (K,): add these over tiles for shared prototypes."""
+    a = maps.flatten(1)
+    return a @ feats.flatten(1).T, a.sum(1)
+
+
+def prototypes(maps: torch.Tensor, feats: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """c_k = Σ_p A_k(p) f̂(p) / Σ_p A_k(p): (K, C), not re-normalised (as the official code)."""
+    num, den = prototype_sums(maps, feats)
+    return num / den.clamp_min(eps)[:, None]
+
+
+def class_scores(feats: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """S_k(p) = ⟨f̂(p), c_k⟩: (K, h, w)."""
+    return torch.einsum("kc,chw->khw", protos, feats)
+
+
+def cluster_scores(feats: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """⟨f̂, c⟩ - |c|²/2: its argmax is the nearest centroid (|f̂| = 1), as k-means assigns."""
+    return class_scores(feats, centroids) - 0.5 * (centroids * centroids).sum(1)[:, None, None]

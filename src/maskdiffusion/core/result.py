@@ -1,0 +1,67 @@
+"""What a run gives back: the result of a segmentation and the progress events before it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .classes import ClassSpec
+from .params import SegmentParams
+
+__all__ = ["Progress", "SegmentationResult"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a run: ``done`` of ``total`` steps of ``stage`` ("load", "features", "assign")."""
+
+    done: int
+    total: int
+    stage: str
+    message: str = ""
+
+
+@dataclass
+class SegmentationResult:
+    """A segmentation on the input image's pixel grid.
+
+    labels: (H, W) class index (uint8, uint16 above 255 classes); value i is ``classes[i]``.
+    confidence: (H, W) float32 margin between the best and second-best score (0 = unsure).
+    attention: (K, h, w) float32 max-normalised class attention maps on a coarse grid whose cell
+        is ``attention_stride`` input pixels (16 at scale 1).
+    scores: (K, H, W) float32 blended class scores, when asked for.
+    clusters_to_classes: in unsupervised mode, for each cluster the index of the class whose
+        attention overlaps it most (or -1 without class names).
+    """
+
+    labels: np.ndarray
+    classes: list[ClassSpec]
+    confidence: np.ndarray
+    attention: np.ndarray
+    attention_stride: float
+    params: SegmentParams
+    model: str = ""
+    scores: np.ndarray | None = None
+    clusters_to_classes: np.ndarray | None = None
+    prompt_classes: list[ClassSpec] = field(default_factory=list)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def metadata(self) -> dict:
+        """JSON-ready description (classes, model, parameters, version) for sidecars and layers."""
+        from .. import __version__
+
+        meta = {
+            "classes": [dict(c.to_dict(), index=i) for i, c in enumerate(self.classes)],
+            "model": self.model,
+            "parameters": self.params.to_dict(),
+            "version": __version__,
+            "software": "napari-maskdiffusion",
+        }
+        if self.clusters_to_classes is not None:
+            meta["clusters_to_classes"] = [int(i) for i in self.clusters_to_classes]
+            meta["prompt_classes"] = [c.to_dict() for c in self.prompt_classes]
+        return meta

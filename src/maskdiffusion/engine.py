@@ -1,0 +1,251 @@
+"""The engine: segment an image from class names, tile by tile (SPEC §2–3).
+
+:func:`iter_segment` is a generator that yields a :class:`Progress` per tile and returns the
+:class:`SegmentationResult`; closing it stops the run between tiles and leaves nothing behind.
+:func:`segment` is the plain function on top of it. Both are Qt-free; the napari widget, the
+command line and the Dask batch all run this code.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Generator
+
+import numpy as np
+
+from .core.classes import ClassSpec, as_class_specs, default_color
+from .core.image import ImageSource
+from .core.params import SegmentParams
+from .core.result import Progress, SegmentationResult
+from .core.tiling import GRID_STRIDE, GridAccumulator, RowBlender, Tile, tile_grid
+
+__all__ = ["iter_segment", "segment"]
+
+
+def segment(image, classes=None, model=None, params: SegmentParams | None = None, *, device: str | None = "auto",
+            dtype: str | None = None, progress: Callable[[Progress], None] | None = None,
+            **overrides) -> SegmentationResult:
+    """Segment ``image`` into ``classes`` with a frozen Stable Diffusion model.
+
+    Parameters
+    ----------
+    image : array (H, W) or (H, W, bands)
+        uint8, uint16 or float; gray, RGB, RGBA or multi-band (choose with ``bands``).
+    classes : list of str or ClassSpec, or "a,b,c", or "preset:potsdam6"
+        May be omitted in unsupervised mode.
+    model : SDModel or str, optional
+        A loaded model or its source (hub id, diffusers folder, .safetensors/.ckpt file).
+    params : SegmentParams, optional
+        Defaults reproduce the paper; keyword ``overrides`` replace single fields
+        (``segment(img, "road,tree", tile_size=256)``).
+    progress : callable, optional
+        Called with each :class:`Progress`.
+
+    Returns
+    -------
+    SegmentationResult
+    """
+    gen = iter_segment(image, classes, model, params, device=device, dtype=dtype, **overrides)
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(step)
+
+
+def iter_segment(image, classes=None, model=None, params: SegmentParams | None = None, *,
+                 device: str | None = "auto", dtype: str | None = None,
+                 **overrides) -> Generator[Progress, None, SegmentationResult]:
+    """Like :func:`segment`, as a generator of :class:`Progress` returning the result.
+
+    Bad input raises before the first yield: ``ClassListError``, ``ParamsError`` and
+    ``InputImageError`` (all ``ValueError``) with one clear message.
+    """
+    params = (params or SegmentParams()).replace(**overrides) if overrides else (params or SegmentParams())
+    specs = _class_specs(classes, params)
+    source = ImageSource(image, params.bands, params.scale)
+    return _run(source, specs, model, params, device, dtype)
+
+
+def _class_specs(classes, params: SegmentParams) -> list[ClassSpec]:
+    if params.unsupervised and (classes is None or (not isinstance(classes, str) and len(classes) == 0)):
+        return []
+    return as_class_specs(classes if classes is not None else [])
+
+
+def _load(model, device, dtype):
+    from .model.loading import SDModel, load_model
+
+    return model if isinstance(model, SDModel) else load_model(model, device, dtype)
+
+
+def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype):
+    import torch
+
+    from .core import prototypes as P
+    from .core.tokens import layout_prompts
+    from .model.forward import TileRunner
+
+    tiles = tile_grid(source.shape, params.tile_size, params.overlap)
+    shared = params.unsupervised is not None or params.prototypes == "image"
+    total = len(tiles) * (2 if shared else 1)
+    yield Progress(0, total, "load", "loading the model")
+    sd = _load(model, device, dtype)
+    layout = layout_prompts(specs, sd.tokenizer)
+    runner = TileRunner(sd, params, layout.input_ids)
+    n_out = params.unsupervised or len(specs)
+    out = _Outputs(source.shape, n_out, params.return_scores)
+    blender = RowBlender(source.shape, n_out, params.tile_size, params.overlap, out.write_rows)
+    attention = GridAccumulator(source.shape, len(specs))
+
+    def capture(tile: Tile):
+        f = runner(source.tile(tile.y, tile.x, tile.h, tile.w))
+        return P.class_maps(f.token_maps, layout.spans), P.normalize_features(f.coarse, f.fine)
+
+    def blend(tile: Tile, scores):
+        blender.add(tile, P.upsample(scores, (tile.h, tile.w)).float().cpu().numpy())
+
+    clusters_to_classes = None
+    if not shared:
+        for tile in tiles:
+            maps, feats = capture(tile)
+            blend(tile, P.class_scores(feats, P.prototypes(maps, feats)))
+            attention.add(tile, maps.cpu().numpy())
+            yield Progress(tile.index + 1, total, "features", f"tile {tile.index + 1} of {len(tiles)}")
+    else:
+        with _FeatureCache(len(tiles)) as cache:
+            num = den = None
+            for tile in tiles:
+                maps, feats = capture(tile)
+                cache.put(tile.index, feats, maps)
+                attention.add(tile, maps.cpu().numpy())
+                if specs:
+                    n, d = P.prototype_sums(maps, feats)
+                    num, den = (n, d) if num is None else (num + n, den + d)
+                yield Progress(tile.index + 1, total, "features", f"tile {tile.index + 1} of {len(tiles)}")
+            if params.unsupervised:
+                centers, clusters_to_classes = _fit_clusters(cache, tiles, source.shape, params, len(specs))
+                centers = torch.from_numpy(centers).to(feats.device)
+            else:
+                protos = num / den.clamp_min(1e-12)[:, None]
+            for tile in tiles:
+                feats = cache.features(tile.index).to(protos.device if not params.unsupervised else centers.device)
+                scores = P.cluster_scores(feats, centers) if params.unsupervised else P.class_scores(feats, protos)
+                blend(tile, scores)
+                yield Progress(len(tiles) + tile.index + 1, total, "assign", f"tile {tile.index + 1} of {len(tiles)}")
+    blender.finish()
+    labels, confidence, scores = out.on_input_grid(source.input_shape)
+    classes = specs if not params.unsupervised else _cluster_specs(clusters_to_classes, specs)
+    return SegmentationResult(
+        labels=labels,
+        classes=classes,
+        confidence=confidence,
+        attention=attention.result(),
+        attention_stride=GRID_STRIDE / params.scale,
+        params=params,
+        model=sd.source,
+        scores=scores,
+        clusters_to_classes=clusters_to_classes,
+        prompt_classes=list(specs) if params.unsupervised else [],
+    )
+
+
+class _Outputs:
+    """The output arrays, filled band by band from blended scores."""
+
+    def __init__(self, shape, n_classes: int, keep_scores: bool):
+        self.labels = np.zeros(shape, np.uint8 if n_classes <= 256 else np.uint16)
+        self.confidence = np.zeros(shape, np.float32)
+        self.scores = np.zeros((n_classes, *shape), np.float32) if keep_scores else None
+
+    def write_rows(self, y0: int, y1: int, scores: np.ndarray) -> None:
+        self.labels[y0:y1] = scores.argmax(0)
+        if len(scores) > 1:
+            top2 = np.partition(scores, len(scores) - 2, axis=0)[-2:]
+            self.confidence[y0:y1] = top2[1] - top2[0]
+        else:
+            self.confidence[y0:y1] = 1.0
+        if self.scores is not None:
+            self.scores[:, y0:y1] = scores
+
+    def on_input_grid(self, shape):
+        """The arrays resampled to the input's pixel grid (a no-op at scale 1)."""
+        if tuple(shape) == self.labels.shape:
+            return self.labels, self.confidence, self.scores
+        from skimage.transform import resize
+
+        labels = resize(self.labels, shape, order=0, preserve_range=True, anti_aliasing=False).astype(self.labels.dtype)
+        confidence = resize(self.confidence, shape, order=1, preserve_range=True).astype(np.float32)
+        scores = None
+        if self.scores is not None:
+            scores = np.stack([resize(s, shape, order=1, preserve_range=True).astype(np.float32) for s in self.scores])
+        return labels, confidence, scores
+
+
+class _FeatureCache:
+    """Per-tile f̂ (float16, in a temporary memory map) and class maps, for a second pass."""
+
+    def __init__(self, n_tiles: int):
+        self.n = n_tiles
+        self.maps: dict[int, np.ndarray] = {}
+
+    def __enter__(self):
+        self._dir = tempfile.TemporaryDirectory(prefix="maskdiffusion-")
+        self.array = None
+        return self
+
+    def __exit__(self, *exc):
+        self.array = None
+        self._dir.cleanup()
+
+    def put(self, i: int, feats, maps) -> None:
+        if self.array is None:
+            self.array = np.lib.format.open_memmap(
+                Path(self._dir.name) / "features.npy", mode="w+", dtype=np.float16, shape=(self.n, *feats.shape)
+            )
+        self.array[i] = feats.cpu().numpy().astype(np.float16)
+        self.maps[i] = maps.cpu().numpy()
+
+    def features(self, i: int):
+        import torch
+
+        return torch.from_numpy(self.array[i].astype(np.float32))
+
+
+def _fit_clusters(cache: _FeatureCache, tiles, shape, params: SegmentParams, n_classes: int):
+    """Centroids from a sample of the image's grid cells, and each cluster's best class."""
+    from .core.clustering import MAX_SAMPLES, fit_centroids, name_clusters
+
+    rng = np.random.default_rng(params.seed)
+    per_tile = max(1, MAX_SAMPLES // len(tiles))
+    feats, pos, maps = [], [], []
+    for t in tiles:
+        gh = -(-min(t.h, shape[0] - t.y) // GRID_STRIDE)
+        gw = -(-min(t.w, shape[1] - t.x) // GRID_STRIDE)
+        cells = rng.choice(gh * gw, min(per_tile, gh * gw), replace=False)
+        yy, xx = np.divmod(cells, gw)
+        f = cache.array[t.index]
+        feats.append(f[:, yy, xx].T.astype(np.float32))
+        pos.append(np.stack([(t.y / GRID_STRIDE + yy) * GRID_STRIDE / shape[0], (t.x / GRID_STRIDE + xx) * GRID_STRIDE / shape[1]], 1))
+        maps.append(cache.maps[t.index][:, yy, xx].T)
+    feats, pos, maps = np.concatenate(feats), np.concatenate(pos), np.concatenate(maps)
+    centers = fit_centroids(feats, params.unsupervised, params.clustering, pos, params.spatial_weight, params.seed)
+    assigned = (feats @ centers.T - 0.5 * (centers**2).sum(1)).argmax(1)
+    return centers, name_clusters(assigned, maps, params.unsupervised) if n_classes else np.full(params.unsupervised, -1)
+
+
+def _cluster_specs(clusters_to_classes: np.ndarray, specs: list[ClassSpec]) -> list[ClassSpec]:
+    """Clusters as classes: named after their best-overlapping class, else "cluster j"."""
+    out, used = [], {}
+    for j, k in enumerate(clusters_to_classes):
+        if k < 0:
+            out.append(ClassSpec(f"cluster {j + 1}", color=default_color(j)))
+            continue
+        base = specs[k]
+        used[k] = used.get(k, 0) + 1
+        name = base.name if used[k] == 1 else f"{base.name} {used[k]}"
+        out.append(ClassSpec(name, base.prompts, base.color if used[k] == 1 else default_color(j)))
+    return out

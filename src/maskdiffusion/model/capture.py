@@ -1,0 +1,158 @@
+"""What one UNet pass leaves behind for MaskDiffusion (SPEC §2.3): an attention processor that
+records cross-attention maps, and hooks that record the input of two resnets.
+
+``capture_unet`` installs both on a UNet for the duration of a ``with`` block and restores the
+UNet's own processors afterwards, so a cached model stays untouched for other users.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["CaptureStore", "CrossAttentionCaptureProcessor", "capture_unet", "StopUNet"]
+
+#: exp() of a larger logit overflows float32; real SD logits stay far below.
+_MAX_LOGIT = 80.0
+
+
+class StopUNet(Exception):
+    """Raised once everything is captured: nothing after that point feeds the result."""
+
+
+class CaptureStore:
+    """Accumulates one pass: head-summed token maps on the class-map grid, and feature tensors."""
+
+    def __init__(self, n_attention: int, feature_names: Sequence[str], mode: str = "exp", stop_early: bool = True):
+        self.n_attention = n_attention
+        self.feature_names = tuple(feature_names)
+        self.mode = mode
+        self.stop_early = stop_early
+        self.reset((1, 1), (1, 1))
+
+    def reset(self, latent_hw: tuple[int, int], grid_hw: tuple[int, int]) -> None:
+        self.latent_hw = latent_hw
+        self.grid_hw = grid_hw
+        self.token_sum: torch.Tensor | None = None
+        self.heads = 0
+        self.attention_calls = 0
+        self.features: dict[str, torch.Tensor] = {}
+
+    @property
+    def complete(self) -> bool:
+        return self.attention_calls == self.n_attention and len(self.features) == len(self.feature_names)
+
+    def _check_done(self) -> None:
+        if self.stop_early and self.complete:
+            raise StopUNet
+
+    def add_attention(self, logits: torch.Tensor, batch: int, heads: int) -> None:
+        """``logits``: (batch·heads, h·w, tokens), q·kᵀ·scale of one layer."""
+        hl, wl = self.latent_hw
+        factor = round(math.sqrt(hl * wl / logits.shape[1]))
+        h, w = hl // factor, wl // factor
+        logits = logits.float()
+        maps = logits.clamp_max(_MAX_LOGIT).exp() if self.mode == "exp" else logits.softmax(-1)
+        maps = maps.reshape(batch, heads, h, w, -1).sum(1).permute(0, 3, 1, 2)
+        if (h, w) != self.grid_hw:
+            maps = F.interpolate(maps, size=self.grid_hw, mode="bilinear", align_corners=False)
+        self.token_sum = maps if self.token_sum is None else self.token_sum + maps
+        self.heads += heads
+        self.attention_calls += 1
+        self._check_done()
+
+    def add_feature(self, name: str, tensor: torch.Tensor) -> None:
+        self.features[name] = tensor.float().mean(0)
+        self._check_done()
+
+    def token_maps(self) -> torch.Tensor:
+        """(prompts, tokens, gh, gw): every head of every captured layer averaged with equal weight."""
+        return self.token_sum / self.heads
+
+
+class CrossAttentionCaptureProcessor:
+    """diffusers attention processor: the usual softmax attention, plus the logits to a store."""
+
+    def __init__(self, store: CaptureStore):
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        batch = hidden_states.shape[0]
+
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        logits = torch.bmm(query, key.transpose(1, 2)) * attn.scale
+        if attention_mask is not None:
+            logits = logits + attn.prepare_attention_mask(attention_mask, key.shape[1], batch)
+        probs = logits.float().softmax(-1).to(value.dtype)
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        hidden_states = hidden_states / attn.rescale_output_factor
+        self.store.add_attention(logits, batch, attn.heads)
+        return hidden_states
+
+
+_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _unet_lock(unet) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(id(unet), threading.Lock())
+
+
+def cross_attention_names(unet, blocks: Sequence[str]) -> list[str]:
+    """Processor names of the ``attn2`` modules inside the given blocks."""
+    names = [n for n in unet.attn_processors if ".attn2." in n and any(n.startswith(b + ".") for b in blocks)]
+    if not names:
+        raise ValueError(f"no cross-attention layers found in {list(blocks)}")
+    return names
+
+
+@contextmanager
+def capture_unet(unet, attention_blocks: Sequence[str], feature_modules: Sequence[str], mode: str = "exp",
+                 stop_early: bool = True) -> Iterator[CaptureStore]:
+    """Install capture on ``unet`` (holding it exclusively), yield the store, then restore it."""
+    names = cross_attention_names(unet, attention_blocks)
+    modules = dict(unet.named_modules())
+    missing = [m for m in feature_modules if m not in modules]
+    if missing:
+        raise ValueError(f"UNet has no module {missing[0]!r}")
+    store = CaptureStore(len(names), feature_modules, mode, stop_early)
+    with _unet_lock(unet):
+        original = unet.attn_processors
+        processor = CrossAttentionCaptureProcessor(store)
+        unet.set_attn_processor({n: processor if n in names else p for n, p in original.items()})
+        handles = [
+            modules[m].register_forward_pre_hook(lambda _mod, args, name=m: store.add_feature(name, args[0]))
+            for m in feature_modules
+        ]
+        try:
+            yield store
+        finally:
+            for h in handles:
+                h.remove()
+            unet.set_attn_processor(original)

@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from maskdiffusion.core.classes import (
+    ClassListError,
+    ClassSpec,
+    as_class_specs,
+    parse_class_list,
+    preset_classes,
+    read_class_file,
+    write_class_file,
+)
+
+
+def test_parse_names_prompts_and_default_colours():
+    specs = parse_class_list("road, building=house|roof ,  tree")
+    assert [s.name for s in specs] == ["road", "building", "tree"]
+    assert specs[1].prompts == ("house", "roof")
+    assert specs[0].prompts == ("road",)
+    assert len({s.color for s in specs}) == 3
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("", "no classes"),
+    ([], "no classes"),
+    ("road,Road", "duplicate class name"),
+    (["tree", "  "], "empty"),
+    ([{"name": "a", "prompts": ["x", ""]}], "empty prompt"),
+])
+def test_bad_class_lists_are_rejected_with_a_reason(bad, message):
+    with pytest.raises(ClassListError, match=message):
+        as_class_specs(bad)
+
+
+def test_presets():
+    p6 = preset_classes("potsdam6")
+    assert [c.name for c in p6] == ["impervious surfaces", "building", "low vegetation", "tree", "car", "clutter"]
+    assert p6[1].color == (0, 0, 255)
+    assert len(preset_classes("Potsdam-3")) == 3
+    assert len(preset_classes("cityscapes")) == 19
+    coco = preset_classes("cocostuff27")
+    assert len(coco) == 27 and len({c.name for c in coco}) == 27
+    assert as_class_specs("preset:potsdam6") == p6
+    with pytest.raises(ClassListError, match="unknown preset"):
+        preset_classes("voc")
+
+
+def test_class_files_round_trip(tmp_path):
+    specs = as_class_specs([ClassSpec("impervious", ("road", "pavement"), (255, 255, 255)), "tree"])
+    write_class_file(tmp_path / "c.json", specs)
+    assert read_class_file(tmp_path / "c.json") == specs
+    (tmp_path / "c.txt").write_text("# my classes\nimpervious = road | pavement ; #ffffff\ntree\n\n")
+    assert read_class_file(tmp_path / "c.txt") == specs
+
+
+def test_class_file_errors(tmp_path):
+    with pytest.raises(ClassListError, match="cannot read"):
+        read_class_file(tmp_path / "missing.txt")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ClassListError, match="not valid JSON"):
+        read_class_file(tmp_path / "bad.json")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ClassListError, match="no classes"):
+        read_class_file(tmp_path / "empty.txt")
