@@ -138,3 +138,17 @@ def test_bad_input_fails_before_any_work(sd, image, classes, kwargs, error, mess
 def test_too_many_clusters_for_a_tiny_image(sd):
     with pytest.raises(ValueError, match="too few"):
         segment(np.zeros((8, 8, 3), np.uint8), None, sd, unsupervised=20)
+
+
+def test_kept_features_reproduce_the_assignment(sd, image):
+    """One tile: prototypes from the kept grid features and attention give the same labels."""
+    import torch
+
+    from maskdiffusion.core import prototypes as P
+
+    r = segment(image, "road,building,tree", sd, tile_size=256, keep_features=True)
+    assert r.features.dtype == np.float16 and r.features.shape[1:] == (16, 16)
+    f = torch.from_numpy(r.features.astype(np.float32))
+    a = torch.from_numpy(r.attention)
+    scores = P.upsample(P.class_scores(f, P.prototypes(a, f)), (256, 256))
+    assert (scores.argmax(0).numpy() == r.labels).mean() > 0.99

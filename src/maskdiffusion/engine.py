@@ -25,7 +25,7 @@ __all__ = ["iter_segment", "segment"]
 
 def segment(image, classes=None, model=None, params: SegmentParams | None = None, *, device: str | None = "auto",
             dtype: str | None = None, progress: Callable[[Progress], None] | None = None,
-            **overrides) -> SegmentationResult:
+            keep_features: bool = False, **overrides) -> SegmentationResult:
     """Segment ``image`` into ``classes`` with a frozen Stable Diffusion model.
 
     Parameters
@@ -41,12 +41,15 @@ def segment(image, classes=None, model=None, params: SegmentParams | None = None
         (``segment(img, "road,tree", tile_size=256)``).
     progress : callable, optional
         Called with each :class:`Progress`.
+    keep_features : bool
+        Keep the features f̂ on the class-map grid (``result.features``) for refinement.
 
     Returns
     -------
     SegmentationResult
     """
-    gen = iter_segment(image, classes, model, params, device=device, dtype=dtype, **overrides)
+    gen = iter_segment(image, classes, model, params, device=device, dtype=dtype, keep_features=keep_features,
+                       **overrides)
     while True:
         try:
             step = next(gen)
@@ -57,17 +60,19 @@ def segment(image, classes=None, model=None, params: SegmentParams | None = None
 
 
 def iter_segment(image, classes=None, model=None, params: SegmentParams | None = None, *,
-                 device: str | None = "auto", dtype: str | None = None,
+                 device: str | None = "auto", dtype: str | None = None, keep_features: bool = False,
                  **overrides) -> Generator[Progress, None, SegmentationResult]:
     """Like :func:`segment`, as a generator of :class:`Progress` returning the result.
 
+    ``keep_features`` keeps f̂ on the class-map grid in ``result.features`` (float16), for
+    refinement without another model call.
     Bad input raises before the first yield: ``ClassListError``, ``ParamsError`` and
     ``InputImageError`` (all ``ValueError``) with one clear message.
     """
     params = (params or SegmentParams()).replace(**overrides) if overrides else (params or SegmentParams())
     specs = _class_specs(classes, params)
     source = ImageSource(image, params.bands, params.scale)
-    return _run(source, specs, model, params, device, dtype)
+    return _run(source, specs, model, params, device, dtype, keep_features)
 
 
 def _class_specs(classes, params: SegmentParams) -> list[ClassSpec]:
@@ -82,7 +87,7 @@ def _load(model, device, dtype):
     return model if isinstance(model, SDModel) else load_model(model, device, dtype)
 
 
-def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype):
+def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype, keep_features: bool):
     import torch
 
     from .core import prototypes as P
@@ -100,10 +105,15 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     out = _Outputs(source.shape, n_out, params.return_scores)
     blender = RowBlender(source.shape, n_out, params.tile_size, params.overlap, out.write_rows)
     attention = GridAccumulator(source.shape, len(specs))
+    features = None
 
     def capture(tile: Tile):
+        nonlocal features
         f = runner(source.tile(tile.y, tile.x, tile.h, tile.w))
-        return P.class_maps(f.token_maps, layout.spans), P.normalize_features(f.coarse, f.fine)
+        maps, feats = P.class_maps(f.token_maps, layout.spans), P.normalize_features(f.coarse, f.fine)
+        if keep_features:
+            features = _paste_grid(features, tile, feats, source.shape)
+        return maps, feats
 
     def blend(tile: Tile, scores):
         blender.add(tile, P.upsample(scores, (tile.h, tile.w)).float().cpu().numpy())
@@ -150,7 +160,18 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
         scores=scores,
         clusters_to_classes=clusters_to_classes,
         prompt_classes=list(specs) if params.unsupervised else [],
+        features=features,
     )
+
+
+def _paste_grid(grid, tile: Tile, feats, shape):
+    """Write a tile's (C, gh, gw) features into the image's float16 grid (later tiles win)."""
+    if grid is None:
+        grid = np.zeros((feats.shape[0], -(-shape[0] // GRID_STRIDE), -(-shape[1] // GRID_STRIDE)), np.float16)
+    gy, gx = int(round(tile.y / GRID_STRIDE)), int(round(tile.x / GRID_STRIDE))
+    h, w = min(feats.shape[1], grid.shape[1] - gy), min(feats.shape[2], grid.shape[2] - gx)
+    grid[:, gy : gy + h, gx : gx + w] = feats[:, :h, :w].cpu().numpy()
+    return grid
 
 
 class _Outputs:

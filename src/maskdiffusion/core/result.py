@@ -33,6 +33,7 @@ class SegmentationResult:
     scores: (K, H, W) float32 blended class scores, when asked for.
     clusters_to_classes: in unsupervised mode, for each cluster the index of the class whose
         attention overlaps it most (or -1 without class names).
+    features: (C, h, w) float16 unit features f̂ on the attention grid, when asked for.
     """
 
     labels: np.ndarray
@@ -45,6 +46,7 @@ class SegmentationResult:
     scores: np.ndarray | None = None
     clusters_to_classes: np.ndarray | None = None
     prompt_classes: list[ClassSpec] = field(default_factory=list)
+    features: np.ndarray | None = None
 
     @property
     def class_names(self) -> list[str]:
