@@ -1,0 +1,159 @@
+"""Export label maps as vector polygons (GeoPackage, GeoJSON) and as COCO JSON.
+
+Polygons follow pixel edges exactly (:func:`rasterio.features.shapes`) and are placed with
+the image's transform and CRS, so they overlay the source image in a GIS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyogrio
+import shapely
+from rasterio.crs import CRS
+from rasterio.features import shapes
+from rasterio.transform import Affine
+
+from ..core.classes import ClassSpec, as_class_specs
+from .atomic import atomic_output, write_json
+from .raster_io import GeoInfo
+
+__all__ = ["label_polygons", "rle_decode", "rle_encode", "write_coco", "write_polygons"]
+
+_VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON"}
+
+
+def _class_array(labels, n_classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "ui":
+        raise ValueError(f"labels must be a 2-D integer array of class indices, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"label values must be class indices 0-{n_classes - 1}, found {labels.min()}-{labels.max()}")
+    return labels.astype(np.int32 if n_classes > 255 else np.uint8, copy=False)
+
+
+def label_polygons(labels: np.ndarray, transform: Affine | None = None,
+                   connectivity: int = 4) -> tuple[list[shapely.Polygon], np.ndarray]:
+    """Trace each connected region of equal label as a polygon (holes included).
+
+    Returns the polygons, in map coordinates when ``transform`` is given (else pixel
+    coordinates, x = column, y = row, pixel corners on integers), and their class indices.
+    """
+    labels = np.asarray(labels)
+    transform = Affine.identity() if transform is None else transform
+    polygons, values = [], []
+    for geometry, value in shapes(labels, connectivity=connectivity, transform=transform):
+        polygons.append(shapely.geometry.shape(geometry))
+        values.append(int(value))
+    return polygons, np.asarray(values, dtype=np.int64)
+
+
+def write_polygons(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: GeoInfo | None = None,
+                   dissolve: bool = False, connectivity: int = 4, layer: str = "segmentation") -> Path:
+    """Write the label map as polygons with their class: GeoPackage (``.gpkg``) or ``.geojson``.
+
+    One feature per connected region (``dissolve=True``: one MultiPolygon per class) with
+    fields ``class_index``, ``class_name``, ``color`` (``#rrggbb``) and ``area`` (map units,
+    or pixels without a transform). The CRS of ``geo`` is kept. Atomic.
+    """
+    path = Path(path)
+    try:
+        driver = _VECTOR_DRIVERS[path.suffix.lower()]
+    except KeyError:
+        raise ValueError(f"cannot write {path}: unsupported suffix; use one of {', '.join(_VECTOR_DRIVERS)}") from None
+    classes = as_class_specs(classes)
+    labels = _class_array(labels, len(classes))
+    transform = Affine(*geo.transform[:6]) if geo is not None and geo.transform is not None else None
+    polygons, values = label_polygons(labels, transform, connectivity)
+    if dissolve:
+        present = np.unique(values)
+        polygons = [shapely.MultiPolygon([p for p, v in zip(polygons, values) if v == k]) for k in present]
+        values = present
+    geometry = np.asarray(polygons, dtype=object)
+    fields = {
+        "class_index": values.astype(np.int32),
+        "class_name": np.array([classes[v].name for v in values], dtype=object),
+        "color": np.array(["#{:02x}{:02x}{:02x}".format(*classes[v].color) for v in values], dtype=object),
+        "area": shapely.area(geometry).astype(np.float64),
+    }
+    crs = CRS.from_user_input(geo.crs).to_wkt() if geo is not None and geo.crs else None
+    with atomic_output(path) as tmp:
+        pyogrio.raw.write(tmp, shapely.to_wkb(geometry), list(fields.values()), list(fields), layer=layer,
+                          driver=driver, geometry_type="MultiPolygon" if dissolve else "Polygon", crs=crs)
+    return path
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """COCO uncompressed RLE of a binary mask: run lengths in column-major order, zeros first."""
+    mask = np.asarray(mask, dtype=bool)
+    flat = mask.ravel(order="F")
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate([[0], edges, [flat.size]]))
+    if flat.size and flat[0]:
+        counts = np.concatenate([[0], counts])
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """The binary mask of an uncompressed COCO RLE (inverse of :func:`rle_encode`)."""
+    height, width = rle["size"]
+    counts = np.asarray(rle["counts"], dtype=np.int64)
+    values = np.arange(counts.size) % 2 == 1
+    return np.repeat(values, counts).reshape((height, width), order="F")
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+
+
+def _coco_polygons(polygons: list[shapely.Polygon]) -> list[list[float]]:
+    return [np.asarray(p.exterior.coords[:-1], dtype=np.float64).ravel().tolist() for p in polygons]
+
+
+def write_coco(path, labels: np.ndarray, classes: Sequence[ClassSpec], image_info: dict | str,
+               mode: str = "rle") -> Path:
+    """Write the label map as COCO JSON: one annotation per class present in the image.
+
+    ``image_info`` is the COCO image entry (at least ``file_name``; ``id`` defaults to 1,
+    ``width`` and ``height`` come from ``labels``), or just the file name. Category ids are
+    class index + 1. ``mode="rle"`` stores exact masks as uncompressed RLE (column-major, as
+    COCO defines it); ``mode="polygons"`` stores the outlines of the regions (COCO polygons
+    cannot hold holes, so enclosed regions of other classes are covered by the outline and
+    appear in their own annotations too). Atomic.
+    """
+    if mode not in ("rle", "polygons"):
+        raise ValueError(f"COCO mode must be 'rle' or 'polygons', got {mode!r}")
+    classes = as_class_specs(classes)
+    labels = _class_array(labels, len(classes))
+    image = {"file_name": image_info} if isinstance(image_info, str) else dict(image_info)
+    image.setdefault("id", 1)
+    image.update(height=int(labels.shape[0]), width=int(labels.shape[1]))
+    if mode == "polygons":
+        polygons, values = label_polygons(labels)
+    annotations = []
+    for k in np.unique(labels):
+        mask = labels == k
+        if mode == "rle":
+            segmentation = rle_encode(mask)
+        else:
+            segmentation = _coco_polygons([p for p, v in zip(polygons, values) if v == k])
+        annotations.append({
+            "id": len(annotations) + 1,
+            "image_id": image["id"],
+            "category_id": int(k) + 1,
+            "segmentation": segmentation,
+            "area": int(mask.sum()),
+            "bbox": _bbox(mask),
+            "iscrowd": 0,
+        })
+    coco = {
+        "info": {"description": "semantic segmentation written by napari-maskdiffusion"},
+        "images": [image],
+        "categories": [{"id": i + 1, "name": c.name, "supercategory": "", "color": list(c.color)}
+                       for i, c in enumerate(classes)],
+        "annotations": annotations,
+    }
+    return write_json(path, coco)

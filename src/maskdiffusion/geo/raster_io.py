@@ -1,0 +1,397 @@
+"""Read images and write label rasters with rasterio, keeping their georeference.
+
+Reading accepts GeoTIFF, TIFF with a world file (``.tfw``, ``.tifw``, ``.wld``), PNG and
+JPEG, in their own pixel type. Writing is atomic: a failed write leaves no file behind and
+an existing file untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from ..core.classes import ClassSpec, as_class_specs
+from .atomic import atomic_output, to_jsonable, write_json
+
+__all__ = [
+    "GeoInfo",
+    "ImageInfo",
+    "ImageReadError",
+    "POTSDAM_CRS",
+    "image_info",
+    "read_class_names",
+    "read_image",
+    "read_window",
+    "sidecar_path",
+    "write_isprs_rgb",
+    "write_labels",
+    "write_raster",
+    "write_sidecar",
+]
+
+#: CRS of the ISPRS Potsdam tiles (UTM zone 33N); their world files do not say it.
+POTSDAM_CRS = "EPSG:32633"
+
+_POTSDAM_NAME = re.compile(r"top_potsdam_\d+_\d+", re.IGNORECASE)
+_ISPRS_BANDS = {"RGBIR": ("R", "G", "B", "IR"), "IRRG": ("IR", "R", "G"), "RGB": ("R", "G", "B")}
+_ISPRS_SUFFIX = re.compile(r"_(RGBIR|IRRG|RGB)$", re.IGNORECASE)
+_INTERP_NAMES = {ColorInterp.red: "R", ColorInterp.green: "G", ColorInterp.blue: "B", ColorInterp.alpha: "A"}
+_GTIFF = {".tif": "GTiff", ".tiff": "GTiff"}
+_LABEL_DRIVERS = {**_GTIFF, ".png": "PNG"}
+
+
+class ImageReadError(ValueError):
+    """An image that cannot be read: missing, not an image, truncated or of an unsupported type."""
+
+
+@dataclass
+class GeoInfo:
+    """Where an image lies on the ground, in JSON-ready form.
+
+    crs: ``"EPSG:xxxx"`` or WKT, ``None`` when unknown.
+    transform: the affine pixel-to-map transform ``(a, b, c, d, e, f)`` (rasterio order),
+        ``None`` for images without georeference.
+    source: the file it was read from.
+    band_names: names of the bands returned, e.g. ``("R", "G", "B", "IR")``, when known.
+    """
+
+    crs: str | None
+    transform: tuple[float, ...] | None
+    source: str | None = None
+    band_names: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "crs": self.crs,
+            "transform": list(self.transform) if self.transform is not None else None,
+            "source": self.source,
+            "band_names": list(self.band_names) if self.band_names is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GeoInfo":
+        transform = d.get("transform")
+        names = d.get("band_names")
+        return cls(
+            d.get("crs"),
+            tuple(float(v) for v in transform[:6]) if transform is not None else None,
+            d.get("source"),
+            tuple(names) if names is not None else None,
+        )
+
+    @property
+    def pixel_size(self) -> float | None:
+        """Side of a pixel in map units (square root of the pixel area), or ``None``."""
+        if self.transform is None:
+            return None
+        a, b, _, d, e, _ = self.transform
+        return float(abs(a * e - b * d) ** 0.5)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Size, band count, pixel type and georeference of an image, read without its pixels."""
+
+    height: int
+    width: int
+    count: int
+    dtype: np.dtype
+    geo: GeoInfo
+
+
+@contextmanager
+def _open(path) -> Iterator[rasterio.io.DatasetReader]:
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, not an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+    except RasterioError as e:
+        reason = "not an image or an unsupported format" if "not recognized" in str(e) else f"cannot open ({e})"
+        raise ImageReadError(f"{path}: {reason}") from None
+    with src:
+        if np.dtype(src.dtypes[0]).kind not in "uif":
+            raise ImageReadError(f"{path}: unsupported pixel type {src.dtypes[0]} (need integer or float)")
+        yield src
+
+
+def _read(src, path, indexes, window=None) -> np.ndarray:
+    try:
+        data = src.read(indexes, window=window)
+    except RasterioError:
+        raise ImageReadError(f"{path}: truncated or corrupt image data (the pixels cannot be read)") from None
+    if data.shape[0] == 1:
+        return data[0]
+    return np.ascontiguousarray(np.moveaxis(data, 0, -1))
+
+
+def _indexes(src, bands, path) -> list[int]:
+    if bands is None:
+        return list(range(1, src.count + 1))
+    bands = [int(b) for b in bands]
+    if not bands:
+        raise ImageReadError(f"{path}: no bands selected")
+    bad = [b for b in bands if not 0 <= b < src.count]
+    if bad:
+        raise ImageReadError(f"{path}: band {bad[0]} requested but the image has {src.count} bands (0-{src.count - 1})")
+    return [b + 1 for b in bands]
+
+
+def _band_names(src, path: Path) -> tuple[str, ...] | None:
+    if all(src.descriptions):
+        return tuple(src.descriptions)
+    match = _ISPRS_SUFFIX.search(path.stem)
+    if match and len(_ISPRS_BANDS[match.group(1).upper()]) == src.count:
+        return _ISPRS_BANDS[match.group(1).upper()]
+    interp = src.colorinterp
+    if src.count == 1 and interp[0] == ColorInterp.gray:
+        return ("gray",)
+    if src.count in (3, 4) and all(c in _INTERP_NAMES for c in interp):
+        names = tuple(_INTERP_NAMES[c] for c in interp)
+        if names[:3] == ("R", "G", "B"):
+            return names
+    return None
+
+
+def _crs_beside(path: Path) -> str | None:
+    prj = path.with_suffix(".prj")
+    if not prj.is_file():
+        return None
+    try:
+        return CRS.from_user_input(prj.read_text(encoding="utf-8", errors="replace").strip()).to_string()
+    except CRSError:
+        warnings.warn(f"{prj}: not a CRS this program understands; CRS left unknown", stacklevel=3)
+        return None
+
+
+def _geo_info(src, path: Path, indexes: Sequence[int]) -> GeoInfo:
+    transform = None if src.transform.is_identity and src.crs is None else tuple(src.transform)[:6]
+    crs = src.crs.to_string() if src.crs else _crs_beside(path)
+    if crs is None and transform is not None and _POTSDAM_NAME.search(path.name):
+        crs = POTSDAM_CRS
+        warnings.warn(
+            f"{path.name}: no CRS in the file or beside it; ISPRS Potsdam tile name, assuming {POTSDAM_CRS} (UTM 33N)",
+            stacklevel=3,
+        )
+    names = _band_names(src, path)
+    if names is not None:
+        names = tuple(names[i - 1] for i in indexes)
+    return GeoInfo(crs, transform, str(path), names)
+
+
+def read_image(path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, GeoInfo]:
+    """Read an image in its own pixel type, with its georeference.
+
+    Parameters
+    ----------
+    path : path-like
+        GeoTIFF, TIFF with a world file, PNG or JPEG (anything GDAL reads).
+    bands : sequence of int, optional
+        0-based band indices to keep, in that order: ``(0, 1, 2)`` takes RGB from an
+        ISPRS RGBIR tile, ``(3, 0, 1)`` makes IRRG.
+
+    Returns
+    -------
+    image : ndarray
+        (H, W) for one band, else (H, W, C); uint8, uint16, float, ... as stored.
+    geo : GeoInfo
+        CRS and transform (``None`` when absent). Files named ``top_potsdam_*`` with a world
+        file but no CRS get EPSG:32633, with a warning.
+
+    Raises
+    ------
+    ImageReadError
+        Missing file, not an image, truncated data, unsupported pixel type or bad band index.
+    """
+    path = Path(path)
+    with _open(path) as src:
+        indexes = _indexes(src, bands, path)
+        return _read(src, path, indexes), _geo_info(src, path, indexes)
+
+
+def read_window(path, window: tuple[int, int, int, int], bands: Sequence[int] | None = None) -> np.ndarray:
+    """Read the block ``(row0, col0, height, width)`` of an image, laid out as :func:`read_image`.
+
+    For tiles too large to hold whole. The window must lie inside the image.
+    """
+    path = Path(path)
+    row0, col0, height, width = (int(v) for v in window)
+    with _open(path) as src:
+        if height <= 0 or width <= 0 or row0 < 0 or col0 < 0 or row0 + height > src.height or col0 + width > src.width:
+            raise ValueError(
+                f"{path}: window (row {row0}, col {col0}, {height}x{width}) is not inside the "
+                f"{src.height}x{src.width} image"
+            )
+        return _read(src, path, _indexes(src, bands, path), Window(col0, row0, width, height))
+
+
+def image_info(path) -> ImageInfo:
+    """Size, band count, pixel type and georeference of an image without reading its pixels."""
+    path = Path(path)
+    with _open(path) as src:
+        indexes = list(range(1, src.count + 1))
+        return ImageInfo(src.height, src.width, src.count, np.dtype(src.dtypes[0]), _geo_info(src, path, indexes))
+
+
+def read_class_names(path) -> list[str] | None:
+    """Class names stored in a label raster by :func:`write_labels` (``None`` if there are none)."""
+    path = Path(path)
+    with _open(path) as src:
+        text = src.tags().get("CLASSES")
+    try:
+        names = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def _driver(path: Path, drivers: dict[str, str]) -> str:
+    try:
+        return drivers[path.suffix.lower()]
+    except KeyError:
+        raise ValueError(f"cannot write {path}: unsupported suffix; use one of {', '.join(drivers)}") from None
+
+
+def _geo_profile(geo: GeoInfo | None) -> dict:
+    if geo is None:
+        return {}
+    profile = {}
+    if geo.crs:
+        profile["crs"] = CRS.from_user_input(geo.crs)
+    if geo.transform is not None:
+        profile["transform"] = Affine(*geo.transform[:6])
+    return profile
+
+
+def _tiff_profile(dtype) -> dict:
+    predictor = {"f": 3, "i": 2, "u": 2}[np.dtype(dtype).kind] if np.dtype(dtype).itemsize > 1 else 1
+    return {"tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+            "predictor": predictor, "BIGTIFF": "IF_SAFER"}
+
+
+@contextmanager
+def _create(path: Path, driver: str, array_shape, dtype, geo, **options) -> Iterator[rasterio.io.DatasetWriter]:
+    count, height, width = array_shape
+    profile = {"driver": driver, "width": width, "height": height, "count": count, "dtype": np.dtype(dtype).name}
+    profile.update(_geo_profile(geo) if driver == "GTiff" else {})
+    profile.update(options)
+    with atomic_output(path) as tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            yield dst
+
+
+def _check_labels(labels, n_classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D (H, W) array of class indices, got shape {labels.shape}")
+    if labels.dtype.kind not in "ui" and labels.dtype != bool:
+        raise ValueError(f"labels must be integers (class indices), got {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(
+            f"label values must be class indices 0-{n_classes - 1}, found {labels.min()}-{labels.max()}"
+        )
+    return labels
+
+
+def _class_tags(classes: Sequence[ClassSpec], metadata: dict | None) -> dict[str, str]:
+    tags = {f"CLASS_{i}": c.name for i, c in enumerate(classes)}
+    tags["CLASSES"] = json.dumps([c.name for c in classes])
+    if metadata:
+        tags["MASKDIFFUSION_METADATA"] = json.dumps(to_jsonable(metadata), allow_nan=False)
+    return tags
+
+
+def write_labels(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: GeoInfo | None = None,
+                 metadata: dict | None = None) -> Path:
+    """Write a class-index map as a GeoTIFF or palette PNG that GIS and image viewers colour.
+
+    ``.tif``/``.tiff``: tiled (256), deflate, uint8 (uint16 above 256 classes), a colour table
+    from the class colours (uint8), class names as tags ``CLASS_i`` and ``CLASSES`` and in
+    the band description, CRS and transform from ``geo``. ``.png``: palette PNG (at most 256
+    classes), class names as text chunks, no georeference (keep it in the sidecar).
+    ``metadata`` is stored as JSON in the tag ``MASKDIFFUSION_METADATA``. Atomic.
+    """
+    path = Path(path)
+    driver = _driver(path, _LABEL_DRIVERS)
+    classes = as_class_specs(classes)
+    labels = _check_labels(labels, len(classes))
+    dtype = np.uint8 if len(classes) <= 256 else np.uint16
+    if driver == "PNG" and dtype != np.uint8:
+        raise ValueError(f"cannot write {path}: a palette PNG holds at most 256 classes, got {len(classes)}; use .tif")
+    options = _tiff_profile(dtype) if driver == "GTiff" else {"WRITE_METADATA_AS_TEXT": "YES"}
+    with _create(path, driver, (1, *labels.shape), dtype, geo, **options) as dst:
+        dst.write(labels.astype(dtype, copy=False), 1)
+        if dtype == np.uint8:
+            dst.write_colormap(1, {i: (*c.color, 255) for i, c in enumerate(classes)})
+        dst.update_tags(**_class_tags(classes, metadata))
+        if driver == "GTiff":
+            dst.set_band_description(1, "class: " + ", ".join(f"{i}={c.name}" for i, c in enumerate(classes)))
+    return path
+
+
+def write_isprs_rgb(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: GeoInfo | None = None) -> Path:
+    """Write labels colour-coded as RGB (each pixel the colour of its class), as ISPRS labels are.
+
+    ``-1`` (ignore) becomes black. ``.tif``/``.tiff`` (tiled, deflate, georeferenced) or ``.png``.
+    """
+    from .isprs import encode_isprs_labels
+
+    path = Path(path)
+    driver = _driver(path, _LABEL_DRIVERS)
+    classes = as_class_specs(classes)
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D (H, W) array of class indices, got shape {labels.shape}")
+    rgb = encode_isprs_labels(labels, classes)
+    options = {**_tiff_profile(np.uint8), "photometric": "RGB"} if driver == "GTiff" else {}
+    with _create(path, driver, (3, *labels.shape), np.uint8, geo, **options) as dst:
+        dst.write(np.moveaxis(rgb, -1, 0))
+    return path
+
+
+def write_raster(path, array: np.ndarray, geo: GeoInfo | None = None, nodata: float | None = None) -> Path:
+    """Write any (H, W) or (B, H, W) numeric array as a tiled, compressed GeoTIFF (e.g. confidence)."""
+    path = Path(path)
+    driver = _driver(path, _GTIFF)
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    elif array.dtype == np.float16:
+        array = array.astype(np.float32)
+    if array.dtype.kind not in "uif":
+        raise ValueError(f"cannot write {path}: unsupported array type {array.dtype}")
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"cannot write {path}: need an (H, W) or (B, H, W) array, got shape {array.shape}")
+    with _create(path, driver, array.shape, array.dtype, geo, nodata=nodata, **_tiff_profile(array.dtype)) as dst:
+        dst.write(array)
+    return path
+
+
+def sidecar_path(out_path) -> Path:
+    """The class sidecar of an output: ``seg.tif`` -> ``seg.classes.json``."""
+    return Path(out_path).with_suffix(".classes.json")
+
+
+def write_sidecar(out_path, metadata: dict) -> Path:
+    """Write ``metadata`` (classes, model, parameters, georeference) as JSON beside an output."""
+    return write_json(sidecar_path(out_path), metadata)

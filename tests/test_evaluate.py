@@ -1,0 +1,178 @@
+"""The evaluate command end to end on synthetic Potsdam tiles, and its plain function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from maskdiffusion.core.classes import preset_classes
+from maskdiffusion.evaluation import EvaluationError, add_evaluate_parser, evaluate_pairs, find_pairs
+from maskdiffusion.geo.isprs import POTSDAM6_TO_3, boundary_mask
+from maskdiffusion.geo.raster_io import write_labels, write_raster, write_sidecar
+from maskdiffusion.geo.synthetic import make_potsdam_like_tile, write_potsdam_like
+
+SIZE = 128
+TILES = {"top_potsdam_2_10": 0, "top_potsdam_2_11": 1}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Two tiles: ISPRS files in ``data/``, labels in ``labels/``, predictions in ``pred/``.
+
+    Tile 2_10 is predicted perfectly; in tile 2_11 every tree is predicted as low vegetation.
+    """
+    root = tmp_path_factory.mktemp("eval")
+    labels_dir, pred_dir = root / "labels", root / "pred"
+    labels_dir.mkdir()
+    pred_dir.mkdir()
+    truth = {}
+    for name, seed in TILES.items():
+        paths = write_potsdam_like(root / "data", name=name, size=SIZE, seed=seed)
+        for key in ("label", "label_no_boundary"):
+            shutil.copy(paths[key], labels_dir)
+        labels = make_potsdam_like_tile(SIZE, seed)[1]
+        truth[name] = labels
+        pred = labels if seed == 0 else np.where(labels == 3, 2, labels)
+        write_labels(pred_dir / f"{name}_RGBIR.tif", pred, preset_classes("potsdam6"))
+    return {"root": root, "labels": labels_dir, "pred": pred_dir, "data": root / "data", "truth": truth}
+
+
+def run(argv):
+    parser = argparse.ArgumentParser(prog="maskdiffusion")
+    add_evaluate_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", *argv])
+    return args.func(args)
+
+
+def test_evaluate_one_file_pair_writes_json_md_png(dataset, tmp_path, capsys):
+    out = tmp_path / "report"
+    rc = run(["--pred", str(dataset["pred"] / "top_potsdam_2_10_RGBIR.tif"),
+              "--labels", str(dataset["data"] / "potsdam_2_10_label.tif"), "--out", str(out)])
+    assert rc == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["miou"] == 1.0 and report["pixel_accuracy"] == 1.0 and report["n_images"] == 1
+    assert report["evaluations"]["supervised"]["confusion_matrix"][1][1] > 0
+    md = (tmp_path / "report.md").read_text()
+    assert "mIoU 100.00" in md and "| building |" in md
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mIoU 100.00" in capsys.readouterr().out
+
+
+def test_evaluate_folders_pairs_by_tile_id_and_prefers_no_boundary(dataset, tmp_path):
+    rc = run(["--pred", str(dataset["pred"]), "--labels", str(dataset["labels"]), "--out", str(tmp_path / "r")])
+    assert rc == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [im["tile_id"] for im in report["images"]] == ["2_10", "2_11"]
+    assert all("noBoundary" in im["label"] for im in report["images"])
+    assert report["images"][0]["miou"] == 1.0 and report["images"][1]["miou"] < 1.0
+    ev = report["evaluations"]["supervised"]
+    assert ev["iou"]["tree"] < 1.0 and ev["iou"]["building"] == 1.0
+    kept = {n: t[~boundary_mask(t, 3)] for n, t in dataset["truth"].items()}
+    trees = {n: np.count_nonzero(k == 3) for n, k in kept.items()}
+    assert ev["class_accuracy"]["tree"] == pytest.approx(trees["top_potsdam_2_10"] / sum(trees.values()))
+    assert ev["n_pixels"] == sum(k.size for k in kept.values())
+    assert report["unmatched_predictions"] == [] and report["unmatched_labels"] == []
+
+
+def test_potsdam3_merges_classes(dataset):
+    pairs, _, _ = find_pairs(dataset["pred"], dataset["labels"], "potsdam3")
+    assert evaluate_pairs(pairs, "potsdam3")["miou"] == 1.0
+    pred = {n: POTSDAM6_TO_3[np.where(t == 3, 2, t)] for n, t in dataset["truth"].items()}
+    arrays = [(pred[n], np.where(dataset["truth"][n] >= 0, POTSDAM6_TO_3[dataset["truth"][n]], -1)) for n in TILES]
+    report = evaluate_pairs(arrays, "index", classes=preset_classes("potsdam3"))
+    assert report["miou"] == 1.0
+    report = evaluate_pairs([(pred["top_potsdam_2_11"], dataset["data"] / "potsdam_2_11_label.tif")], "potsdam3")
+    assert report["classes"] == [c.name for c in preset_classes("potsdam3")]
+    assert report["miou"] == 1.0
+
+
+def test_prediction_class_order_is_read_from_sidecar_or_tags(dataset, tmp_path):
+    six = preset_classes("potsdam6")
+    labels = dataset["truth"]["top_potsdam_2_10"]
+    label_file = dataset["data"] / "potsdam_2_10_label.tif"
+    reordered = six[::-1]
+    tagged = write_labels(tmp_path / "rev.tif", 5 - labels, reordered)
+    assert evaluate_pairs([(tagged, label_file)], "potsdam6")["miou"] == 1.0
+    png = write_labels(tmp_path / "plain.png", 5 - labels, [f"c{i}" for i in range(6)])
+    write_sidecar(png, {"classes": [c.to_dict() for c in reordered]})
+    assert evaluate_pairs([(png, label_file)], "potsdam6")["miou"] == 1.0
+    other = write_labels(tmp_path / "other.tif", labels, [f"c{i}" for i in range(6)])
+    with pytest.warns(UserWarning, match="compared as they are"):
+        assert evaluate_pairs([(other, label_file)], "potsdam6")["miou"] == 1.0
+
+
+def test_unsupervised_reports_dataset_and_per_image_matching(dataset, tmp_path):
+    pred_dir = tmp_path / "clusters"
+    pred_dir.mkdir()
+    perms = {"top_potsdam_2_10": [3, 0, 5, 1, 4, 2], "top_potsdam_2_11": [1, 2, 3, 4, 5, 0]}
+    for name, perm in perms.items():
+        clusters = np.asarray(perm)[dataset["truth"][name]]
+        write_labels(pred_dir / f"{name}_clusters.tif", clusters, [f"cluster {k}" for k in range(6)])
+    out = tmp_path / "u"
+    rc = run(["--pred", str(pred_dir), "--labels", str(dataset["labels"]), "--unsupervised", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((tmp_path / "u.json").read_text())
+    per_image = report["evaluations"]["hungarian_per_image"]
+    whole = report["evaluations"]["hungarian_dataset"]
+    assert per_image["miou"] == 1.0
+    assert whole["miou"] < 1.0 and report["miou"] == whole["miou"]
+    assert len(whole["cluster_to_class"]) == 6
+    for image, name in zip(report["images"], TILES):
+        truth = dataset["truth"][name]
+        for k in np.unique(truth[~boundary_mask(truth, 3)]):
+            assert image["cluster_to_class"][perms[name][k]] == k
+    md = (tmp_path / "u.md").read_text()
+    assert "Hungarian matching over the whole data set" in md and "Hungarian matching per image" in md
+    assert (tmp_path / "u.png").exists() and (tmp_path / "u_per_image.png").exists()
+
+
+def test_index_dataset_with_ignore_index(tmp_path):
+    target = np.array([[0, 1, 255], [2, 2, 1]], dtype=np.uint8)
+    pred = np.array([[0, 1, 0], [2, 1, 1]], dtype=np.uint8)
+    write_labels(tmp_path / "a_pred.png", pred, ["x", "y", "z"])
+    write_labels(tmp_path / "a_gt.png", np.where(target == 255, 0, target), ["x", "y", "z"])
+    write_raster(tmp_path / "a_gt.tif", target)
+    rc = run(["--pred", str(tmp_path / "a_pred.png"), "--labels", str(tmp_path / "a_gt.tif"), "--dataset", "index",
+              "--classes", "x,y,z", "--ignore-index", "255", "--out", str(tmp_path / "idx")])
+    assert rc == 0
+    report = json.loads((tmp_path / "idx.json").read_text())
+    assert report["evaluations"]["supervised"]["n_pixels"] == 5
+    assert report["pixel_accuracy"] == pytest.approx(4 / 5)
+    assert report["evaluations"]["supervised"]["iou"]["z"] == pytest.approx(1 / 2)
+
+
+def test_missing_label_file_exits_2_with_one_line(dataset, tmp_path, capsys):
+    missing = tmp_path / "nope_label.tif"
+    rc = run(["--pred", str(dataset["pred"] / "top_potsdam_2_10_RGBIR.tif"), "--labels", str(missing),
+              "--out", str(tmp_path / "r")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(missing) in err and err.startswith("maskdiffusion evaluate: error:")
+    assert not list(tmp_path.glob("r.*"))
+
+
+def test_nothing_to_evaluate():
+    with pytest.raises(EvaluationError, match="nothing to evaluate"):
+        evaluate_pairs([], "potsdam6")
+    with pytest.raises(EvaluationError, match="fixed classes"):
+        evaluate_pairs([(np.zeros((2, 2), int), np.zeros((2, 2), int))], "potsdam6", classes="a,b")
+
+
+def test_bad_inputs_exit_2(dataset, tmp_path, capsys):
+    small = tmp_path / "small.tif"
+    write_labels(small, np.zeros((10, 10), np.uint8), preset_classes("potsdam6"))
+    assert run(["--pred", str(small), "--labels", str(dataset["data"] / "potsdam_2_10_label.tif")]) == 2
+    assert "10x10 but its label" in capsys.readouterr().err
+    assert run(["--pred", str(dataset["pred"]), "--labels", str(dataset["data"]), "--dataset", "index"]) == 2
+    assert "index labels must have one band" in capsys.readouterr().err
+    untagged = write_raster(tmp_path / "untagged.tif", np.zeros((10, 10), np.uint8))
+    assert run(["--pred", str(untagged), "--labels", str(small), "--dataset", "index"]) == 2
+    assert "needs the class names (--classes)" in capsys.readouterr().err
+    text = tmp_path / "x_label.tif"
+    text.write_text("no image")
+    assert run(["--pred", str(small), "--labels", str(text)]) == 2
+    assert "not an image" in capsys.readouterr().err
