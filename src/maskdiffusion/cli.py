@@ -118,12 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=run_random_model)
 
-    for name in ("evaluation", "batch"):
-        try:
-            module = __import__(f"maskdiffusion.{name}", fromlist=["add_parser"])
-        except ImportError:
-            continue
-        getattr(module, f"add_{'evaluate' if name == 'evaluation' else name}_parser")(sub)
+    from .evaluation import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     return parser
 
 
@@ -193,9 +190,9 @@ def _drain(gen, quiet: bool):
                 step = next(gen)
             except StopIteration as stop:
                 return stop.value
-            if quiet:
+            if quiet or step.stage == "load":
                 continue
-            if bar is None and step.total:
+            if bar is None:
                 bar = tqdm(total=step.total, unit="tile", file=sys.stderr, dynamic_ncols=True)
             if bar is not None:
                 bar.set_description(step.stage)

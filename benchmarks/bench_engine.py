@@ -1,0 +1,179 @@
+"""Engine cost against the bare model cost, and memory growth with image size.
+
+1. Time: full SD 1.5 sizes with random weights (the cost is the real one), one 512×512 tile,
+   six Potsdam classes. The engine's time is divided by the bare cost measured in the same run:
+   VAE encode + text encode + one complete UNet forward with diffusers' own attention.
+   Goal: ≤ 1.10×.
+2. Memory: peak resident memory of a fresh process segmenting 1024² and 4096² random images
+   with the tiny model, against the bytes of the input and output arrays. Goal: the growth is
+   the arrays, nothing more.
+
+Prints one JSON object. ``--device cuda --dtype fp16`` times the GPU per-tile cost.
+Usage: python benchmarks/bench_engine.py [--repeat 3] [--skip-memory] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+CLASSES = "preset:potsdam6"
+
+
+def build_sd15_in_memory(device, dtype):
+    """SD 1.5-sized random model, in memory (no 4 GB write to disk)."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from maskdiffusion.model.loading import SDModel
+    from maskdiffusion.model.random_sd import SIZES
+    from maskdiffusion.model.tokenizer import build_clip_tokenizer
+
+    s = SIZES["sd15"]
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, layers_per_block=2, block_out_channels=s["unet_channels"],
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=s["cross_dim"], attention_head_dim=s["heads"], norm_num_groups=s["norm_groups"],
+    )
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=s["vae_channels"], layers_per_block=2, latent_channels=4,
+        norm_num_groups=s["norm_groups"], sample_size=512, scaling_factor=0.18215,
+    )
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=s["cross_dim"], intermediate_size=s["text_ffn"],
+        num_hidden_layers=s["text_layers"], num_attention_heads=s["text_heads"], max_position_embeddings=77,
+        hidden_act="quick_gelu",
+    ))
+    tok = build_clip_tokenizer(tempfile.mkdtemp())
+    parts = [m.to(device=device, dtype=dtype).eval().requires_grad_(False) for m in (text, vae, unet)]
+    return SDModel(tok, *parts, device=torch.device(device), dtype=dtype, source="random:sd15",
+                   scheduler_config={})
+
+
+def bare_cost(sd, image, prompt):
+    """VAE encode + text encode + one full UNet forward, diffusers' default attention."""
+    import torch
+
+    with torch.inference_mode():
+        ids = sd.tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids.to(sd.device)
+        emb = sd.text_encoder(ids)[0]
+        x = torch.from_numpy(image).to(sd.device).permute(2, 0, 1)[None].to(sd.dtype) / 127.5 - 1
+        z = sd.vae.encode(x).latent_dist.mean * sd.vae.config.scaling_factor
+        sd.unet(z, 0, encoder_hidden_states=emb)
+
+
+def _sync(device):
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_it(fn, device, repeat):
+    times = []
+    for _ in range(repeat):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def timing(device: str, dtype_name: str, repeat: int) -> dict:
+    import torch
+
+    from maskdiffusion import segment
+    from maskdiffusion.core.classes import preset_classes
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype_name]
+    sd = build_sd15_in_memory(device, dtype)
+    image = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    prompt = " and ".join(c.prompts[0] for c in preset_classes("potsdam6"))
+    run_engine = lambda: segment(image, CLASSES, sd)  # noqa: E731
+    run_bare = lambda: bare_cost(sd, image, prompt)  # noqa: E731
+    run_bare(), run_engine()  # warm-up
+    bare, engine = [], []
+    for _ in range(repeat):  # interleaved, so drifts in machine load hit both alike
+        bare += time_it(run_bare, device, 1)
+        engine += time_it(run_engine, device, 1)
+    b, e = statistics.median(bare), statistics.median(engine)
+    return {
+        "device": device, "dtype": dtype_name, "tile": 512, "classes": 6, "repeat": repeat,
+        "bare_seconds_median": round(b, 3), "engine_seconds_median": round(e, 3),
+        "engine_over_bare": round(e / b, 3),
+        "bare_seconds": [round(t, 3) for t in bare], "engine_seconds": [round(t, 3) for t in engine],
+    }
+
+
+_MEMORY_CHILD = """
+import resource, sys, numpy as np
+from maskdiffusion import segment
+from maskdiffusion.model.loading import load_model
+side = int(sys.argv[1]); model = sys.argv[2]
+sd = load_model(model, device="cpu")
+segment(np.zeros((64, 64, 3), np.uint8), "road,tree", sd)   # everything loaded and warm
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+img = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+r = segment(img, "road,building,tree", sd)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(base * 1024, peak * 1024, img.nbytes, r.labels.nbytes + r.confidence.nbytes + r.attention.nbytes)
+"""
+
+
+def memory(sides=(1024, 4096)) -> dict:
+    import tempfile
+
+    from maskdiffusion.model.random_sd import build_random_sd
+
+    folder = build_random_sd(tempfile.mkdtemp() + "/tiny", "tiny")
+    rows = {}
+    for side in sides:
+        out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(side), str(folder)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        base, peak, image_bytes, output_bytes = map(int, out[-4:])
+        rows[side] = {"growth_mb": round((peak - base) / 2**20, 1), "input_mb": round(image_bytes / 2**20, 1),
+                      "outputs_mb": round(output_bytes / 2**20, 1)}
+    a, b = rows[sides[0]], rows[sides[-1]]
+    arrays = (b["input_mb"] + b["outputs_mb"]) - (a["input_mb"] + a["outputs_mb"])
+    return {
+        "per_side": rows,
+        f"growth_{sides[0]}_to_{sides[-1]}_mb": round(b["growth_mb"] - a["growth_mb"], 1),
+        "of_which_input_and_output_arrays_mb": round(arrays, 1),
+        "growth_over_arrays": round((b["growth_mb"] - a["growth_mb"]) / arrays, 3),
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16"])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-timing", action="store_true")
+    a = p.parse_args()
+    import torch
+
+    torch.set_grad_enabled(False)
+    out = {}
+    if not a.skip_timing:
+        out["timing"] = timing(a.device, a.dtype or ("fp16" if a.device.startswith("cuda") else "fp32"), a.repeat)
+    if not a.skip_memory:
+        out["memory"] = memory()
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The ``maskdiffusion`` command line, end to end on the tiny model."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from maskdiffusion import segment
+from maskdiffusion.cli import main
+
+SAMPLE = Path(__file__).parents[1] / "sample_data" / "neon_OSBS_029.tif"
+
+
+@pytest.fixture
+def image(tmp_path):
+    return Path(shutil.copy(SAMPLE, tmp_path / "neon.tif"))
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+def test_segment_writes_a_georeferenced_class_raster_and_sidecar(image, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "seg.tif"
+    code = run("segment", image, "--classes", "tree,shrub=bush|shrub,sand", "--model", tiny_model_dir, "--out", out,
+               "--confidence", tmp_path / "conf.tif", "--scores", tmp_path / "scores.npy")
+    assert code == 0
+    with rasterio.open(image) as src, rasterio.open(out) as dst:
+        assert dst.crs == src.crs and dst.transform == src.transform
+        assert (dst.width, dst.height) == (400, 400) and dst.dtypes[0] == "uint8"
+        labels = dst.read(1)
+        assert dst.colormap(1)[1][:3] == (60, 180, 75)
+    assert labels.max() <= 2
+    meta = json.loads((tmp_path / "seg.classes.json").read_text())
+    assert [c["name"] for c in meta["classes"]] == ["tree", "shrub", "sand"]
+    assert meta["classes"][1]["prompts"] == ["bush", "shrub"] and meta["classes"][0]["color"] == [230, 25, 75]
+    assert meta["model"] == str(Path(tiny_model_dir).resolve()) or meta["model"].endswith("tiny-sd")
+    assert meta["parameters"]["tile_size"] == 512 and "version" in meta
+    assert np.load(tmp_path / "scores.npy").shape == (3, 400, 400)
+    with rasterio.open(tmp_path / "conf.tif") as c:
+        assert c.crs is not None and c.dtypes[0] == "float32"
+    assert "tile" in capsys.readouterr().err  # the progress bar
+
+
+def test_one_tile_run_equals_the_engine(tmp_path, tiny_model_dir):
+    img = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    from PIL import Image
+
+    Image.fromarray(img).save(tmp_path / "img.png")
+    assert run("segment", tmp_path / "img.png", "--preset", "potsdam6", "--model", tiny_model_dir,
+               "--tile-size", 256, "--out", tmp_path / "seg.png", "--quiet") == 0
+    expected = segment(img, "preset:potsdam6", str(tiny_model_dir), tile_size=256, device="cpu")
+    got = np.asarray(Image.open(tmp_path / "seg.png"))
+    assert Image.open(tmp_path / "seg.png").mode == "P"
+    assert np.array_equal(got, expected.labels)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--classes", "road,road"], "duplicate"),
+    ([], "name the classes"),
+    (["--classes", "road", "--tile-size", "100"], "multiple of 64"),
+    (["--classes", "road", "--bands", "0,1,9"], "band 9"),
+    (["--classes", "road", "--model", "/nonexistent/model"], "/nonexistent/model"),
+    (["--preset", "voc"], "unknown preset"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(image, tmp_path, tiny_model_dir, capsys, args, message):
+    if "--model" not in args:
+        args = args + ["--model", str(tiny_model_dir)]
+    code = run("segment", image, "--out", tmp_path / "seg.tif", *args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not any(p.name.startswith(("seg", ".seg")) for p in tmp_path.iterdir())
+
+
+def test_broken_and_missing_images(tmp_path, tiny_model_dir, capsys):
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00 this is not a tiff")
+    assert run("segment", broken, "--classes", "a,b", "--model", tiny_model_dir, "--out", tmp_path / "o.tif") == 2
+    assert "broken.tif" in capsys.readouterr().err
+    assert run("segment", tmp_path / "none.tif", "--classes", "a", "--out", tmp_path / "o.tif") == 2
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_existing_output_is_kept_unless_overwrite(image, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "seg.tif"
+    out.write_bytes(b"my earlier work")
+    assert run("segment", image, "--classes", "a,b", "--model", tiny_model_dir, "--out", out) == 2
+    assert out.read_bytes() == b"my earlier work" and "--overwrite" in capsys.readouterr().err
+    assert run("segment", image, "--classes", "a,b", "--model", tiny_model_dir, "--out", out, "--overwrite", "--quiet") == 0
+    assert out.read_bytes()[:2] in (b"II", b"MM")
+
+
+def test_a_failure_while_writing_leaves_no_partial_output(image, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import maskdiffusion.geo.raster_io as rio
+
+    def disk_full(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(rio, "write_raster", disk_full)
+    code = run("segment", image, "--classes", "a,b", "--model", tiny_model_dir, "--out", tmp_path / "seg.tif",
+               "--confidence", tmp_path / "conf.tif", "--quiet")
+    assert code == 1 and "disk full" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["neon.tif"]
+
+
+def test_unsupervised_and_multiband(tmp_path, tiny_model_dir):
+    from maskdiffusion.geo.synthetic import write_potsdam_like
+
+    paths = write_potsdam_like(tmp_path, size=128)
+    rgbir = next(p for p in paths.values() if str(p).endswith("_RGBIR.tif"))
+    out = tmp_path / "clusters.tif"
+    assert run("segment", rgbir, "--unsupervised", 3, "--bands", "3,0,1", "--model", tiny_model_dir,
+               "--out", out, "--quiet") == 0
+    meta = json.loads((tmp_path / "clusters.classes.json").read_text())
+    assert [c["name"] for c in meta["classes"]] == ["cluster 1", "cluster 2", "cluster 3"]
+    assert meta["parameters"]["bands"] == [3, 0, 1]
+    with rasterio.open(out) as dst:
+        assert dst.crs.to_epsg() == 32633 and abs(dst.transform.a - 0.05) < 1e-9
+
+
+def test_the_installed_entry_point(tmp_path, tiny_model_dir):
+    exe = Path(sys.executable).with_name("maskdiffusion")
+    r = subprocess.run([str(exe), "segment", str(SAMPLE), "--classes", "tree,sand", "--model", str(tiny_model_dir),
+                        "--out", str(tmp_path / "s.tif"), "--tile-size", "256"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "s.tif").exists() and (tmp_path / "s.classes.json").exists()
+    r = subprocess.run([str(exe), "segment"], capture_output=True, text=True)
+    assert r.returncode == 2
