@@ -9,6 +9,7 @@ command line and the Dask batch all run this code.
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Callable, Generator
 
@@ -138,13 +139,11 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
                 yield Progress(tile.index + 1, total, "features", f"tile {tile.index + 1} of {len(tiles)}")
             if params.unsupervised:
                 centers, clusters_to_classes = _fit_clusters(cache, tiles, source.shape, params, len(specs))
-                centers = torch.from_numpy(centers).to(feats.device)
+                assign = partial(P.cluster_scores, centroids=torch.from_numpy(centers).to(sd.device))
             else:
-                protos = num / den.clamp_min(1e-12)[:, None]
+                assign = partial(P.class_scores, protos=num / den.clamp_min(1e-12)[:, None])
             for tile in tiles:
-                feats = cache.features(tile.index).to(protos.device if not params.unsupervised else centers.device)
-                scores = P.cluster_scores(feats, centers) if params.unsupervised else P.class_scores(feats, protos)
-                blend(tile, scores)
+                blend(tile, assign(cache.features(tile.index).to(sd.device)))
                 yield Progress(len(tiles) + tile.index + 1, total, "assign", f"tile {tile.index + 1} of {len(tiles)}")
     blender.finish()
     labels, confidence, scores = out.on_input_grid(source.input_shape)
