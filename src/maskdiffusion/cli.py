@@ -118,9 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=run_random_model)
 
+    from .batch import add_batch_parser
     from .evaluation import add_evaluate_parser
 
     add_evaluate_parser(sub)
+    add_batch_parser(sub)
     return parser
 
 
@@ -260,4 +262,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from maskdiffusion.cli import main as _main  # the package's own module, so its error classes match
+
+    sys.exit(_main())

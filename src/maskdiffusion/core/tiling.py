@@ -7,7 +7,7 @@ touch, so memory stays at one band of tiles whatever the image height.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -148,14 +148,3 @@ class GridAccumulator:
     def result(self) -> np.ndarray:
         return self.sum / np.maximum(self.count, 1)
 
-
-def iter_rows(tiles: list[Tile]) -> Iterator[list[Tile]]:
-    """The tiles grouped by row."""
-    row: list[Tile] = []
-    for t in tiles:
-        if row and t.row != row[0].row:
-            yield row
-            row = []
-        row.append(t)
-    if row:
-        yield row

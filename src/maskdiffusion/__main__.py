@@ -1,0 +1,7 @@
+"""``python -m maskdiffusion``: the command line."""
+
+import sys
+
+from maskdiffusion.cli import main
+
+sys.exit(main())
