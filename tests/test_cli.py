@@ -132,3 +132,20 @@ def test_the_installed_entry_point(tmp_path, tiny_model_dir):
     assert (tmp_path / "s.tif").exists() and (tmp_path / "s.classes.json").exists()
     r = subprocess.run([str(exe), "segment"], capture_output=True, text=True)
     assert r.returncode == 2
+
+
+def test_scribbles_are_kept_and_bad_scribbles_exit_2(image, tmp_path, tiny_model_dir, capsys):
+    from maskdiffusion.geo.raster_io import read_image, write_raster
+
+    strokes = np.zeros((400, 400), np.uint8)
+    strokes[100:140, 50:300] = 2  # class index 1
+    strokes[300:320, 200:260] = 3  # class index 2
+    write_raster(tmp_path / "strokes.tif", strokes)
+    assert run("segment", image, "--classes", "tree,shrub,sand", "--model", tiny_model_dir, "--quiet",
+               "--scribbles", tmp_path / "strokes.tif", "--out", tmp_path / "seg.tif") == 0
+    labels, _ = read_image(tmp_path / "seg.tif")
+    assert (labels[100:140, 50:300] == 1).all() and (labels[300:320, 200:260] == 2).all()
+    write_raster(tmp_path / "rgb.tif", np.zeros((3, 400, 400), np.uint8))
+    assert run("segment", image, "--classes", "tree,shrub", "--model", tiny_model_dir, "--quiet",
+               "--scribbles", tmp_path / "rgb.tif", "--out", tmp_path / "seg2.tif") == 2
+    assert "one-band" in capsys.readouterr().err and not (tmp_path / "seg2.tif").exists()

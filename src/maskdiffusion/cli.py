@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="class index raster: .tif (georeferenced) or palette .png")
     s.add_argument("--scores", type=Path, help="also save the class scores (K, H, W) as .npy")
     s.add_argument("--confidence", type=Path, help="also save the confidence (best minus second-best score) as .tif")
+    s.add_argument("--scribbles", type=Path, metavar="LABELS.tif",
+                   help="corrections: a label raster of IMAGE's size, 0 = no stroke, i+1 = class i; painted pixels "
+                        "keep their class, the rest is refined from them")
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     add_param_arguments(s)
@@ -146,14 +149,24 @@ def run_segment(args) -> int:
         raise UsageError(f"--confidence must end in .tif, got {args.confidence.name}")
     if args.scores is not None and args.scores.suffix.lower() != ".npy":
         raise UsageError(f"--scores must end in .npy, got {args.scores.name}")
+    if args.scribbles is not None and args.scores is not None:
+        raise UsageError("--scores and --scribbles together are not supported: the scores are those before refinement")
     _check_outputs([args.out, sidecar_path(args.out), args.scores, args.confidence], args.overwrite)
     classes = classes_from_args(args)
     params = params_from_args(args, return_scores=args.scores is not None)
     image, geo = read_image(args.image)
-    gen = iter_segment(image, classes, _model_source(args.model), params, device=args.device, dtype=args.dtype)
+    scribbles = _read_scribbles(args.scribbles, image.shape[:2]) if args.scribbles is not None else None
+    gen = iter_segment(image, classes, _model_source(args.model), params, device=args.device, dtype=args.dtype,
+                       keep_features=scribbles is not None)
     result = _drain(gen, quiet=args.quiet)
+    if scribbles is not None:
+        from .core.refine import apply_scribbles
+
+        result = apply_scribbles(result, scribbles)
 
     metadata = dict(result.metadata(), image=str(args.image), georeference=geo.to_dict())
+    if args.scribbles is not None:
+        metadata["scribbles"] = str(args.scribbles)
     written: list[Path] = []
     try:
         written.append(write_labels(args.out, result.labels, result.classes, geo, metadata))
@@ -170,6 +183,18 @@ def run_segment(args) -> int:
         counts = _class_fractions(result)
         print(f"wrote {args.out} ({result.labels.shape[1]}x{result.labels.shape[0]} px): {counts}", file=sys.stderr)
     return EXIT_OK
+
+
+def _read_scribbles(path: Path, shape):
+    """A one-band stroke raster of the image's size (0 = no stroke, i+1 = class i)."""
+    from .geo.raster_io import read_image
+
+    scribbles, _ = read_image(path)
+    if scribbles.ndim != 2:
+        raise UsageError(f"--scribbles must be a one-band label raster, {path.name} has {scribbles.shape[2]} bands")
+    if scribbles.shape != tuple(shape):
+        raise UsageError(f"--scribbles is {scribbles.shape[1]}x{scribbles.shape[0]} px, the image {shape[1]}x{shape[0]}")
+    return scribbles
 
 
 def _model_source(source):

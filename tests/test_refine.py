@@ -1,0 +1,226 @@
+"""Refinement from strokes (issue 5), Qt-free: the core on hand-made arrays and one tiny-model run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from maskdiffusion.core import refine as R
+from maskdiffusion.core.classes import ClassListError, ClassSpec
+from maskdiffusion.session import Session, SessionError, load_session
+
+CLASSES = ["road", "building", "tree", "grass"]
+
+
+@pytest.fixture(scope="module")
+def result(tiny_model_dir):
+    from maskdiffusion import segment
+    from maskdiffusion.geo.synthetic import make_potsdam_like_tile
+    from maskdiffusion.model.loading import load_model
+
+    image, _ = make_potsdam_like_tile(320, seed=4)
+    return segment(image[:256, :, :3], CLASSES, load_model(tiny_model_dir, device="cpu"), keep_features=True)
+
+
+@pytest.fixture(scope="module")
+def state(result):
+    return R.RefineState.from_result(result, dims=None)
+
+
+def _strokes(labels, value, box):
+    y0, x0, y1, x1 = box
+    out, edited = labels.copy(), np.zeros(labels.shape, bool)
+    out[y0:y1, x0:x1] = value
+    edited[y0:y1, x0:x1] = True
+    return out, edited
+
+
+def test_assign_is_bilinear_upsampling_then_argmax():
+    rng = np.random.default_rng(0)
+    coarse = rng.standard_normal((5, 8, 6)).astype(np.float32)
+    scores = np.repeat(np.repeat(coarse, 2, 1), 2, 2)
+    ref = F.interpolate(torch.from_numpy(scores)[None], size=(256, 192), mode="bilinear", align_corners=False)[0]
+    labels, margin = R.assign(scores, (256, 192), 16.0, confidence=True)
+    assert np.array_equal(labels, ref.argmax(0).numpy())
+    assert np.array_equal(R.assign(scores, (256, 192), 16.0), labels)
+    top2 = ref.topk(2, dim=0).values
+    np.testing.assert_allclose(margin, (top2[0] - top2[1]).numpy(), atol=1e-5)
+    keep = rng.random((256, 192)) < 0.3
+    given = rng.integers(0, 5, (256, 192)).astype(np.int16)
+    out = R.assign(scores, (256, 192), 16.0, labels=given, fixed=keep)
+    assert out.dtype == np.int16 and np.array_equal(out[keep], given[keep])
+    assert np.array_equal(out[~keep], labels[~keep])
+
+
+def test_prototypes_mix_attention_and_strokes_as_documented():
+    feats = np.zeros((2, 1, 4), np.float32)
+    feats[:, 0] = [[1, 1, 0, 0], [0, 0, 1, 1]]
+    attention = np.array([[[1, 1, 0, 0]], [[0, 0, 1, 1]]], np.float32)
+    state = R.RefineState(feats, attention, (ClassSpec("a"), ClassSpec("b")), (16, 64), 16.0, (True, True))
+    protos, active = R.class_prototypes(state)
+    np.testing.assert_allclose(protos, [[1, 0], [0, 1]])
+    weights = np.zeros((2, 1, 4), np.float32)
+    weights[0, 0, 2] = 2.0
+    protos, _ = R.class_prototypes(state, weights, prior_cells=2.0)
+    np.testing.assert_allclose(protos[0], [0.5, 0.5])
+    example = R.add_class(state, "c")
+    weights = np.zeros((3, 1, 4), np.float32)
+    protos, active = R.class_prototypes(example, weights)
+    assert active.tolist() == [True, True, False]
+    weights[2, 0, 3] = 0.25
+    protos, active = R.class_prototypes(example, weights)
+    assert active.all() and np.allclose(protos[2], [0, 1])
+
+
+def test_no_edits_reproduces_the_draft(result, state):
+    none = np.zeros(result.labels.shape, bool)
+    assert (R.refine(state, result.labels, none) == result.labels).mean() > 0.99
+
+
+def test_reduced_cache_agrees_with_full_features(result, state):
+    small = R.RefineState.from_result(result)
+    assert small.reduction["method"] == "pca" and small.reduction["agreement"] >= R.MIN_AGREEMENT
+    assert small.features.dtype == np.float16 and small.nbytes < state.nbytes
+    painted, edited = _strokes(result.labels, 2, (40, 60, 90, 140))
+    for labels, mask in ((result.labels, np.zeros(edited.shape, bool)), (painted, edited)):
+        full = R.refine(state, labels, mask)
+        assert (R.refine(small, labels, mask) == full).mean() >= 0.99
+
+
+def test_strokes_stay_bit_for_bit_and_only_untouched_pixels_change(result, state):
+    labels = result.labels.astype(np.int16)
+    painted, edited = _strokes(labels, 3, (100, 100, 180, 200))
+    painted[0:20, 0:30] = R.NO_CLASS
+    edited[0:20, 0:30] = True
+    out = R.refine(state, painted, edited)
+    assert out.dtype == painted.dtype
+    assert np.array_equal(out[edited], painted[edited])
+    assert (out[~edited] != R.refine(state, labels, np.zeros_like(edited))[~edited]).any()
+    assert set(np.unique(out[~edited])) <= set(range(len(CLASSES)))
+
+
+def test_example_only_class_takes_pixels_near_its_strokes_in_feature_space(result, state):
+    example = R.add_class(state, ClassSpec("pond", (), (0, 0, 200)))
+    assert example.from_text == (True,) * 4 + (False,) and example.attention[4].max() == 0
+    labels = result.labels.astype(np.int16)
+    painted, edited = _strokes(labels, 4, (32, 32, 64, 64))
+    out = R.refine(example, painted, edited, prior_cells=1.0)
+    feats = state.features.astype(np.float32).reshape(state.features.shape[0], -1)
+    proto = feats.reshape(-1, *state.grid_shape)[:, 2:4, 2:4].reshape(feats.shape[0], -1).mean(1)
+    H, W = state.shape
+    cells = np.add.outer(np.arange(H) // 16 * state.grid_shape[1], np.arange(W) // 16)
+    similarity = (proto @ feats)[cells]
+    taken = (out == 4) & ~edited
+    assert taken.any()
+    assert similarity[taken].mean() > similarity[(out != 4) & ~edited].mean()
+    near = similarity >= np.quantile(similarity[~edited], 0.95)
+    assert (out[near & ~edited] == 4).mean() > 2 * taken.mean() / (~edited).mean()
+
+
+def test_remove_merge_and_rename_classes(result, state):
+    labels = result.labels.astype(np.int16)
+    painted, edited = _strokes(labels, 1, (10, 10, 40, 40))
+    k = int(np.bincount(labels.ravel()).argmax())
+    new_state, out, new_edited = R.remove_class(state, painted, edited, k)
+    assert [c.name for c in new_state.classes] == [c for i, c in enumerate(CLASSES) if i != k]
+    mine = painted == k
+    shifted = np.where(painted > k, painted - 1, painted)
+    assert np.array_equal(out[~mine], shifted[~mine])
+    assert out[mine].min() >= 0 and out[mine].max() < 3
+    assert not new_edited[mine].any()
+
+    merged_state, out, _ = R.merge_classes(state, painted, edited, sources=[2, 3], into=0)
+    assert [c.name for c in merged_state.classes] == ["road", "building"]
+    assert set(merged_state.classes[0].prompts) == {"road", "tree", "grass"}
+    assert np.array_equal(out, np.where(np.isin(painted, [2, 3]), 0, painted))
+    np.testing.assert_array_equal(merged_state.attention[0], state.attention[[0, 2, 3]].max(0))
+
+    renamed = R.rename_class(state, 2, "forest", (1, 2, 3))
+    assert renamed.classes[2] == ClassSpec("forest", ("tree",), (1, 2, 3))
+    assert np.array_equal(renamed.features, state.features)
+    with pytest.raises(ClassListError, match="duplicate"):
+        R.rename_class(state, 2, "Road")
+
+
+def test_session_undo_restores_the_exact_previous_state(result):
+    session = Session.from_result(result, dims=None)
+    painted, _ = _strokes(session.labels, 2, (50, 50, 120, 120))
+    session.sync(painted)
+    before = (session.labels.copy(), session.edited.copy(), session.state)
+    session.refine()
+    assert not np.array_equal(session.labels, before[0])
+    session.remove_class(0)
+    session.undo()
+    session.undo()
+    assert np.array_equal(session.labels, before[0]) and np.array_equal(session.edited, before[1])
+    assert session.state is before[2] and session.undo() is None
+    after = session.refine().copy()
+    outside = after.copy()
+    step = session.history[-1]
+    outside.reshape(-1)[step.changed] = step.before
+    session.sync(outside)
+    assert not session.history and np.array_equal(session.labels, before[0])
+
+
+def test_apply_scribbles(result):
+    scribbles = np.zeros(result.labels.shape, np.uint8)
+    scribbles[5:15, 5:60] = 3
+    scribbles[100:120, 100:130] = 5
+    out = R.apply_scribbles(result, scribbles, new_classes=["pond"])
+    assert out.class_names == CLASSES + ["pond"]
+    assert (out.labels[5:15, 5:60] == 2).all() and (out.labels[100:120, 100:130] == 4).all()
+    assert (out.confidence[scribbles > 0] == 0).all() and out.labels.shape == result.labels.shape
+    with pytest.raises(ValueError, match="scribble values"):
+        R.apply_scribbles(result, scribbles)
+
+
+def test_session_bundle_round_trip(result, tmp_path):
+    session = Session.from_result(result, image={"path": "tile.tif", "layer": "tile", "georeference": None})
+    session.add_class(ClassSpec("pond", (), (0, 0, 255)))
+    painted, _ = _strokes(session.labels, 4, (20, 20, 50, 50))
+    session.refine(painted)
+    folder = session.save(tmp_path / "tile")
+    assert folder.name == "tile.mdsession"
+    back = load_session(folder / "session.json")
+    assert np.array_equal(back.labels, session.labels) and np.array_equal(back.edited, session.edited)
+    assert back.state.classes == session.state.classes and back.state.from_text == session.state.from_text
+    assert np.array_equal(back.state.features, session.state.features)
+    assert np.array_equal(back.state.attention, session.state.attention)
+    assert back.image == session.image and back.parameters == result.params.to_dict()
+    assert np.array_equal(back.refine(), session.refine())
+    files = sorted(p.name for p in folder.iterdir())
+    session.save(folder)
+    again = sorted(p.name for p in folder.iterdir())
+    assert len(again) == 5
+    assert [f for f in files if f.startswith("features")] == [f for f in again if f.startswith("features")]
+
+
+def test_broken_bundle_gives_a_clear_error(result, tmp_path):
+    folder = Session.from_result(result).save(tmp_path / "s")
+    index = json.loads((folder / "session.json").read_text())
+    (folder / index["arrays"]["labels"]).unlink()
+    with pytest.raises(SessionError, match="incomplete: labels-.*missing"):
+        load_session(folder)
+    (folder / "session.json").write_text("{not json")
+    with pytest.raises(SessionError, match="cannot read"):
+        load_session(folder)
+    (folder / "session.json").write_text(json.dumps({**index, "version": 99}))
+    with pytest.raises(SessionError, match="version 99"):
+        load_session(folder)
+    with pytest.raises(SessionError, match="no session bundle"):
+        load_session(tmp_path / "nothing")
+
+
+def test_next_unsure_region_walks_from_the_largest():
+    margin = np.ones((100, 100), np.float32)
+    margin[10:40, 10:40] = 0.0
+    margin[70:80, 70:80] = 0.0
+    centre, box = R.next_unsure_region(margin, quantile=0.2, step=2)
+    assert box == (10, 10, 40, 40) and 10 <= centre[0] < 40
+    centre2, box2 = R.next_unsure_region(margin, quantile=0.2, step=2, visited=[centre])
+    assert box2 == (70, 70, 80, 80)
+    assert R.next_unsure_region(margin, quantile=0.2, step=2, visited=[centre, centre2]) is None
