@@ -1,0 +1,101 @@
+"""Make ``docs/screenshot.png``: the annotator on the NEON sample, run with the tiny test model.
+
+Builds the tiny random-weight model in a temporary folder (no download), opens napari (under
+Xvfb when there is no display: the script re-runs itself through ``xvfb-run``), opens
+File › Open Sample › NEON OSBS, docks the widget from the plugin's manifest, runs it and
+grabs the whole window. The masks of a random-weight model are meaningless: the picture
+shows the interface, not a segmentation.
+
+Usage: python scripts/make_screenshot.py [--out docs/screenshot.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTION = (
+    "The MaskDiffusion annotator on the NEON OSBS sample (10 cm aerial RGB, CC0 NEON): one editable "
+    "Labels layer per class. These masks come from the tiny random-weight test model and are "
+    "meaningless; real Stable Diffusion weights give a real draft segmentation."
+)
+CLASSES = ["tree", "grass", "sand", "road"]
+
+
+def _ensure_display() -> None:
+    if os.environ.get("DISPLAY") or os.environ.get("MD_SCREENSHOT_XVFB"):
+        return
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        sys.exit("no display and no xvfb-run: install Debian's xvfb, or run with a display")
+    os.environ["MD_SCREENSHOT_XVFB"] = "1"
+    os.execv(xvfb, [xvfb, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *sys.argv])
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
+    args = parser.parse_args(argv)
+    _ensure_display()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    settings_dir = tempfile.mkdtemp(prefix="md-settings-")
+    os.environ.setdefault("NAPARI_MASKDIFFUSION_CONFIG_DIR", settings_dir)
+    os.environ["NAPARI_CONFIG"] = os.path.join(settings_dir, "napari.yaml")  # leave the user's napari settings alone
+
+    import napari
+    from napari._qt import qt_main_window
+
+    qt_main_window.SHOW_QT_WARNING = False  # the PyQt5 deprecation toast would cover the canvas
+
+    from maskdiffusion.model.random_sd import build_random_sd
+
+    work = Path(tempfile.mkdtemp(prefix="md-screenshot-"))
+    try:
+        model_dir = build_random_sd(work / "tiny-sd", "tiny", seed=0)
+        viewer = napari.Viewer(show=True, title="napari-maskdiffusion")
+        viewer.window.resize(1500, 1000)
+        viewer.open_sample("napari-maskdiffusion", "neon_osbs")
+        _, widget = viewer.window.add_plugin_dock_widget("napari-maskdiffusion", "MaskDiffusion annotator")
+        widget.source_combo.setCurrentText(str(model_dir))
+        widget.device_combo.setCurrentText("cpu")
+        widget.precision_combo.setCurrentText("float32")
+        widget.set_classes(CLASSES)
+        app = napari.qt.get_qapp()
+        widget.load_model()
+        _wait(app, lambda: not widget.loading)
+        if not widget.model_ready:
+            raise RuntimeError(f"the tiny model did not load: {widget.model_status.text()}")
+        widget.run()
+        _wait(app, lambda: not widget.running)
+        viewer.layers.selection.active = viewer.layers[CLASSES[0]]
+        viewer.reset_view()
+        _wait(app, lambda: False, seconds=1.0, fail=False)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(out), canvas_only=False)
+        viewer.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{out}\n{CAPTION}")
+    return out
+
+
+def _wait(app, condition, seconds: float = 600, fail: bool = True) -> None:
+    end = time.perf_counter() + seconds
+    while not condition():
+        if time.perf_counter() > end:
+            if fail:
+                raise TimeoutError(f"gave up after {seconds:.0f} s")
+            return
+        app.processEvents()
+        time.sleep(0.01)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""npe2 commands (Layers › Segment and the command palette) on the viewer's layers."""
+
+from __future__ import annotations
+
+from napari.viewer import Viewer
+
+from . import layers as L
+
+__all__ = ["merge_class_layers", "split_semantic_layer"]
+
+
+def merge_class_layers(viewer: Viewer) -> None:
+    """Merge class layers into one semantic map (the layer drawn on top wins an overlap)."""
+    L.merge_class_layers(viewer)
+
+
+def split_semantic_layer(viewer: Viewer) -> None:
+    """Split the active semantic map into one binary Labels layer per class."""
+    L.split_semantic_layer(viewer)

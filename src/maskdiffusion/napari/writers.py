@@ -1,0 +1,232 @@
+"""npe2 writers: a Labels layer as GeoTIFF, ISPRS colour-coded RGB or palette PNG, and class
+layers as a bundle folder with a ``classes.json``.
+
+Every file is written atomically (nothing is left behind on failure), and an existing path is
+only replaced by a file of the same kind: a label map never silently overwrites an image,
+a file never replaces a folder and a bundle never replaces a folder it did not write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.classes import ClassSpec, default_color
+from . import layers as L
+
+__all__ = ["write_bundle", "write_geotiff", "write_isprs_rgb", "write_palette_png"]
+
+def write_geotiff(path: str, data: Any, meta: dict) -> list[str]:
+    """A semantic map or class layer as a GeoTIFF with colour table, class names and georeference."""
+    return _write_map(Path(path), data, meta, "geotiff")
+
+
+def write_palette_png(path: str, data: Any, meta: dict) -> list[str]:
+    """A semantic map or class layer as a palette PNG, with a ``.classes.json`` sidecar."""
+    return _write_map(Path(path), data, meta, "png")
+
+
+def write_isprs_rgb(path: str, data: Any, meta: dict) -> list[str]:
+    """A semantic map or class layer colour-coded as RGB (ISPRS style; unlabelled is black),
+    with a ``.classes.json`` sidecar."""
+    return _write_map(Path(path), data, meta, "isprs")
+
+
+def _geo(metadata: dict):
+    from ..geo.raster_io import GeoInfo
+
+    geo = metadata.get("georeference")
+    return GeoInfo.from_dict(geo) if geo else None
+
+
+def _jsonable(metadata: dict) -> dict:
+    from ..geo.atomic import to_jsonable
+
+    return json.loads(json.dumps(to_jsonable(metadata), default=str))
+
+
+def _export_metadata(metadata: dict, classes: list[ClassSpec]) -> dict:
+    meta = _jsonable(metadata)
+    meta["classes"] = [dict(c.to_dict(), value=i) for i, c in enumerate(classes)]
+    meta.setdefault("software", L.SOFTWARE)
+    return meta
+
+
+def _existing_kind(path: Path) -> str | None:
+    """What is at ``path`` now: None, "folder", "labels" (ours), "rgb labels" (ours), or "other"."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_dir():
+        return "folder"
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    from ..geo.raster_io import sidecar_path
+
+    try:
+        with rasterio.open(path) as src:
+            if "CLASSES" in src.tags() and src.count == 1:
+                return "labels"
+            ours = _read_json(sidecar_path(path)).get("software") == L.SOFTWARE
+            if ours and src.count == 3:
+                return "rgb labels"
+            if ours and src.count == 1:
+                return "labels"
+    except (RasterioError, OSError):
+        pass
+    return "other"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _refuse_other(path: Path, want: str, allowed: set[str]) -> None:
+    found = _existing_kind(path)
+    if found is not None and found not in allowed:
+        what = {"folder": "a folder", "labels": "a label map", "rgb labels": "an RGB label image"}
+        raise FileExistsError(
+            f"{path} exists and is {what.get(found, 'a file of another kind')}, not {want}: "
+            "not overwriting it; delete it or choose another name"
+        )
+
+
+def _write_map(path: Path, data, meta: dict, kind: str) -> list[str]:
+    from ..geo import raster_io
+
+    metadata = dict(meta.get("metadata") or {})
+    labels, classes = L.export_labels(np.asarray(data), metadata)
+    if labels.ndim != 2:
+        raise ValueError(
+            f"{path.name}: only a 2-D (H, W) Labels layer can be written as one map, got shape {labels.shape}"
+        )
+    export_meta = _export_metadata(metadata, classes)
+    geo = _geo(metadata)
+    if kind == "geotiff":
+        _refuse_other(path, "a label map", {"labels"})
+        raster_io.write_labels(path, labels, classes, geo, export_meta)
+        return [str(path)]
+    if kind == "png":
+        _refuse_other(path, "a label map", {"labels"})
+        written = raster_io.write_labels(path, labels, classes, None, export_meta)
+    else:
+        _refuse_other(path, "an RGB label image", {"rgb labels"})
+        written = raster_io.write_isprs_rgb(path, labels, classes, geo)
+    try:
+        sidecar = raster_io.write_sidecar(path, export_meta)
+    except BaseException:
+        Path(written).unlink(missing_ok=True)
+        raise
+    return [str(path), str(sidecar)]
+
+
+def _bundle_classes(layer_data: list[tuple]) -> list[tuple[ClassSpec, np.ndarray, dict]]:
+    """(class, binary mask, metadata) for each class in the layers; semantic maps give all theirs."""
+    out = []
+    for data, meta, layer_type in layer_data:
+        if layer_type != "labels":
+            continue
+        metadata = dict(meta.get("metadata") or {})
+        data = np.asarray(data)
+        if metadata.get("kind") in (L.CLASS, L.SEMANTIC):
+            labels, classes = L.export_labels(data, metadata)
+            for value, spec in enumerate(classes[1:], start=1):
+                out.append((spec, labels == value, metadata))
+        else:
+            color = metadata.get("color") or default_color(len(out))
+            out.append((ClassSpec(meta.get("name") or f"class {len(out) + 1}", (), tuple(color)), data != 0, metadata))
+    if not out:
+        raise ValueError("no Labels layers to write as a class bundle")
+    names = [spec.name.lower() for spec, _, _ in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"two layers hold the class {dupes[0]!r}; a bundle has one file per class")
+    shapes = {m.shape for _, m, _ in out}
+    if len(shapes) > 1:
+        raise ValueError(f"class layers of a bundle must have the same shape, got {sorted(shapes)}")
+    if len(shapes.pop()) != 2:
+        raise ValueError("a bundle holds 2-D (H, W) class layers")
+    return out
+
+
+def write_bundle(path: str, layer_data: list[tuple]) -> list[str]:
+    """Class layers as one folder: a binary GeoTIFF per class, ``semantic.tif`` and ``classes.json``.
+
+    ``semantic.tif`` merges the classes by :data:`maskdiffusion.napari.layers.MERGE_RULE`
+    (the layers' order). The folder appears complete or not at all.
+    """
+    from ..geo import raster_io
+
+    folder = Path(path)
+    entries = _bundle_classes(layer_data)
+    if folder.exists():
+        if not folder.is_dir():
+            raise FileExistsError(f"{folder} exists and is a file, not a bundle folder: not overwriting it")
+        if any(folder.iterdir()) and "bundle" not in _read_json(folder / "classes.json"):
+            raise FileExistsError(
+                f"{folder} is a folder that holds other files, not a MaskDiffusion bundle: not overwriting it"
+            )
+    if not folder.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {folder}: folder {folder.parent} does not exist")
+
+    first_meta = entries[0][2]
+    common = {k: v for k, v in first_meta.items()
+              if k not in ("kind", "class", "prompt", "prompts", "color", "index", "classes", "merge_rule")}
+    geo = _geo(first_meta)
+    classes = [spec for spec, _, _ in entries]
+    files = []
+    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp.mkdir()
+    try:
+        semantic = np.zeros(entries[0][1].shape, np.uint8 if len(entries) < 255 else np.uint16)
+        for i, (spec, mask, meta) in enumerate(entries):
+            name = f"{i + 1:02d}_{L.safe_filename(spec.name)}.tif"
+            layer_meta = {**_jsonable(meta), "kind": L.CLASS, "class": spec.name, "prompts": list(spec.prompts)}
+            raster_io.write_labels(tmp / name, mask.astype(np.uint8), [L.UNLABELLED, spec], geo,
+                                   _export_metadata(layer_meta, [L.UNLABELLED, spec]))
+            semantic[mask] = i + 1
+            files.append(name)
+        all_classes = [L.UNLABELLED, *classes]
+        sem_meta = _export_metadata({**common, "kind": L.SEMANTIC, "merge_rule": L.MERGE_RULE}, all_classes)
+        raster_io.write_labels(tmp / "semantic.tif", semantic, all_classes, geo, sem_meta)
+        info = {
+            **_jsonable(common),
+            "software": L.SOFTWARE,
+            "bundle": 1,
+            "classes": [dict(c.to_dict(), value=i + 1, file=f) for i, (c, f) in enumerate(zip(classes, files))],
+            "semantic": "semantic.tif",
+            "merge_rule": L.MERGE_RULE,
+        }
+        from ..geo.atomic import write_json
+
+        write_json(tmp / "classes.json", info)
+        _swap_in(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [str(folder / f) for f in (*files, "semantic.tif", "classes.json")]
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Move the finished ``tmp`` folder onto ``folder``, replacing an old bundle only at the end."""
+    if not folder.exists():
+        os.replace(tmp, folder)
+        return
+    old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:12]}.old")
+    os.replace(folder, old)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
