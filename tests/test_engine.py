@@ -104,6 +104,13 @@ def test_long_thin_image_is_tiled(sd):
     assert r.labels.shape == (40, 3000) and steps[-1].total == 7
 
 
+def test_a_20000_px_side(sd):
+    img = np.random.default_rng(3).integers(0, 255, (20, 20_000), dtype=np.uint8)
+    r = segment(img, "a,b", sd, tile_size=512, overlap=64)
+    assert r.labels.shape == (20, 20_000) and r.confidence.shape == (20, 20_000)
+    assert r.attention.shape == (2, 2, 1250)
+
+
 def test_scale_returns_results_on_the_input_grid(sd, image):
     r = segment(image, "a,b", sd, scale=0.5, return_scores=True)
     assert r.labels.shape == (256, 256) and r.scores.shape == (2, 256, 256)
