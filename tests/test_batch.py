@@ -229,13 +229,12 @@ def _labels_from(path: Path, protos: np.ndarray, model) -> np.ndarray:
     return shared_labels(grid, image.shape[:2])
 
 
-def test_shared_labels_in_bands_equal_one_resize():
+def test_shared_labels_equal_one_resize():
     rng = np.random.default_rng(0)
     grid = rng.standard_normal((4, 9, 7)).astype(np.float32)
     shape = (9 * 16 - 5, 7 * 16 - 11)
     whole = upsample(torch.from_numpy(grid), (9 * 16, 7 * 16))[:, : shape[0], : shape[1]].argmax(0).numpy()
-    assert np.array_equal(shared_labels(grid, shape, band=2), whole)
-    assert np.array_equal(shared_labels(grid, shape, band=64), whole)
+    assert np.array_equal(shared_labels(grid, shape), whole)
 
 
 def test_inputs_from_files_folders_and_globs(tiles, tmp_path):

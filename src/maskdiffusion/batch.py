@@ -397,29 +397,12 @@ def _prototype_sums(attention: np.ndarray, features: np.ndarray, rows: int = 32)
     return num.astype(np.float32), attention.reshape(k, -1).sum(1, dtype=np.float64).astype(np.float32)
 
 
-def shared_labels(grid_scores: np.ndarray, shape: tuple[int, int], band: int = 64) -> np.ndarray:
-    """Argmax over K of (K, gh, gw) grid scores resized bilinearly ×16 and cropped to ``shape``.
+def shared_labels(grid_scores: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Argmax over K of (K, gh, gw) grid scores resized bilinearly ×16, cropped to ``shape``:
+    the engine's assignment, band by band (:func:`maskdiffusion.core.refine.assign`)."""
+    from .core.refine import assign
 
-    The same as resizing the whole grid (``align_corners=False``) and cropping, done ``band``
-    grid rows at a time with one row of margin each side (all that bilinear needs at this
-    factor), so memory stays at K × 16·band × W however large the image.
-    """
-    import torch
-
-    from .core.prototypes import upsample
-
-    k, gh, gw = grid_scores.shape
-    s = GRID_STRIDE
-    labels = np.empty(shape, np.uint8 if k <= 256 else np.uint16)
-    scores = torch.from_numpy(np.ascontiguousarray(grid_scores, dtype=np.float32))
-    for g0 in range(0, -(-shape[0] // s), band):
-        g1 = min(gh, g0 + band)
-        m0, m1 = max(0, g0 - 1), min(gh, g1 + 1)
-        up = upsample(scores[:, m0:m1], ((m1 - m0) * s, gw * s))
-        y0, y1 = g0 * s, min(shape[0], g1 * s)
-        rows = up[:, (g0 - m0) * s : (g0 - m0) * s + (y1 - y0), : shape[1]]
-        labels[y0:y1] = rows.argmax(0).numpy()
-    return labels
+    return assign(grid_scores, shape, GRID_STRIDE)
 
 
 def _scaled_shape(shape, scale: float) -> tuple[int, int]:
