@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,29 @@ def test_bad_inputs_exit_2(dataset, tmp_path, capsys):
     text.write_text("no image")
     assert run(["--pred", str(small), "--labels", str(text)]) == 2
     assert "not an image" in capsys.readouterr().err
+
+
+def test_end_to_end_from_images(tmp_path, tiny_model_dir):
+    """--images: segment with the dataset's classes into --pred, then score; a rerun keeps them."""
+    from maskdiffusion.cli import main
+    from maskdiffusion.geo.synthetic import write_potsdam_like
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    labels.mkdir()
+    for i in range(2):
+        files = write_potsdam_like(images, f"top_potsdam_2_1{i}", size=128, seed=i)
+        shutil.move(files["label_no_boundary"], labels)
+        Path(files["label"]).unlink()
+    args = ["evaluate", "--images", str(images), "--pred", str(tmp_path / "pred"), "--labels", str(labels),
+            "--dataset", "potsdam3", "--model", str(tiny_model_dir), "--tile-size", "128", "--bands", "0,1,2",
+            "--out", str(tmp_path / "report")]
+    assert main(args) == 0
+    preds = sorted((tmp_path / "pred").glob("*.tif"))
+    assert [p.name for p in preds] == ["top_potsdam_2_10_RGBIR.tif", "top_potsdam_2_11_RGBIR.tif"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["n_images"] == 2 and [c.lower() for c in report["classes"]] == [
+        c.name.lower() for c in preset_classes("potsdam3")]
+    assert 0 <= report["miou"] <= 1
+    before = [p.stat().st_mtime_ns for p in preds]
+    assert main(args) == 0
+    assert [p.stat().st_mtime_ns for p in preds] == before

@@ -409,14 +409,62 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                         help="predictions are cluster ids: match them to classes (Hungarian), "
                              "over the data set and per image")
     parser.add_argument("--ignore-index", type=int, default=-1, help="label value to ignore (index labels)")
+    from .cli import add_model_arguments
+
+    e2e = parser.add_argument_group("end to end", "with --images, segment the images into the --pred folder "
+                                    "first (images already segmented there are kept), then score")
+    e2e.add_argument("--images", help="an image or a folder of images to segment with the dataset's classes")
+    add_model_arguments(e2e)
+    e2e.add_argument("--tile-size", type=int, default=512)
+    e2e.add_argument("--overlap", type=int, default=64)
+    e2e.add_argument("--scale", type=float, default=1.0)
+    e2e.add_argument("--bands", type=lambda t: tuple(int(b) for b in t.split(",")), default=None)
     parser.set_defaults(func=run_evaluate)
     return parser
+
+
+def segment_images(images, pred_dir, classes: Sequence[ClassSpec], model=None, params=None, *,
+                   device: str | None = "auto", dtype: str | None = None) -> list[Path]:
+    """Segment an image or a folder of images into ``pred_dir`` (one ``<stem>.tif`` each, with
+    its sidecar), keeping predictions already there; returns the prediction paths."""
+    from .engine import segment
+    from .geo.raster_io import write_labels, write_sidecar
+
+    images = Path(images)
+    if not images.exists():
+        raise EvaluationError(f"{images}: no such image file or folder")
+    pred_dir = Path(pred_dir)
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in _rasters(images) if images.is_dir() else [images]:
+        target = pred_dir / f"{path.stem}.tif"
+        if not (target.exists() and sidecar_path(target).exists()):
+            image, geo = read_image(path)
+            result = segment(image, classes, model, params, device=device, dtype=dtype)
+            meta = dict(result.metadata(), image=str(path), georeference=geo.to_dict())
+            write_labels(target, result.labels, result.classes, geo, meta)
+            write_sidecar(target, meta)
+        out.append(target)
+    return out
+
+
+def _segment_for_evaluation(args: argparse.Namespace, classes) -> None:
+    from .cli import _model_source
+    from .core.params import SegmentParams
+
+    if Path(args.pred).is_file():
+        raise EvaluationError(f"with --images, --pred names the folder for the predictions, not a file: {args.pred}")
+    params = SegmentParams(tile_size=args.tile_size, overlap=args.overlap, scale=args.scale, bands=args.bands)
+    segment_images(args.images, args.pred, dataset_classes(args.dataset, classes), _model_source(args.model),
+                   params, device=args.device, dtype=args.dtype)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``evaluate``: 0 on success, 2 with one line on stderr for bad input."""
     try:
         classes = _classes_arg(args.classes)
+        if args.images:
+            _segment_for_evaluation(args, classes)
         pairs, lone_preds, lone_labels = find_pairs(args.pred, args.labels, args.dataset)
         report = evaluate_pairs(pairs, args.dataset, classes, args.unsupervised, args.ignore_index)
     except (EvaluationError, ImageReadError, ClassListError) as e:
