@@ -47,6 +47,19 @@ def test_segment_writes_a_georeferenced_class_raster_and_sidecar(image, tmp_path
     assert "tile" in capsys.readouterr().err  # the progress bar
 
 
+def test_polygon_and_coco_exports(image, tmp_path, tiny_model_dir):
+    import pyogrio
+
+    assert run("segment", image, "--classes", "tree,sand", "--model", tiny_model_dir, "--out", tmp_path / "s.tif",
+               "--polygons", tmp_path / "s.gpkg", "--coco", tmp_path / "s.json", "--quiet") == 0
+    info = pyogrio.read_info(tmp_path / "s.gpkg")
+    with rasterio.open(image) as src:
+        assert info["crs"] == f"EPSG:{src.crs.to_epsg()}" and info["features"] > 0
+    coco = json.loads((tmp_path / "s.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["tree", "sand"]
+    assert coco["images"][0]["width"] == 400 and coco["annotations"]
+
+
 def test_one_tile_run_equals_the_engine(tmp_path, tiny_model_dir):
     img = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     from PIL import Image

@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="class index raster: .tif (georeferenced) or palette .png")
     s.add_argument("--scores", type=Path, help="also save the class scores (K, H, W) as .npy")
     s.add_argument("--confidence", type=Path, help="also save the confidence (best minus second-best score) as .tif")
+    s.add_argument("--polygons", type=Path, help="also save the classes as polygons: .gpkg or .geojson (CRS kept)")
+    s.add_argument("--coco", type=Path, help="also save the classes as COCO JSON with RLE masks")
     s.add_argument("--scribbles", type=Path, metavar="LABELS.tif",
                    help="corrections: a label raster of IMAGE's size, 0 = no stroke, i+1 = class i; painted pixels "
                         "keep their class, the rest is refined from them")
@@ -149,9 +151,14 @@ def run_segment(args) -> int:
         raise UsageError(f"--confidence must end in .tif, got {args.confidence.name}")
     if args.scores is not None and args.scores.suffix.lower() != ".npy":
         raise UsageError(f"--scores must end in .npy, got {args.scores.name}")
+    if args.polygons is not None and args.polygons.suffix.lower() not in (".gpkg", ".geojson"):
+        raise UsageError(f"--polygons must end in .gpkg or .geojson, got {args.polygons.name}")
+    if args.coco is not None and args.coco.suffix.lower() != ".json":
+        raise UsageError(f"--coco must end in .json, got {args.coco.name}")
     if args.scribbles is not None and args.scores is not None:
         raise UsageError("--scores and --scribbles together are not supported: the scores are those before refinement")
-    _check_outputs([args.out, sidecar_path(args.out), args.scores, args.confidence], args.overwrite)
+    _check_outputs([args.out, sidecar_path(args.out), args.scores, args.confidence, args.polygons, args.coco],
+                   args.overwrite)
     classes = classes_from_args(args)
     params = params_from_args(args, return_scores=args.scores is not None)
     image, geo = read_image(args.image)
@@ -174,6 +181,14 @@ def run_segment(args) -> int:
             written.append(write_raster(args.confidence, result.confidence, geo))
         if args.scores is not None:
             written.append(_save_npy(args.scores, result.scores))
+        if args.polygons is not None:
+            from .geo.exports import write_polygons
+
+            written.append(write_polygons(args.polygons, result.labels, result.classes, geo))
+        if args.coco is not None:
+            from .geo.exports import write_coco
+
+            written.append(write_coco(args.coco, result.labels, result.classes, args.image.name))
         written.append(write_sidecar(args.out, metadata))
     except BaseException:
         for p in written:
