@@ -75,6 +75,7 @@ def main(argv=None) -> Path:
         _wait(app, lambda: not widget.running)
         viewer.layers.selection.active = viewer.layers[CLASSES[0]]
         viewer.reset_view()
+        _hide_notifications(viewer)
         _wait(app, lambda: False, seconds=1.0, fail=False)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +85,14 @@ def main(argv=None) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{out}\n{CAPTION}")
     return out
+
+
+def _hide_notifications(viewer) -> None:
+    """Close napari's pop-up notifications so they do not cover the picture."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for popup in viewer.window._qt_window.findChildren(NapariQtNotification):
+        popup.close()
 
 
 def _wait(app, condition, seconds: float = 600, fail: bool = True) -> None:
