@@ -65,8 +65,9 @@ def iter_segment(image, classes=None, model=None, params: SegmentParams | None =
                  **overrides) -> Generator[Progress, None, SegmentationResult]:
     """Like :func:`segment`, as a generator of :class:`Progress` returning the result.
 
-    ``keep_features`` keeps f̂ on the class-map grid in ``result.features`` (float16), for
-    refinement without another model call.
+    ``keep_features`` keeps f̂ on the class-map grid in ``result.features`` (float16) and the
+    blended scores on that grid in ``result.grid_scores``, for refinement without another
+    model call.
     Bad input raises before the first yield: ``ClassListError``, ``ParamsError`` and
     ``InputImageError`` (all ``ValueError``) with one clear message.
     """
@@ -106,6 +107,7 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     out = _Outputs(source.shape, n_out, params.return_scores)
     blender = RowBlender(source.shape, n_out, params.tile_size, params.overlap, out.write_rows)
     attention = GridAccumulator(source.shape, len(specs))
+    grid_scores = GridAccumulator(source.shape, n_out) if keep_features else None
     features = None
 
     def capture(tile: Tile):
@@ -118,6 +120,8 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
 
     def blend(tile: Tile, scores):
         blender.add(tile, P.upsample(scores, (tile.h, tile.w)).float().cpu().numpy())
+        if grid_scores is not None:
+            grid_scores.add(tile, scores.float().cpu().numpy(), params.overlap)
 
     clusters_to_classes = None
     if not shared:
@@ -160,6 +164,7 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
         clusters_to_classes=clusters_to_classes,
         prompt_classes=list(specs) if params.unsupervised else [],
         features=features,
+        grid_scores=None if grid_scores is None else grid_scores.result(),
     )
 
 

@@ -11,6 +11,7 @@ refinement, refines (:mod:`maskdiffusion.core.refine`) and keeps an undo history
     edited-<id>.npy           the (H, W) bool mask of annotator-set pixels, np.packbits'ed
     attention-<id>.npy        (K, gh, gw) float32 class maps (zero for example-only classes)
     features-<id>.npy         (D, gh, gw) reduced features (float16)
+    base-<id>.npy             (K, gh, gw) float32 scores of the run on the grid (optional)
 
 Each array is written to a new name, atomically, then ``session.json`` (atomically) names the
 new set, then files it no longer names are removed: a crash at any point leaves a bundle that
@@ -96,7 +97,7 @@ class Session:
         labels = result.labels.astype(np.int16)
         session = cls(state, labels, np.zeros(labels.shape, bool), dict(image or {}), result.params.to_dict(),
                       result.model)
-        session.margin = R.grid_margin(R.grid_scores(state, *R.class_prototypes(state)))
+        session.margin = R.grid_margin(R.grid_scores(state, *R.class_prototypes(state), anchored=True))
         return session
 
     @property
@@ -153,7 +154,7 @@ class Session:
         weights = R.stroke_weights(self.labels, self.edited, self.state.n_classes, self.state.grid_shape,
                                    self.state.stride)
         protos, active = R.class_prototypes(self.state, weights, self.prior_cells, self.normalize)
-        scores = R.grid_scores(self.state, protos, active)
+        scores = R.grid_scores(self.state, protos, active, anchored=True, normalize=self.normalize)
         new = R.assign(scores, self.state.shape, self.state.stride, labels=self.labels, fixed=self.edited)
         self.margin = R.grid_margin(scores)
         return self._push("refine", new, self.state)
@@ -263,6 +264,8 @@ def save_session(path: str | Path, session: Session) -> Path:
         "attention": _write_array(folder, "attention", state.attention.astype(np.float32, copy=False)),
         "features": _write_array(folder, "features", state.features, state.features_id),
     }
+    if state.base is not None:
+        arrays["base"] = _write_array(folder, "base", state.base.astype(np.float32, copy=False))
     index = {
         "format": FORMAT,
         "version": VERSION,
@@ -321,6 +324,7 @@ def load_session(path: str | Path) -> Session:
         raise SessionError(f"no session bundle at {folder}")
     index = _read_index(folder)
     arrays = {name: _load_array(folder, index, name) for name in _ARRAYS}
+    base = _load_array(folder, index, "base") if "base" in (index.get("arrays") or {}) else None
     try:
         shape = tuple(int(n) for n in index["shape"])
         classes = tuple(ClassSpec.from_dict(d) for d in index["classes"])
@@ -333,7 +337,8 @@ def load_session(path: str | Path) -> Session:
                              f"expected {shape} integers")
         state = R.RefineState(arrays["features"], arrays["attention"].astype(np.float32, copy=False), classes, shape,
                               float(refine["stride"]), from_text, dict(refine.get("reduction") or {}),
-                              str(refine.get("features_id") or uuid.uuid4().hex[:12]))
+                              str(refine.get("features_id") or uuid.uuid4().hex[:12]),
+                              None if base is None else base.astype(np.float32, copy=False))
     except (KeyError, TypeError, ValueError) as e:
         detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
         raise SessionError(f"session {folder} is inconsistent: {detail}") from None
@@ -342,5 +347,5 @@ def load_session(path: str | Path) -> Session:
                       float(refine.get("prior_cells", R.PRIOR_CELLS)), bool(refine.get("normalize", False)))
     session.margin = R.grid_margin(R.grid_scores(state, *R.class_prototypes(
         state, R.stroke_weights(session.labels, edited, state.n_classes, state.grid_shape, state.stride),
-        session.prior_cells, session.normalize)))
+        session.prior_cells, session.normalize), anchored=True, normalize=session.normalize))
     return session

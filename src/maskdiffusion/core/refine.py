@@ -11,6 +11,12 @@ step works on it alone:
   way the engine does, keeping the pixels the annotator set exactly as set;
 - :func:`refine` is both; :func:`apply_scribbles` runs it on a :class:`SegmentationResult`.
 
+**Anchored on the draft.** The run may have used per-tile prototypes (the paper's default), so
+image-wide prototypes would not give back its draft. The state keeps the run's own scores on
+the grid (``base``) and a class scores ``base_k + ⟨f̂, c_k − c_k⁰⟩``, where c_k⁰ is its
+attention-only prototype: without strokes refinement returns the draft, and strokes move each
+class by exactly what they change in its prototype.
+
 **Feature reduction.** f̂ has C = 2880 channels for SD 1.x: a 6000×6000 tile (375×375 grid)
 takes 810 MB in float16. :func:`reduce_features` projects f̂ on its first D uncentred principal
 directions (fitted on a sample of cells) and stores them in float16. Scores are inner products
@@ -88,6 +94,8 @@ class RefineState:
     shape: (H, W) of the label maps; ``stride``: input pixels per grid cell.
     reduction: how the features were reduced (method, dims, source dims, measured agreement).
     features_id: names the feature array (sessions skip rewriting an unchanged one).
+    base: (K, gh, gw) float32 scores of the run on the grid (NaN rows for classes added later),
+        or None to score with image-wide prototypes alone.
     """
 
     features: np.ndarray
@@ -98,6 +106,7 @@ class RefineState:
     from_text: tuple[bool, ...]
     reduction: dict = field(default_factory=dict)
     features_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    base: np.ndarray | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -110,6 +119,8 @@ class RefineState:
                              f"{self.attention.shape[1:]}")
         if not len(self.classes) == len(self.attention) == len(self.from_text):
             raise ValueError(f"{len(self.classes)} classes but {len(self.attention)} attention maps")
+        if self.base is not None and self.base.shape != self.attention.shape:
+            raise ValueError(f"draft scores {self.base.shape} differ from the attention maps {self.attention.shape}")
 
     @classmethod
     def from_result(cls, result: SegmentationResult, dims: int | str | None = "auto", dtype=np.float16,
@@ -123,8 +134,11 @@ class RefineState:
         attention = np.asarray(result.attention, np.float32)
         feats, info = reduce_features(result.features, dims, attention, dtype=dtype, min_agreement=min_agreement,
                                       seed=seed)
+        base = getattr(result, "grid_scores", None)
+        if base is not None and base.shape != attention.shape:
+            base = None
         return cls(feats, attention, tuple(result.classes), result.labels.shape, float(result.attention_stride),
-                   (True,) * len(result.classes), info)
+                   (True,) * len(result.classes), info, base=None if base is None else np.asarray(base, np.float32))
 
     @cached_property
     def attention_sums(self) -> tuple[np.ndarray, np.ndarray]:
@@ -135,6 +149,16 @@ class RefineState:
         for s in _chunks(feats.shape[1]):
             num += _as_torch(a[:, s]) @ _as_torch(feats[:, s]).T
         return num.numpy(), a.sum(1)
+
+    def anchor(self, normalize: bool = False) -> np.ndarray | None:
+        """(K, gh, gw) ``base - ⟨f̂, c⁰⟩`` (0 where a class has no draft score), computed once."""
+        if self.base is None:
+            return None
+        cache = self.__dict__.setdefault("_anchors", {})
+        if normalize not in cache:
+            protos, _ = class_prototypes(self, None, normalize=normalize)
+            cache[normalize] = np.nan_to_num(self.base - grid_scores(self, protos), nan=0.0)
+        return cache[normalize]
 
     @property
     def n_classes(self) -> int:
@@ -147,7 +171,7 @@ class RefineState:
     @property
     def nbytes(self) -> int:
         """Memory held by the arrays (the refinement cache)."""
-        return int(self.features.nbytes + self.attention.nbytes)
+        return int(self.features.nbytes + self.attention.nbytes + (0 if self.base is None else self.base.nbytes))
 
     def class_index(self, name: str) -> int:
         """Index of the class called ``name`` (case-insensitive)."""
@@ -313,16 +337,25 @@ def class_prototypes(state: RefineState, weights: np.ndarray | None = None, prio
     return np.where(active[:, None], protos, 0).astype(np.float32), active
 
 
-def grid_scores(state: RefineState, protos: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
-    """(K, gh, gw) float32 scores ⟨f̂, c_k⟩ on the grid; classes without a prototype score -1e30."""
+def grid_scores(state: RefineState, protos: np.ndarray, active: np.ndarray | None = None, *,
+                anchored: bool = False, normalize: bool = False) -> np.ndarray:
+    """(K, gh, gw) float32 scores ⟨f̂, c_k⟩ on the grid; classes without a prototype score -1e30.
+
+    ``anchored`` adds the state's :meth:`~RefineState.anchor` (the run's own scores where the
+    prototypes are the attention-only ones); ``normalize`` must match the prototypes'.
+    """
     feats = _cells(state.features)
     out = np.empty((len(protos), feats.shape[1]), np.float32)
     p = _as_torch(protos)
     for s in _chunks(feats.shape[1]):
         out[:, s] = (p @ _as_torch(feats[:, s])).numpy()
+    out = out.reshape(len(protos), *state.grid_shape)
+    anchor = state.anchor(normalize) if anchored else None
+    if anchor is not None:
+        out += anchor
     if active is not None:
         out[~np.asarray(active)] = _FAR
-    return out.reshape(len(protos), *state.grid_shape)
+    return out
 
 
 def _axis_weights(n_pixels: int, n_cells: int, stride: float):
@@ -428,7 +461,7 @@ def refine(state: RefineState, labels: np.ndarray, edited: np.ndarray, *, prior_
     labels, edited = _check_maps(state, labels, edited)
     weights = stroke_weights(labels, edited, state.n_classes, state.grid_shape, state.stride)
     protos, active = class_prototypes(state, weights, prior_cells, normalize)
-    scores = grid_scores(state, protos, active)
+    scores = grid_scores(state, protos, active, anchored=True, normalize=normalize)
     fixed = edited if keep is None else edited | keep
     return assign(scores, state.shape, state.stride, labels=labels, fixed=fixed, confidence=confidence)
 
@@ -485,7 +518,9 @@ def add_class(state: RefineState, spec: ClassSpec | str) -> RefineState:
     if spec.color is None:
         specs[-1] = ClassSpec(spec.name, spec.prompts, default_color(len(specs) - 1))
     attention = np.concatenate([state.attention, np.zeros((1, *state.grid_shape), np.float32)])
-    return replace(state, attention=attention, classes=tuple(specs), from_text=(*state.from_text, False))
+    base = None if state.base is None else np.concatenate([state.base, np.full((1, *state.grid_shape), np.nan,
+                                                                               np.float32)])
+    return replace(state, attention=attention, classes=tuple(specs), from_text=(*state.from_text, False), base=base)
 
 
 def _drop_index(labels: np.ndarray, k: int, n_classes: int) -> np.ndarray:
@@ -510,7 +545,8 @@ def remove_class(state: RefineState, labels: np.ndarray, edited: np.ndarray, k: 
     mine = labels == k
     new_state = replace(state, attention=np.delete(state.attention, k, 0),
                         classes=state.classes[:k] + state.classes[k + 1:],
-                        from_text=state.from_text[:k] + state.from_text[k + 1:])
+                        from_text=state.from_text[:k] + state.from_text[k + 1:],
+                        base=None if state.base is None else np.delete(state.base, k, 0))
     new_edited = edited & ~mine
     out = refine(new_state, _drop_index(labels, k, K), new_edited, keep=~mine, **options)
     return new_state, out, new_edited
@@ -533,6 +569,9 @@ def merge_classes(state: RefineState, labels: np.ndarray, edited: np.ndarray, so
     out = np.where(np.isin(labels, sources), into, labels).astype(labels.dtype)
     attention = state.attention.copy()
     attention[into] = attention[[into, *sources]].max(0)
+    base = None if state.base is None else state.base.copy()
+    if base is not None:
+        base[into] = np.fmax.reduce(base[[into, *sources]], axis=0)
     target = state.classes[into]
     prompts = tuple(dict.fromkeys(p for i in (into, *sources) if state.from_text[i] for p in state.classes[i].prompts))
     classes = list(state.classes)
@@ -542,8 +581,10 @@ def merge_classes(state: RefineState, labels: np.ndarray, edited: np.ndarray, so
     for s in reversed(sources):
         out = _drop_index(out, s, len(classes))
         attention = np.delete(attention, s, 0)
+        base = None if base is None else np.delete(base, s, 0)
         del classes[s], from_text[s]
-    return replace(state, attention=attention, classes=tuple(classes), from_text=tuple(from_text)), out, edited.copy()
+    merged = replace(state, attention=attention, classes=tuple(classes), from_text=tuple(from_text), base=base)
+    return merged, out, edited.copy()
 
 
 def rename_class(state: RefineState, k: int, name: str, color: Sequence[int] | None = None) -> RefineState:

@@ -34,6 +34,7 @@ class SegmentationResult:
     clusters_to_classes: in unsupervised mode, for each cluster the index of the class whose
         attention overlaps it most (or -1 without class names).
     features: (C, h, w) float16 unit features f̂ on the attention grid, when asked for.
+    grid_scores: (K, h, w) float32 class scores averaged over tiles on that grid, with features.
     """
 
     labels: np.ndarray
@@ -47,6 +48,7 @@ class SegmentationResult:
     clusters_to_classes: np.ndarray | None = None
     prompt_classes: list[ClassSpec] = field(default_factory=list)
     features: np.ndarray | None = None
+    grid_scores: np.ndarray | None = None
 
     @property
     def class_names(self) -> list[str]:

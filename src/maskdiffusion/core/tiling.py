@@ -138,13 +138,19 @@ class GridAccumulator:
         self.sum = np.zeros((n_channels, self.gh, self.gw), np.float32)
         self.count = np.zeros((self.gh, self.gw), np.float32)
 
-    def add(self, tile: Tile, grid_maps: np.ndarray) -> None:
+    def add(self, tile: Tile, grid_maps: np.ndarray, overlap: int | None = None) -> None:
+        """Add a tile's (C, h, w) maps; with ``overlap``, weighted by :func:`blend_window` at the
+        cell centres, as the pixel blending weighs them."""
         gy, gx = int(round(tile.y / self.stride)), int(round(tile.x / self.stride))
         h = min(grid_maps.shape[1], self.gh - gy)
         w = min(grid_maps.shape[2], self.gw - gx)
-        self.sum[:, gy : gy + h, gx : gx + w] += grid_maps[:, :h, :w]
-        self.count[gy : gy + h, gx : gx + w] += 1
+        weight = np.ones((h, w), np.float32)
+        if overlap is not None:
+            centres = slice(self.stride // 2, None, self.stride)
+            weight = blend_window(tile.h, tile.w, overlap)[centres, centres][:h, :w]
+        self.sum[:, gy : gy + h, gx : gx + w] += grid_maps[:, :h, :w] * weight
+        self.count[gy : gy + h, gx : gx + w] += weight
 
     def result(self) -> np.ndarray:
-        return self.sum / np.maximum(self.count, 1)
+        return self.sum / np.where(self.count > 0, self.count, 1)
 
