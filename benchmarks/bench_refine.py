@@ -103,8 +103,7 @@ def bench(size: int, repeat: int, dims_options) -> dict:
             session.refine(painted)
             times.append(time.perf_counter() - t)
         state = session.state
-        scores = R.grid_scores(state, *R.class_prototypes(state, R.stroke_weights(
-            session.labels, session.edited, K, state.grid_shape, state.stride)), anchored=True)
+        scores = R.refined_scores(state, session.labels, session.edited)
         for _ in range(repeat):
             t = time.perf_counter()
             R.assign(scores, state.shape, state.stride, labels=session.labels, fixed=session.edited, confidence=True)

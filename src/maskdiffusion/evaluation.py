@@ -409,16 +409,18 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                         help="predictions are cluster ids: match them to classes (Hungarian), "
                              "over the data set and per image")
     parser.add_argument("--ignore-index", type=int, default=-1, help="label value to ignore (index labels)")
-    from .cli import add_model_arguments
+    from .cli import _bands, add_model_arguments
+    from .core.params import SegmentParams
 
+    d = SegmentParams()
     e2e = parser.add_argument_group("end to end", "with --images, segment the images into the --pred folder "
                                     "first (images already segmented there are kept), then score")
     e2e.add_argument("--images", help="an image or a folder of images to segment with the dataset's classes")
     add_model_arguments(e2e)
-    e2e.add_argument("--tile-size", type=int, default=512)
-    e2e.add_argument("--overlap", type=int, default=64)
-    e2e.add_argument("--scale", type=float, default=1.0)
-    e2e.add_argument("--bands", type=lambda t: tuple(int(b) for b in t.split(",")), default=None)
+    e2e.add_argument("--tile-size", type=int, default=d.tile_size)
+    e2e.add_argument("--overlap", type=int, default=d.overlap)
+    e2e.add_argument("--scale", type=float, default=d.scale)
+    e2e.add_argument("--bands", type=_bands, default=None)
     parser.set_defaults(func=run_evaluate)
     return parser
 

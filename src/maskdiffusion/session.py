@@ -97,7 +97,7 @@ class Session:
         labels = result.labels.astype(np.int16)
         session = cls(state, labels, np.zeros(labels.shape, bool), dict(image or {}), result.params.to_dict(),
                       result.model)
-        session.margin = R.grid_margin(R.grid_scores(state, *R.class_prototypes(state), anchored=True))
+        session.margin = R.grid_margin(R.refined_scores(state))
         return session
 
     @property
@@ -151,10 +151,8 @@ class Session:
         """
         if current is not None:
             self.sync(current)
-        weights = R.stroke_weights(self.labels, self.edited, self.state.n_classes, self.state.grid_shape,
-                                   self.state.stride)
-        protos, active = R.class_prototypes(self.state, weights, self.prior_cells, self.normalize)
-        scores = R.grid_scores(self.state, protos, active, anchored=True, normalize=self.normalize)
+        scores = R.refined_scores(self.state, self.labels, self.edited, prior_cells=self.prior_cells,
+                                  normalize=self.normalize)
         new = R.assign(scores, self.state.shape, self.state.stride, labels=self.labels, fixed=self.edited)
         self.margin = R.grid_margin(scores)
         return self._push("refine", new, self.state)
@@ -345,7 +343,6 @@ def load_session(path: str | Path) -> Session:
     session = Session(state, labels.astype(np.int16, copy=False), edited, dict(index.get("image") or {}),
                       dict(index.get("parameters") or {}), str(index.get("model") or ""),
                       float(refine.get("prior_cells", R.PRIOR_CELLS)), bool(refine.get("normalize", False)))
-    session.margin = R.grid_margin(R.grid_scores(state, *R.class_prototypes(
-        state, R.stroke_weights(session.labels, edited, state.n_classes, state.grid_shape, state.stride),
-        session.prior_cells, session.normalize), anchored=True, normalize=session.normalize))
+    session.margin = R.grid_margin(R.refined_scores(state, session.labels, edited, prior_cells=session.prior_cells,
+                                                    normalize=session.normalize))
     return session

@@ -56,6 +56,7 @@ __all__ = [
     "stroke_weights",
     "class_prototypes",
     "grid_scores",
+    "refined_scores",
     "assign",
     "refine",
     "apply_scribbles",
@@ -459,11 +460,19 @@ def refine(state: RefineState, labels: np.ndarray, edited: np.ndarray, *, prior_
     labels : (H, W) array of ``labels``' dtype, and the margin when ``confidence``.
     """
     labels, edited = _check_maps(state, labels, edited)
-    weights = stroke_weights(labels, edited, state.n_classes, state.grid_shape, state.stride)
-    protos, active = class_prototypes(state, weights, prior_cells, normalize)
-    scores = grid_scores(state, protos, active, anchored=True, normalize=normalize)
+    scores = refined_scores(state, labels, edited, prior_cells=prior_cells, normalize=normalize)
     fixed = edited if keep is None else edited | keep
     return assign(scores, state.shape, state.stride, labels=labels, fixed=fixed, confidence=confidence)
+
+
+def refined_scores(state: RefineState, labels: np.ndarray | None = None, edited: np.ndarray | None = None, *,
+                   prior_cells: float = PRIOR_CELLS, normalize: bool = False) -> np.ndarray:
+    """(K, gh, gw) grid scores after learning from the strokes in ``labels``/``edited``
+    (none given: the draft's), anchored on the run's own scores."""
+    weights = None if edited is None else stroke_weights(labels, edited, state.n_classes, state.grid_shape,
+                                                         state.stride)
+    protos, active = class_prototypes(state, weights, prior_cells, normalize)
+    return grid_scores(state, protos, active, anchored=True, normalize=normalize)
 
 
 def _check_maps(state: RefineState, labels, edited):
