@@ -24,6 +24,7 @@ from .core.metrics import add_confusion, confusion_matrix, hungarian_match, rema
 from .geo.atomic import atomic_output, write_json
 from .geo.isprs import POTSDAM6_TO_3, decode_isprs_labels, map_labels, tile_id
 from .geo.raster_io import ImageReadError, read_class_names, read_image, sidecar_path
+from .errors import BadInputError
 
 __all__ = [
     "DATASETS",
@@ -40,7 +41,7 @@ DATASETS = ("potsdam6", "potsdam3", "index")
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(BadInputError):
     """Input that cannot be evaluated: missing or unpaired files, sizes or classes that differ."""
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from .core import refine as R
 from .core.classes import ClassSpec
+from .errors import BadInputError
 
 __all__ = ["FORMAT", "VERSION", "SUFFIX", "Session", "SessionError", "is_session", "load_session", "save_session"]
 
@@ -46,7 +47,7 @@ HISTORY = 20
 HISTORY_BYTES = 512 << 20
 
 
-class SessionError(ValueError):
+class SessionError(BadInputError):
     """A session bundle that cannot be opened, with what is wrong in one sentence."""
 
 

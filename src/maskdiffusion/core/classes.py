@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+from ..errors import BadInputError
 
 __all__ = [
     "ClassSpec",
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 
-class ClassListError(ValueError):
+class ClassListError(BadInputError):
     """A class list that cannot be segmented (empty, blank or duplicate names)."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from ..errors import BadInputError
 
 __all__ = ["InputImageError", "ImageSource", "MAX_BANDS"]
 
@@ -17,7 +18,7 @@ __all__ = ["InputImageError", "ImageSource", "MAX_BANDS"]
 MAX_BANDS = 64
 
 
-class InputImageError(ValueError):
+class InputImageError(BadInputError):
     """An image that cannot be segmented, with the reason in one sentence."""
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from ..errors import BadInputError
 
 __all__ = ["SegmentParams", "ParamsError", "DEFAULT_MODEL", "CROSS_ATTENTION_LAYERS", "FEATURE_LAYERS"]
 
@@ -17,7 +18,7 @@ CROSS_ATTENTION_LAYERS = ("down_blocks.2", "mid_block", "up_blocks.1")
 FEATURE_LAYERS = ("up_blocks.1.resnets.2", "up_blocks.2.resnets.2")
 
 
-class ParamsError(ValueError):
+class ParamsError(BadInputError):
     """Parameters that cannot run (tile size not a multiple of 64, negative overlap, ...)."""
 
 

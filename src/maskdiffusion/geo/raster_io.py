@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 from ..core.classes import ClassSpec, as_class_specs
 from .atomic import atomic_output, to_jsonable, write_json
+from ..errors import BadInputError
 
 __all__ = [
     "GeoInfo",
@@ -53,7 +54,7 @@ _GTIFF = {".tif": "GTiff", ".tiff": "GTiff"}
 _LABEL_DRIVERS = {**_GTIFF, ".png": "PNG"}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(BadInputError):
     """An image that cannot be read: missing, not an image, truncated or of an unsupported type."""
 
 

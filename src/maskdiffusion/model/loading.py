@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.params import DEFAULT_MODEL
+from ..errors import BadInputError
 
 if TYPE_CHECKING:
     import torch
@@ -69,7 +70,7 @@ class SDModel:
     scheduler_config: dict = field(repr=False)
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(BadInputError):
     """The weights are not where the user said (or not in the Hugging Face cache)."""
 
 

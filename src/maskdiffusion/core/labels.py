@@ -1,0 +1,90 @@
+"""Label values: the one convention of every face (engine, CLI, batch, evaluation, sessions, napari).
+
+**0 = unlabelled; value k = the k-th class (1-based, in the order given).** Maps are uint8 up to
+255 classes and uint16 above. GeoTIFFs mark 0 as nodata; palette PNGs draw it transparent
+black. Every sidecar ``OUT.classes.json`` spells the values out::
+
+    "label_values": {"0": "unlabelled", "1": "road", "2": "tree"}
+
+Files written before this convention (no ``label_values``) held 0-based class indices
+(0 = the first class); :func:`from_stored` reads them that way and says so once.
+
+Inside the math (prototypes, scores, confusion matrices) classes are 0-based indices of arrays;
+the conversion happens only at the edges, with :func:`to_index` and :func:`from_index`.
+
+Examples
+--------
+>>> import numpy as np
+>>> from_index(np.array([0, 2, 1]), 3)
+array([1, 3, 2], dtype=uint8)
+>>> to_index(np.array([0, 1, 3]))
+array([-1,  0,  2])
+>>> label_values(["road", "tree"])
+{'0': 'unlabelled', '1': 'road', '2': 'tree'}
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterable, Mapping
+
+import numpy as np
+
+__all__ = [
+    "LEGACY_NOTE",
+    "UNLABELLED",
+    "UNLABELLED_NAME",
+    "from_index",
+    "from_stored",
+    "is_current",
+    "label_dtype",
+    "label_values",
+    "to_index",
+]
+
+UNLABELLED = 0
+UNLABELLED_NAME = "unlabelled"
+LEGACY_NOTE = ("{what} was written before label values were 1-based (no 'label_values' in its metadata): "
+               "reading value i as class i + 1")
+_warned: set[str] = set()
+
+
+def label_dtype(n_classes: int) -> type:
+    """uint8 for up to 255 classes (values 0..255), uint16 above."""
+    return np.uint8 if n_classes <= 255 else np.uint16
+
+
+def label_values(classes: Iterable) -> dict[str, str]:
+    """``{"0": "unlabelled", "1": first name, ...}`` for ``ClassSpec`` objects or names."""
+    names = [getattr(c, "name", c) for c in classes]
+    return {"0": UNLABELLED_NAME, **{str(k): str(n) for k, n in enumerate(names, start=1)}}
+
+
+def from_index(index: np.ndarray, n_classes: int, invalid: np.ndarray | None = None) -> np.ndarray:
+    """Label map of 0-based class indices (``-1`` or ``invalid`` pixels become unlabelled)."""
+    index = np.asarray(index)
+    out = (index + 1).astype(label_dtype(n_classes))
+    out[index < 0] = UNLABELLED
+    if invalid is not None:
+        out[np.asarray(invalid, bool)] = UNLABELLED
+    return out
+
+
+def to_index(labels: np.ndarray) -> np.ndarray:
+    """0-based class indices (int64) of a label map; unlabelled pixels become ``-1``."""
+    return np.asarray(labels).astype(np.int64) - 1
+
+
+def is_current(metadata: Mapping | None) -> bool:
+    """Whether stored metadata (a sidecar, a GeoTIFF tag) follows this convention."""
+    return bool(metadata) and isinstance(metadata.get("label_values"), Mapping)
+
+
+def from_stored(labels: np.ndarray, metadata: Mapping | None, n_classes: int, what: str = "a label file") -> np.ndarray:
+    """A stored label map in this convention: as it is, or shifted by one if it predates it."""
+    if is_current(metadata):
+        return np.asarray(labels)
+    if what not in _warned:
+        _warned.add(what)
+        warnings.warn(LEGACY_NOTE.format(what=what), stacklevel=2)
+    return from_index(np.asarray(labels).astype(np.int64), n_classes)
