@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +10,9 @@ import numpy as np
 import pytest
 
 from maskdiffusion.core.classes import preset_classes
-from maskdiffusion.evaluation import EvaluationError, add_evaluate_parser, evaluate_pairs, find_pairs
+from maskdiffusion.cli import main
+from maskdiffusion.core.labels import from_index
+from maskdiffusion.evaluation import EvaluationError, evaluate_pairs, find_pairs
 from maskdiffusion.geo.isprs import POTSDAM6_TO_3, boundary_mask
 from maskdiffusion.geo.raster_io import write_labels, write_raster, write_sidecar
 from maskdiffusion.geo.synthetic import make_potsdam_like_tile, write_potsdam_like
@@ -38,15 +39,12 @@ def dataset(tmp_path_factory):
         labels = make_potsdam_like_tile(SIZE, seed)[1]
         truth[name] = labels
         pred = labels if seed == 0 else np.where(labels == 3, 2, labels)
-        write_labels(pred_dir / f"{name}_RGBIR.tif", pred, preset_classes("potsdam6"))
+        write_labels(pred_dir / f"{name}_RGBIR.tif", from_index(pred, 6), preset_classes("potsdam6"))
     return {"root": root, "labels": labels_dir, "pred": pred_dir, "data": root / "data", "truth": truth}
 
 
 def run(argv):
-    parser = argparse.ArgumentParser(prog="maskdiffusion")
-    add_evaluate_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["evaluate", *argv])
-    return args.func(args)
+    return main(["evaluate", *argv])
 
 
 def test_evaluate_one_file_pair_writes_json_md_png(dataset, tmp_path, capsys):
@@ -83,10 +81,12 @@ def test_potsdam3_merges_classes(dataset):
     pairs, _, _ = find_pairs(dataset["pred"], dataset["labels"], "potsdam3")
     assert evaluate_pairs(pairs, "potsdam3")["miou"] == 1.0
     pred = {n: POTSDAM6_TO_3[np.where(t == 3, 2, t)] for n, t in dataset["truth"].items()}
-    arrays = [(pred[n], np.where(dataset["truth"][n] >= 0, POTSDAM6_TO_3[dataset["truth"][n]], -1)) for n in TILES]
+    arrays = [(from_index(pred[n], 3), from_index(np.where(dataset["truth"][n] >= 0, POTSDAM6_TO_3[dataset["truth"][n]], -1), 3))
+              for n in TILES]
     report = evaluate_pairs(arrays, "index", classes=preset_classes("potsdam3"))
     assert report["miou"] == 1.0
-    report = evaluate_pairs([(pred["top_potsdam_2_11"], dataset["data"] / "potsdam_2_11_label.tif")], "potsdam3")
+    report = evaluate_pairs([(from_index(pred["top_potsdam_2_11"], 3), dataset["data"] / "potsdam_2_11_label.tif")],
+                            "potsdam3")
     assert report["classes"] == [c.name for c in preset_classes("potsdam3")]
     assert report["miou"] == 1.0
 
@@ -96,12 +96,12 @@ def test_prediction_class_order_is_read_from_sidecar_or_tags(dataset, tmp_path):
     labels = dataset["truth"]["top_potsdam_2_10"]
     label_file = dataset["data"] / "potsdam_2_10_label.tif"
     reordered = six[::-1]
-    tagged = write_labels(tmp_path / "rev.tif", 5 - labels, reordered)
+    tagged = write_labels(tmp_path / "rev.tif", from_index(5 - labels, 6), reordered)
     assert evaluate_pairs([(tagged, label_file)], "potsdam6")["miou"] == 1.0
-    png = write_labels(tmp_path / "plain.png", 5 - labels, [f"c{i}" for i in range(6)])
-    write_sidecar(png, {"classes": [c.to_dict() for c in reordered]})
+    png = write_labels(tmp_path / "plain.png", from_index(5 - labels, 6), [f"c{i}" for i in range(6)])
+    write_sidecar(png, {"classes": [c.to_dict() for c in reordered], "label_values": {}})
     assert evaluate_pairs([(png, label_file)], "potsdam6")["miou"] == 1.0
-    other = write_labels(tmp_path / "other.tif", labels, [f"c{i}" for i in range(6)])
+    other = write_labels(tmp_path / "other.tif", from_index(labels, 6), [f"c{i}" for i in range(6)])
     with pytest.warns(UserWarning, match="compared as they are"):
         assert evaluate_pairs([(other, label_file)], "potsdam6")["miou"] == 1.0
 
@@ -112,7 +112,7 @@ def test_unsupervised_reports_dataset_and_per_image_matching(dataset, tmp_path):
     perms = {"top_potsdam_2_10": [3, 0, 5, 1, 4, 2], "top_potsdam_2_11": [1, 2, 3, 4, 5, 0]}
     for name, perm in perms.items():
         clusters = np.asarray(perm)[dataset["truth"][name]]
-        write_labels(pred_dir / f"{name}_clusters.tif", clusters, [f"cluster {k}" for k in range(6)])
+        write_labels(pred_dir / f"{name}_clusters.tif", from_index(clusters, 6), [f"cluster {k}" for k in range(6)])
     out = tmp_path / "u"
     rc = run(["--pred", str(pred_dir), "--labels", str(dataset["labels"]), "--unsupervised", "--out", str(out)])
     assert rc == 0
@@ -132,16 +132,17 @@ def test_unsupervised_reports_dataset_and_per_image_matching(dataset, tmp_path):
 
 
 def test_index_dataset_with_ignore_index(tmp_path):
+    """A foreign 0-based index raster (no label_values) with 255 = ignore, against our prediction."""
     target = np.array([[0, 1, 255], [2, 2, 1]], dtype=np.uint8)
     pred = np.array([[0, 1, 0], [2, 1, 1]], dtype=np.uint8)
-    write_labels(tmp_path / "a_pred.png", pred, ["x", "y", "z"])
-    write_labels(tmp_path / "a_gt.png", np.where(target == 255, 0, target), ["x", "y", "z"])
+    write_labels(tmp_path / "a_pred.png", pred + 1, ["x", "y", "z"])
     write_raster(tmp_path / "a_gt.tif", target)
     rc = run(["--pred", str(tmp_path / "a_pred.png"), "--labels", str(tmp_path / "a_gt.tif"), "--dataset", "index",
               "--classes", "x,y,z", "--ignore-index", "255", "--out", str(tmp_path / "idx")])
     assert rc == 0
     report = json.loads((tmp_path / "idx.json").read_text())
     assert report["evaluations"]["supervised"]["n_pixels"] == 5
+    assert report["unlabelled_predictions"] == 0
     assert report["pixel_accuracy"] == pytest.approx(4 / 5)
     assert report["evaluations"]["supervised"]["iou"]["z"] == pytest.approx(1 / 2)
 

@@ -17,11 +17,12 @@ import numpy as np
 
 from .core.classes import ClassSpec, as_class_specs, default_color
 from .core.image import ImageSource
+from .core.labels import label_dtype
 from .core.params import SegmentParams
 from .core.result import Progress, SegmentationResult
 from .core.tiling import GRID_STRIDE, GridAccumulator, RowBlender, Tile, tile_grid
 
-__all__ = ["iter_segment", "segment"]
+__all__ = ["drain", "iter_segment", "segment"]
 
 
 def segment(image, classes=None, model=None, params: SegmentParams | None = None, *, device: str | None = "auto",
@@ -49,15 +50,26 @@ def segment(image, classes=None, model=None, params: SegmentParams | None = None
     -------
     SegmentationResult
     """
-    gen = iter_segment(image, classes, model, params, device=device, dtype=dtype, keep_features=keep_features,
-                       **overrides)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step)
+    steps = iter_segment(image, classes, model, params, device=device, dtype=dtype, keep_features=keep_features,
+                         **overrides)
+    return drain(steps, progress)
+
+
+def drain(steps: Generator[Progress, None, SegmentationResult],
+          on_step: Callable[[Progress], None] | None = None) -> SegmentationResult:
+    """Run an :func:`iter_segment` generator to its end, calling ``on_step`` per step; return
+    its result. The generator is closed on any exception (Ctrl-C included), which stops the
+    run between tiles and leaves nothing behind."""
+    try:
+        while True:
+            try:
+                step = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            if on_step is not None:
+                on_step(step)
+    finally:
+        steps.close()
 
 
 def iter_segment(image, classes=None, model=None, params: SegmentParams | None = None, *,
@@ -92,7 +104,7 @@ def _load(model, device, dtype):
 def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype, keep_features: bool):
     import torch
 
-    from .core import prototypes as P
+    from .core.prototypes import class_maps, class_scores, cluster_scores, normalize_features, prototype_sums, prototypes, upsample
     from .core.tokens import layout_prompts
     from .model.forward import TileRunner
 
@@ -113,13 +125,13 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     def capture(tile: Tile):
         nonlocal features
         f = runner(source.tile(tile.y, tile.x, tile.h, tile.w))
-        maps, feats = P.class_maps(f.token_maps, layout.spans), P.normalize_features(f.coarse, f.fine)
+        maps, feats = class_maps(f.token_maps, layout.spans), normalize_features(f.coarse, f.fine)
         if keep_features:
             features = _paste_grid(features, tile, feats, source.shape)
         return maps, feats
 
     def blend(tile: Tile, scores):
-        blender.add(tile, P.upsample(scores, (tile.h, tile.w)).float().cpu().numpy())
+        blender.add(tile, upsample(scores, (tile.h, tile.w)).float().cpu().numpy())
         if grid_scores is not None:
             grid_scores.add(tile, scores.float().cpu().numpy(), params.overlap)
 
@@ -127,7 +139,7 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     if not shared:
         for tile in tiles:
             maps, feats = capture(tile)
-            blend(tile, P.class_scores(feats, P.prototypes(maps, feats)))
+            blend(tile, class_scores(feats, prototypes(maps, feats)))
             attention.add(tile, maps.cpu().numpy())
             yield Progress(tile.index + 1, total, "features", f"tile {tile.index + 1} of {len(tiles)}")
     else:
@@ -138,14 +150,14 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
                 cache.put(tile.index, feats, maps)
                 attention.add(tile, maps.cpu().numpy())
                 if specs:
-                    n, d = P.prototype_sums(maps, feats)
+                    n, d = prototype_sums(maps, feats)
                     num, den = (n, d) if num is None else (num + n, den + d)
                 yield Progress(tile.index + 1, total, "features", f"tile {tile.index + 1} of {len(tiles)}")
             if params.unsupervised:
                 centers, clusters_to_classes = _fit_clusters(cache, tiles, source.shape, params, len(specs))
-                assign = partial(P.cluster_scores, centroids=torch.from_numpy(centers).to(sd.device))
+                assign = partial(cluster_scores, centroids=torch.from_numpy(centers).to(sd.device))
             else:
-                assign = partial(P.class_scores, protos=num / den.clamp_min(1e-12)[:, None])
+                assign = partial(class_scores, protos=num / den.clamp_min(1e-12)[:, None])
             for tile in tiles:
                 blend(tile, assign(cache.features(tile.index).to(sd.device)))
                 yield Progress(len(tiles) + tile.index + 1, total, "assign", f"tile {tile.index + 1} of {len(tiles)}")
@@ -179,15 +191,16 @@ def _paste_grid(grid, tile: Tile, feats, shape):
 
 
 class _Outputs:
-    """The output arrays, filled band by band from blended scores."""
+    """The output arrays, filled band by band from blended scores (labels 1-based, see
+    :mod:`maskdiffusion.core.labels`)."""
 
     def __init__(self, shape, n_classes: int, keep_scores: bool):
-        self.labels = np.zeros(shape, np.uint8 if n_classes <= 256 else np.uint16)
+        self.labels = np.zeros(shape, label_dtype(n_classes))
         self.confidence = np.zeros(shape, np.float32)
         self.scores = np.zeros((n_classes, *shape), np.float32) if keep_scores else None
 
     def write_rows(self, y0: int, y1: int, scores: np.ndarray) -> None:
-        self.labels[y0:y1] = scores.argmax(0)
+        np.add(scores.argmax(0), 1, out=self.labels[y0:y1], casting="unsafe")
         if len(scores) > 1:
             top2 = np.partition(scores, len(scores) - 2, axis=0)[-2:]
             self.confidence[y0:y1] = top2[1] - top2[0]

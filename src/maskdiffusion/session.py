@@ -7,7 +7,8 @@ refinement, refines (:mod:`maskdiffusion.core.refine`) and keeps an undo history
 **Bundle.** :meth:`Session.save` writes a folder ``NAME.mdsession/``::
 
     session.json              format, version, image reference, classes, parameters, file names
-    labels-<id>.npy           (H, W) int16 class index, -1 = no class
+    labels-<id>.npy           (H, W) label map: 0 = unlabelled, k = the k-th class (version 1: int16
+                              0-based class index, -1 = no class; read and converted)
     edited-<id>.npy           the (H, W) bool mask of annotator-set pixels, np.packbits'ed
     attention-<id>.npy        (K, gh, gw) float32 class maps (zero for example-only classes)
     features-<id>.npy         (D, gh, gw) reduced features (float16)
@@ -30,14 +31,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .core import refine as R
+from .core.class_edits import add_class, merge_classes, remove_class, rename_class
+from .core.confidence import grid_margin
+from .core.labels import from_index
+from .core.refine import PRIOR_CELLS, RefineState, assign, refined_scores
 from .core.classes import ClassSpec
 from .errors import BadInputError
 
 __all__ = ["FORMAT", "VERSION", "SUFFIX", "Session", "SessionError", "is_session", "load_session", "save_session"]
 
 FORMAT = "maskdiffusion-session"
-VERSION = 1
+VERSION = 2
 SUFFIX = ".mdsession"
 _INDEX = "session.json"
 _ARRAYS = ("labels", "edited", "attention", "features")
@@ -45,6 +49,8 @@ _ARRAYS = ("labels", "edited", "attention", "features")
 #: latest step is always kept).
 HISTORY = 20
 HISTORY_BYTES = 512 << 20
+#: The session's label maps are uint16 whatever the class count, so classes can be added.
+LABELS_DTYPE = np.uint16
 
 
 class SessionError(BadInputError):
@@ -56,7 +62,7 @@ class _Step:
     """What one refinement or class change replaced: enough to put it back exactly."""
 
     what: str
-    state: R.RefineState
+    state: RefineState
     changed: np.ndarray
     before: np.ndarray
     edited: np.ndarray | None = None
@@ -71,7 +77,7 @@ class Session:
     """One image's refinement session.
 
     state: the run's :class:`~maskdiffusion.core.refine.RefineState` (features, maps, classes).
-    labels: (H, W) int16 class index (-1 = no class) as the last refinement left it.
+    labels: (H, W) label map (0 = unlabelled, k = class k) as the last refinement left it.
     edited: (H, W) bool, the pixels the annotator set (kept exactly, learnt from).
     image: reference to the image: ``path``, ``layer`` (napari layer name), ``georeference``,
         ``plane`` (stack index), ``shape``.
@@ -80,13 +86,13 @@ class Session:
     margin: (gh, gw) grid confidence of the last refinement (the draft's before one).
     """
 
-    state: R.RefineState
+    state: RefineState
     labels: np.ndarray
     edited: np.ndarray
     image: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
     model: str = ""
-    prior_cells: float = R.PRIOR_CELLS
+    prior_cells: float = PRIOR_CELLS
     normalize: bool = False
     margin: np.ndarray | None = None
     history: list = field(default_factory=list, repr=False)
@@ -94,11 +100,11 @@ class Session:
     @classmethod
     def from_result(cls, result, image: dict | None = None, dims: int | str | None = "auto") -> Session:
         """A session on a result made with ``keep_features=True``; the draft is the start."""
-        state = R.RefineState.from_result(result, dims=dims)
-        labels = result.labels.astype(np.int16)
+        state = RefineState.from_result(result, dims=dims)
+        labels = result.labels.astype(LABELS_DTYPE)
         session = cls(state, labels, np.zeros(labels.shape, bool), dict(image or {}), result.params.to_dict(),
                       result.model)
-        session.margin = R.grid_margin(R.refined_scores(state))
+        session.margin = grid_margin(refined_scores(state))
         return session
 
     @property
@@ -116,14 +122,14 @@ class Session:
         """
         current = np.asarray(current)
         if current.shape != self.labels.shape:
-            raise ValueError(f"label map {current.shape} does not match the session's {self.labels.shape}")
+            raise SessionError(f"label map {current.shape} does not match the session's {self.labels.shape}")
         if self.history and self._undone_outside(current):
             self.undo()
         diff = current != self.labels
         fresh = int(np.count_nonzero(diff & ~self.edited))
         if diff.any():
             self.edited |= diff
-            self.labels = current.astype(np.int16)
+            self.labels = current.astype(LABELS_DTYPE)
         return fresh
 
     def _undone_outside(self, current: np.ndarray) -> bool:
@@ -132,7 +138,7 @@ class Session:
             return False
         return bool(np.array_equal(current.reshape(-1)[step.changed], step.before))
 
-    def _push(self, what: str, new_labels: np.ndarray, state_before: R.RefineState,
+    def _push(self, what: str, new_labels: np.ndarray, state_before: RefineState,
               edited_before: np.ndarray | None = None) -> np.ndarray:
         old, new = self.labels.reshape(-1), new_labels.reshape(-1)
         changed = np.flatnonzero(old != new)
@@ -142,20 +148,20 @@ class Session:
         del self.history[:-HISTORY]
         while len(self.history) > 1 and sum(step.nbytes for step in self.history) > HISTORY_BYTES:
             del self.history[0]
-        self.labels = new_labels.astype(np.int16, copy=False)
+        self.labels = new_labels.astype(LABELS_DTYPE, copy=False)
         return self.labels
 
     def refine(self, current: np.ndarray | None = None) -> np.ndarray:
         """Refine from the edits (after :meth:`sync` of ``current``); one undo step.
 
-        Returns the new (H, W) int16 label map; edited pixels are unchanged.
+        Returns the new (H, W) label map; edited pixels are unchanged.
         """
         if current is not None:
             self.sync(current)
-        scores = R.refined_scores(self.state, self.labels, self.edited, prior_cells=self.prior_cells,
+        scores = refined_scores(self.state, self.labels, self.edited, prior_cells=self.prior_cells,
                                   normalize=self.normalize)
-        new = R.assign(scores, self.state.shape, self.state.stride, labels=self.labels, fixed=self.edited)
-        self.margin = R.grid_margin(scores)
+        new = assign(scores, self.state.shape, self.state.stride, labels=self.labels, fixed=self.edited)
+        self.margin = grid_margin(scores)
         return self._push("refine", new, self.state)
 
     def undo(self) -> np.ndarray | None:
@@ -176,7 +182,7 @@ class Session:
     def add_class(self, spec: ClassSpec | str) -> int:
         """Add a class defined by example (paint it, then refine); returns its index."""
         before = self.state
-        self.state = R.add_class(self.state, spec)
+        self.state = add_class(self.state, spec)
         self._push("add class", self.labels.copy(), before)
         return self.state.n_classes - 1
 
@@ -185,7 +191,7 @@ class Session:
         if current is not None:
             self.sync(current)
         before, edited = self.state, self.edited.copy()
-        self.state, new, self.edited = R.remove_class(self.state, self.labels, self.edited, k,
+        self.state, new, self.edited = remove_class(self.state, self.labels, self.edited, k,
                                                       prior_cells=self.prior_cells, normalize=self.normalize)
         return self._push("remove class", new, before, edited)
 
@@ -194,13 +200,13 @@ class Session:
         if current is not None:
             self.sync(current)
         before = self.state
-        self.state, new, _ = R.merge_classes(self.state, self.labels, self.edited, sources, into)
+        self.state, new, _ = merge_classes(self.state, self.labels, self.edited, sources, into)
         return self._push("merge classes", new, before)
 
     def rename_class(self, k: int, name: str, color: Sequence[int] | None = None) -> None:
         """Rename (and recolour) class ``k``; its pixels stay. One undo step."""
         before = self.state
-        self.state = R.rename_class(self.state, k, name, color)
+        self.state = rename_class(self.state, k, name, color)
         self._push("rename class", self.labels.copy(), before)
 
     # ------------------------------------------------------------------ files
@@ -245,7 +251,7 @@ def _write_array(folder: Path, name: str, array: np.ndarray, token: str | None =
     return filename
 
 
-def _class_entries(state: R.RefineState) -> list[dict]:
+def _class_entries(state: RefineState) -> list[dict]:
     return [dict(c.to_dict(), from_text=t) for c, t in zip(state.classes, state.from_text)]
 
 
@@ -258,7 +264,7 @@ def save_session(path: str | Path, session: Session) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = session.state
     arrays = {
-        "labels": _write_array(folder, "labels", session.labels.astype(np.int16, copy=False)),
+        "labels": _write_array(folder, "labels", session.labels.astype(LABELS_DTYPE, copy=False)),
         "edited": _write_array(folder, "edited", np.packbits(session.edited)),
         "attention": _write_array(folder, "attention", state.attention.astype(np.float32, copy=False)),
         "features": _write_array(folder, "features", state.features, state.features_id),
@@ -330,20 +336,22 @@ def load_session(path: str | Path) -> Session:
         from_text = tuple(bool(d.get("from_text", True)) for d in index["classes"])
         refine = index["refine"]
         labels = arrays["labels"]
+        if index["version"] == 1:
+            labels = from_index(labels.astype(np.int64), len(classes))
         edited = np.unpackbits(arrays["edited"], count=int(np.prod(shape))).astype(bool).reshape(shape)
         if labels.shape != shape or labels.dtype.kind not in "iu":
             raise ValueError(f"the label map has shape {labels.shape} and type {labels.dtype}, "
                              f"expected {shape} integers")
-        state = R.RefineState(arrays["features"], arrays["attention"].astype(np.float32, copy=False), classes, shape,
+        state = RefineState(arrays["features"], arrays["attention"].astype(np.float32, copy=False), classes, shape,
                               float(refine["stride"]), from_text, dict(refine.get("reduction") or {}),
                               str(refine.get("features_id") or uuid.uuid4().hex[:12]),
                               None if base is None else base.astype(np.float32, copy=False))
     except (KeyError, TypeError, ValueError) as e:
         detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
         raise SessionError(f"session {folder} is inconsistent: {detail}") from None
-    session = Session(state, labels.astype(np.int16, copy=False), edited, dict(index.get("image") or {}),
+    session = Session(state, labels.astype(LABELS_DTYPE, copy=False), edited, dict(index.get("image") or {}),
                       dict(index.get("parameters") or {}), str(index.get("model") or ""),
-                      float(refine.get("prior_cells", R.PRIOR_CELLS)), bool(refine.get("normalize", False)))
-    session.margin = R.grid_margin(R.refined_scores(state, session.labels, edited, prior_cells=session.prior_cells,
+                      float(refine.get("prior_cells", PRIOR_CELLS)), bool(refine.get("normalize", False)))
+    session.margin = grid_margin(refined_scores(state, session.labels, edited, prior_cells=session.prior_cells,
                                                     normalize=session.normalize))
     return session

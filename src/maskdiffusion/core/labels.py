@@ -63,7 +63,8 @@ def label_values(classes: Iterable) -> dict[str, str]:
 def from_index(index: np.ndarray, n_classes: int, invalid: np.ndarray | None = None) -> np.ndarray:
     """Label map of 0-based class indices (``-1`` or ``invalid`` pixels become unlabelled)."""
     index = np.asarray(index)
-    out = (index + 1).astype(label_dtype(n_classes))
+    top = int(index.max()) + 1 if index.size else 0
+    out = (index + 1).astype(label_dtype(max(n_classes, top)))
     out[index < 0] = UNLABELLED
     if invalid is not None:
         out[np.asarray(invalid, bool)] = UNLABELLED
@@ -76,8 +77,18 @@ def to_index(labels: np.ndarray) -> np.ndarray:
 
 
 def is_current(metadata: Mapping | None) -> bool:
-    """Whether stored metadata (a sidecar, a GeoTIFF tag) follows this convention."""
-    return bool(metadata) and isinstance(metadata.get("label_values"), Mapping)
+    """Whether stored metadata (a sidecar, a GeoTIFF tag) follows this convention.
+
+    Files with ``label_values`` do; so do the napari exports made before it, which listed
+    "unlabelled" as their first class (their value 0).
+    """
+    if not metadata:
+        return False
+    if isinstance(metadata.get("label_values"), Mapping):
+        return True
+    classes = metadata.get("classes") or []
+    first = classes[0] if classes else None
+    return (first.get("name") if isinstance(first, Mapping) else first) == UNLABELLED_NAME
 
 
 def from_stored(labels: np.ndarray, metadata: Mapping | None, n_classes: int, what: str = "a label file") -> np.ndarray:

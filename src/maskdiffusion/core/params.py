@@ -1,14 +1,17 @@
 """Run parameters and their defaults: the one place where defaults live.
 
-``SegmentParams()`` is the ``paper`` preset of SPEC §2 plus the tiling defaults of §3.
+``SegmentParams()`` is the ``paper`` preset (``docs/algorithm.md`` §2) plus the tiling
+defaults of §3. The command line and the napari dock build their options from the fields'
+metadata (:func:`face_fields`), so a new parameter appears in both by being declared here.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+
 from ..errors import BadInputError
 
-__all__ = ["SegmentParams", "ParamsError", "DEFAULT_MODEL", "CROSS_ATTENTION_LAYERS", "FEATURE_LAYERS"]
+__all__ = ["SegmentParams", "ParamsError", "DEFAULT_MODEL", "CROSS_ATTENTION_LAYERS", "FEATURE_LAYERS", "face_fields"]
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 
@@ -22,38 +25,55 @@ class ParamsError(BadInputError):
     """Parameters that cannot run (tile size not a multiple of 64, negative overlap, ...)."""
 
 
+def _option(default, help: str, **face) -> object:
+    """A field with what the faces need to offer it: ``help``, and for the command line and
+    the napari dock ``cli``/``widget`` (offered there), ``choices``, ``min``/``max``/``step``,
+    ``suffix``, ``metavar``, ``off`` (the widget's text for ``None``)."""
+    return field(default=default, metadata={"help": help, "cli": True, **face})
+
+
 @dataclass(frozen=True)
 class SegmentParams:
     """How to segment. Defaults reproduce the paper on one tile and tile larger images.
 
-    tile_size, overlap: in image pixels (after ``scale``); the model sees each tile at that size.
-    scale: resample the whole image by this factor first; results come back on the input grid.
-    prototypes: ``"tile"`` (the paper: class prototypes per tile) or ``"image"`` (shared over all
-        tiles, so a class means the same thing everywhere).
-    attention: ``"exp"`` (the paper's unnormalised exponent) or ``"softmax"``.
-    timestep, noise, seed: UNet timestep; add the scheduler's noise for that timestep with a seed.
-    cross_attention_layers, feature_layers: module names in the UNet (see the constants).
-    unsupervised: K clusters instead of classes (k-means on the features); ``clustering`` picks
-        ``"kmeans"`` or ``"spectral"`` (with ``spatial_weight`` on pixel position).
-    bands: band indices (0-based) taken as R, G, B from a multi-band image.
-    return_scores: keep the per-class score maps (K×H×W float32) in the result.
+    Every field carries its help text and how the command line and the napari dock offer it
+    (:func:`dataclasses.fields` metadata), so the faces generate their options from here.
+    The algorithm behind the fields is ``docs/algorithm.md``.
+
+    Examples
+    --------
+    >>> params = SegmentParams(tile_size=256)
+    >>> params.stride
+    192
+    >>> SegmentParams.from_dict(params.to_dict()) == params
+    True
     """
 
-    tile_size: int = 512
-    overlap: int = 64
-    scale: float = 1.0
-    prototypes: str = "tile"
-    attention: str = "exp"
-    timestep: int = 0
-    noise: bool = False
-    seed: int = 0
-    cross_attention_layers: tuple[str, ...] = CROSS_ATTENTION_LAYERS
-    feature_layers: tuple[str, ...] = FEATURE_LAYERS
-    unsupervised: int | None = None
-    clustering: str = "kmeans"
-    spatial_weight: float = 0.0
-    bands: tuple[int, ...] | None = None
-    return_scores: bool = False
+    tile_size: int = _option(512, "tile side in image pixels, a multiple of 64; the model sees the tile at that size",
+                             widget=True, min=64, max=4096, step=64, suffix=" px", metavar="PX")
+    overlap: int = _option(64, "overlap between neighbouring tiles in pixels, blended with a smooth window",
+                           widget=True, min=0, max=2048, step=16, suffix=" px", metavar="PX")
+    scale: float = _option(1.0, "resample the image by this factor first (0.5: 5 cm Potsdam as 10 cm); results "
+                                "come back on the input grid", widget=True, min=0.05, max=8.0, step=0.25)
+    prototypes: str = _option("tile", "class prototypes per tile (the paper) or shared over the whole image",
+                              widget=True, choices=("tile", "image"))
+    attention: str = _option("exp", "attention maps: the paper's unnormalised exp(q.k) or the softmax",
+                             choices=("exp", "softmax"))
+    timestep: int = _option(0, "UNet timestep", metavar="T")
+    noise: bool = _option(False, "add the scheduler's noise for the timestep (seeded)")
+    seed: int = _option(0, "seed of the noise and of the clustering", metavar="N")
+    cross_attention_layers: tuple[str, ...] = field(default=CROSS_ATTENTION_LAYERS,
+                                                    metadata={"help": "UNet blocks whose cross-attention is captured"})
+    feature_layers: tuple[str, ...] = field(default=FEATURE_LAYERS,
+                                            metadata={"help": "the two modules whose input is the feature map"})
+    unsupervised: int | None = _option(None, "K clusters of the features instead of classes (named after the "
+                                             "classes when given)", widget=True, min=0, max=256, off="off",
+                                       metavar="K")
+    clustering: str = _option("kmeans", "clustering of the unsupervised mode", choices=("kmeans", "spectral"))
+    spatial_weight: float = _option(0.0, "spectral clustering: weight of the pixel position")
+    bands: tuple[int, ...] | None = _option(None, "0-based bands used as R,G,B, e.g. 3,0,1 for IRRG from RGBIR",
+                                            metavar="B,B,B")
+    return_scores: bool = field(default=False, metadata={"help": "keep the per-class score maps in the result"})
 
     def __post_init__(self):
         if self.tile_size < 64 or self.tile_size % 64:
@@ -97,3 +117,8 @@ class SegmentParams:
     def from_dict(cls, d: dict) -> "SegmentParams":
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+
+
+def face_fields(face: str):
+    """The fields a face offers, in declaration order: ``"cli"`` or ``"widget"``."""
+    return [f for f in fields(SegmentParams) if f.metadata.get(face)]

@@ -1,4 +1,5 @@
-"""The equations of SPEC §2.4–2.6 on plain tensors: class maps, features, prototypes, scores.
+"""The equations of ``docs/algorithm.md`` §2.4–2.6 on plain tensors: class maps, features,
+prototypes, scores.
 
 All functions take and return float32 ``torch`` tensors on any device, without batch axes.
 """
@@ -54,10 +55,39 @@ def normalize_features(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor
     return F.normalize(torch.cat([upsample(coarse, fine.shape[-2:]), fine]), dim=0)
 
 
-def prototype_sums(maps: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_p A_k(p) f̂(p) (K, C) and Σ_p A_k(p) (K,): add these over tiles for shared prototypes."""
-    a = maps.flatten(1)
-    return a @ feats.flatten(1).T, a.sum(1)
+def prototype_sums(maps, feats, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_p A_k(p) f̂(p) (K, C) and Σ_p A_k(p) (K,), float32, over the cells of a grid.
+
+    The one implementation of the prototype sum (``docs/algorithm.md`` §2.6): the engine's
+    per-tile and image-wide prototypes, batch's shared prototypes and refinement's stroke
+    prototypes all add these. ``maps`` (K, ...) and ``feats`` (C, ...) share their trailing
+    grid axes; they may be tensors on any device or numpy arrays (float16 included), and are
+    read ``chunk`` cells at a time, so a 6000² tile's features are never copied whole.
+
+    Examples
+    --------
+    >>> import torch
+    >>> num, den = prototype_sums(torch.ones(2, 4, 4), torch.ones(3, 4, 4))
+    >>> num.shape, den.tolist()
+    (torch.Size([2, 3]), [16.0, 16.0])
+    """
+    a, f = _cells(maps), _cells(feats)
+    num = torch.zeros((a.shape[0], f.shape[0]), dtype=torch.float32, device=a.device)
+    den = torch.zeros(a.shape[0], dtype=torch.float32, device=a.device)
+    for start in range(0, a.shape[1], chunk):
+        block = a[:, start:start + chunk].float()
+        num += block @ f[:, start:start + chunk].to(a.device).float().T
+        den += block.sum(1)
+    return num, den
+
+
+def _cells(x) -> torch.Tensor:
+    """(N, ...) as an (N, cells) tensor without copying numpy memory."""
+    if not isinstance(x, torch.Tensor):
+        import numpy as np
+
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    return x.reshape(x.shape[0], -1)
 
 
 def prototypes(maps: torch.Tensor, feats: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

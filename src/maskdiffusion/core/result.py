@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .classes import ClassSpec
+from .labels import label_values
 from .params import SegmentParams
 
 __all__ = ["Progress", "SegmentationResult"]
@@ -26,13 +27,14 @@ class Progress:
 class SegmentationResult:
     """A segmentation on the input image's pixel grid.
 
-    labels: (H, W) class index (uint8, uint16 above 255 classes); value i is ``classes[i]``.
+    labels: (H, W) label map (uint8, uint16 above 255 classes): 0 = unlabelled, value k is
+        ``classes[k - 1]`` (:mod:`maskdiffusion.core.labels`).
     confidence: (H, W) float32 margin between the best and second-best score (0 = unsure).
     attention: (K, h, w) float32 max-normalised class attention maps on a coarse grid whose cell
         is ``attention_stride`` input pixels (16 at scale 1).
     scores: (K, H, W) float32 blended class scores, when asked for.
-    clusters_to_classes: in unsupervised mode, for each cluster the index of the class whose
-        attention overlaps it most (or -1 without class names).
+    clusters_to_classes: in unsupervised mode, for each cluster the 0-based index of the class
+        whose attention overlaps it most (or -1 without class names).
     features: (C, h, w) float16 unit features f̂ on the attention grid, when asked for.
     grid_scores: (K, h, w) float32 class scores averaged over tiles on that grid, with features.
     """
@@ -59,7 +61,8 @@ class SegmentationResult:
         from .. import __version__
 
         meta = {
-            "classes": [dict(c.to_dict(), index=i) for i, c in enumerate(self.classes)],
+            "classes": [dict(c.to_dict(), value=k) for k, c in enumerate(self.classes, start=1)],
+            "label_values": label_values(self.classes),
             "model": self.model,
             "parameters": self.params.to_dict(),
             "version": __version__,

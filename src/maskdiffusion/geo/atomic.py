@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..errors import BadInputError, OutputError
+
 __all__ = ["atomic_output", "to_jsonable", "write_json"]
 
 
@@ -31,12 +33,12 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+        raise BadInputError(f"cannot write {path}: folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
     try:
         yield tmp
         if not tmp.exists():
-            raise FileNotFoundError(f"nothing was written for {path}")
+            raise OutputError(f"cannot write {path}: nothing was written")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -17,8 +17,10 @@ from rasterio.features import shapes
 from rasterio.transform import Affine
 
 from ..core.classes import ClassSpec, as_class_specs
+from ..core.labels import UNLABELLED
 from .atomic import atomic_output, write_json
 from .raster_io import GeoInfo
+from ..errors import BadInputError
 
 __all__ = ["label_polygons", "rle_decode", "rle_encode", "write_coco", "write_polygons"]
 
@@ -28,9 +30,9 @@ _VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON"}
 def _class_array(labels, n_classes: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.dtype.kind not in "ui":
-        raise ValueError(f"labels must be a 2-D integer array of class indices, got {labels.dtype} {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"label values must be class indices 0-{n_classes - 1}, found {labels.min()}-{labels.max()}")
+        raise BadInputError(f"labels must be a 2-D integer label map, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > n_classes):
+        raise BadInputError(f"label values must be 0 (unlabelled) to {n_classes}, found {labels.min()}-{labels.max()}")
     return labels.astype(np.int32 if n_classes > 255 else np.uint8, copy=False)
 
 
@@ -39,7 +41,7 @@ def label_polygons(labels: np.ndarray, transform: Affine | None = None,
     """Trace each connected region of equal label as a polygon (holes included).
 
     Returns the polygons, in map coordinates when ``transform`` is given (else pixel
-    coordinates, x = column, y = row, pixel corners on integers), and their class indices.
+    coordinates, x = column, y = row, pixel corners on integers), and their label values.
     """
     labels = np.asarray(labels)
     transform = Affine.identity() if transform is None else transform
@@ -54,28 +56,31 @@ def write_polygons(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: 
                    dissolve: bool = False, connectivity: int = 4, layer: str = "segmentation") -> Path:
     """Write the label map as polygons with their class: GeoPackage (``.gpkg``) or ``.geojson``.
 
-    One feature per connected region (``dissolve=True``: one MultiPolygon per class) with
-    fields ``class_index``, ``class_name``, ``color`` (``#rrggbb``) and ``area`` (map units,
-    or pixels without a transform). The CRS of ``geo`` is kept. Atomic.
+    One feature per connected region of a class (``dissolve=True``: one MultiPolygon per
+    class) with fields ``label`` (the label value k), ``class_name``, ``color`` (``#rrggbb``)
+    and ``area`` (map units, or pixels without a transform); unlabelled pixels (0) give no
+    feature. The CRS of ``geo`` is kept. Atomic.
     """
     path = Path(path)
     try:
         driver = _VECTOR_DRIVERS[path.suffix.lower()]
     except KeyError:
-        raise ValueError(f"cannot write {path}: unsupported suffix; use one of {', '.join(_VECTOR_DRIVERS)}") from None
+        raise BadInputError(f"cannot write {path}: unsupported suffix; use one of {', '.join(_VECTOR_DRIVERS)}") from None
     classes = as_class_specs(classes)
     labels = _class_array(labels, len(classes))
     transform = Affine(*geo.transform[:6]) if geo is not None and geo.transform is not None else None
     polygons, values = label_polygons(labels, transform, connectivity)
+    keep = values != UNLABELLED
+    polygons, values = [p for p, k in zip(polygons, keep) if k], values[keep]
     if dissolve:
         present = np.unique(values)
         polygons = [shapely.MultiPolygon([p for p, v in zip(polygons, values) if v == k]) for k in present]
         values = present
     geometry = np.asarray(polygons, dtype=object)
     fields = {
-        "class_index": values.astype(np.int32),
-        "class_name": np.array([classes[v].name for v in values], dtype=object),
-        "color": np.array(["#{:02x}{:02x}{:02x}".format(*classes[v].color) for v in values], dtype=object),
+        "label": values.astype(np.int32),
+        "class_name": np.array([classes[v - 1].name for v in values], dtype=object),
+        "color": np.array(["#{:02x}{:02x}{:02x}".format(*classes[v - 1].color) for v in values], dtype=object),
         "area": shapely.area(geometry).astype(np.float64),
     }
     crs = CRS.from_user_input(geo.crs).to_wkt() if geo is not None and geo.crs else None
@@ -119,13 +124,14 @@ def write_coco(path, labels: np.ndarray, classes: Sequence[ClassSpec], image_inf
 
     ``image_info`` is the COCO image entry (at least ``file_name``; ``id`` defaults to 1,
     ``width`` and ``height`` come from ``labels``), or just the file name. Category ids are
-    class index + 1. ``mode="rle"`` stores exact masks as uncompressed RLE (column-major, as
+    the label values (k for the k-th class); unlabelled pixels belong to no annotation.
+    ``mode="rle"`` stores exact masks as uncompressed RLE (column-major, as
     COCO defines it); ``mode="polygons"`` stores the outlines of the regions (COCO polygons
     cannot hold holes, so enclosed regions of other classes are covered by the outline and
     appear in their own annotations too). Atomic.
     """
     if mode not in ("rle", "polygons"):
-        raise ValueError(f"COCO mode must be 'rle' or 'polygons', got {mode!r}")
+        raise BadInputError(f"COCO mode must be 'rle' or 'polygons', got {mode!r}")
     classes = as_class_specs(classes)
     labels = _class_array(labels, len(classes))
     image = {"file_name": image_info} if isinstance(image_info, str) else dict(image_info)
@@ -135,6 +141,8 @@ def write_coco(path, labels: np.ndarray, classes: Sequence[ClassSpec], image_inf
         polygons, values = label_polygons(labels)
     annotations = []
     for k in np.unique(labels):
+        if k == UNLABELLED:
+            continue
         mask = labels == k
         if mode == "rle":
             segmentation = rle_encode(mask)
@@ -143,7 +151,7 @@ def write_coco(path, labels: np.ndarray, classes: Sequence[ClassSpec], image_inf
         annotations.append({
             "id": len(annotations) + 1,
             "image_id": image["id"],
-            "category_id": int(k) + 1,
+            "category_id": int(k),
             "segmentation": segmentation,
             "area": int(mask.sum()),
             "bbox": _bbox(mask),
@@ -152,8 +160,8 @@ def write_coco(path, labels: np.ndarray, classes: Sequence[ClassSpec], image_inf
     coco = {
         "info": {"description": "semantic segmentation written by napari-maskdiffusion"},
         "images": [image],
-        "categories": [{"id": i + 1, "name": c.name, "supercategory": "", "color": list(c.color)}
-                       for i, c in enumerate(classes)],
+        "categories": [{"id": k, "name": c.name, "supercategory": "", "color": list(c.color)}
+                       for k, c in enumerate(classes, start=1)],
         "annotations": annotations,
     }
     return write_json(path, coco)

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core.classes import ClassSpec, as_class_specs, preset_classes
+from ..errors import BadInputError
 
 __all__ = [
     "ISPRS_COLORS",
@@ -66,9 +67,9 @@ def decode_isprs_labels(rgb: np.ndarray, classes: Sequence[ClassSpec] | None = N
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] not in (3, 4):
-        raise ValueError(f"colour-coded labels must be (H, W, 3), got shape {rgb.shape}")
+        raise BadInputError(f"colour-coded labels must be (H, W, 3), got shape {rgb.shape}")
     if rgb.dtype != np.uint8:
-        raise ValueError(f"colour-coded labels must be uint8, got {rgb.dtype}")
+        raise BadInputError(f"colour-coded labels must be uint8, got {rgb.dtype}")
     palette = _palette(classes)
     lookup = np.full(1 << 24, -1, dtype=np.int16)
     lookup[_rgb_key(palette)] = np.arange(len(palette), dtype=np.int16)
@@ -85,7 +86,7 @@ def encode_isprs_labels(index: np.ndarray, classes: Sequence[ClassSpec] | None =
     index = np.asarray(index)
     palette = np.vstack([_palette(classes), np.zeros((1, 3), np.uint8)])
     if index.size and index.max() >= len(palette) - 1:
-        raise ValueError(f"label value {index.max()} has no class (there are {len(palette) - 1})")
+        raise BadInputError(f"label value {index.max()} has no class (there are {len(palette) - 1})")
     return palette[np.where(index < 0, len(palette) - 1, index)]
 
 

@@ -24,6 +24,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from ..core.classes import ClassSpec, as_class_specs
+from ..core.labels import UNLABELLED, UNLABELLED_NAME, is_current, label_dtype, label_values, to_index
 from .atomic import atomic_output, to_jsonable, write_json
 from ..errors import BadInputError
 
@@ -34,6 +35,7 @@ __all__ = [
     "POTSDAM_CRS",
     "image_info",
     "read_class_names",
+    "read_label_info",
     "read_image",
     "read_window",
     "sidecar_path",
@@ -236,7 +238,7 @@ def read_window(path, window: tuple[int, int, int, int], bands: Sequence[int] | 
     row0, col0, height, width = (int(v) for v in window)
     with _open(path) as src:
         if height <= 0 or width <= 0 or row0 < 0 or col0 < 0 or row0 + height > src.height or col0 + width > src.width:
-            raise ValueError(
+            raise BadInputError(
                 f"{path}: window (row {row0}, col {col0}, {height}x{width}) is not inside the "
                 f"{src.height}x{src.width} image"
             )
@@ -251,23 +253,62 @@ def image_info(path) -> ImageInfo:
         return ImageInfo(src.height, src.width, src.count, np.dtype(src.dtypes[0]), _geo_info(src, path, indexes))
 
 
-def read_class_names(path) -> list[str] | None:
-    """Class names stored in a label raster by :func:`write_labels` (``None`` if there are none)."""
+def read_label_info(path) -> dict:
+    """What a label raster says of its values: its sidecar ``*.classes.json``, else its tags.
+
+    Returns the stored metadata (``classes``, ``label_values`` for files of the current
+    convention, model, parameters...) or ``{}`` for a raster that carries none. Classes are
+    given as ``{"name": ...}`` dicts at least.
+    """
     path = Path(path)
+    side = sidecar_path(path)
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+            if isinstance(meta, dict) and isinstance(meta.get("classes"), list):
+                return meta
+        except (OSError, ValueError):
+            pass
     with _open(path) as src:
-        text = src.tags().get("CLASSES")
+        tags = src.tags()
+    for key in ("MASKDIFFUSION_METADATA",):
+        try:
+            meta = json.loads(tags.get(key) or "{}")
+        except ValueError:
+            meta = {}
+        if isinstance(meta, dict) and isinstance(meta.get("classes"), list):
+            return meta
     try:
-        names = json.loads(text) if text else None
+        names = json.loads(tags.get("CLASSES") or "null")
+        values = json.loads(tags.get("LABEL_VALUES") or "null")
     except ValueError:
-        return None
-    return [str(n) for n in names] if isinstance(names, list) else None
+        return {}
+    if not isinstance(names, list):
+        return {}
+    meta = {"classes": [{"name": str(n)} for n in names]}
+    if isinstance(values, dict):
+        meta["label_values"] = values
+    return meta
+
+
+def read_class_names(path) -> list[str] | None:
+    """The class names of a label raster, in value order 1, 2, ... (``None`` if it has none).
+
+    A file written before labels were 1-based lists them in value order 0, 1, ...; a napari
+    export of that time listed "unlabelled" first, which is dropped here.
+    """
+    meta = read_label_info(path)
+    names = [str(c.get("name")) for c in meta.get("classes", []) if isinstance(c, dict)]
+    if names and not is_current(meta) and names[0] == UNLABELLED_NAME:
+        names = names[1:]
+    return names or None
 
 
 def _driver(path: Path, drivers: dict[str, str]) -> str:
     try:
         return drivers[path.suffix.lower()]
     except KeyError:
-        raise ValueError(f"cannot write {path}: unsupported suffix; use one of {', '.join(drivers)}") from None
+        raise BadInputError(f"cannot write {path}: unsupported suffix; use one of {', '.join(drivers)}") from None
 
 
 def _geo_profile(geo: GeoInfo | None) -> dict:
@@ -302,66 +343,69 @@ def _create(path: Path, driver: str, array_shape, dtype, geo, **options) -> Iter
 def _check_labels(labels, n_classes: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2:
-        raise ValueError(f"labels must be a 2-D (H, W) array of class indices, got shape {labels.shape}")
+        raise BadInputError(f"labels must be a 2-D (H, W) label map, got shape {labels.shape}")
     if labels.dtype.kind not in "ui" and labels.dtype != bool:
-        raise ValueError(f"labels must be integers (class indices), got {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(
-            f"label values must be class indices 0-{n_classes - 1}, found {labels.min()}-{labels.max()}"
-        )
+        raise BadInputError(f"labels must be integers (0 = unlabelled, k = k-th class), got {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() > n_classes):
+        raise BadInputError(f"label values must be 0 (unlabelled) to {n_classes} (the classes), "
+                            f"found {labels.min()}-{labels.max()}")
     return labels
 
 
 def _class_tags(classes: Sequence[ClassSpec], metadata: dict | None) -> dict[str, str]:
-    tags = {f"CLASS_{i}": c.name for i, c in enumerate(classes)}
+    values = label_values(classes)
+    tags = {f"CLASS_{k}": name for k, name in values.items()}
     tags["CLASSES"] = json.dumps([c.name for c in classes])
+    tags["LABEL_VALUES"] = json.dumps(values)
     if metadata:
-        tags["MASKDIFFUSION_METADATA"] = json.dumps(to_jsonable(metadata), allow_nan=False)
+        tags["MASKDIFFUSION_METADATA"] = json.dumps(to_jsonable({**metadata, "label_values": values}), allow_nan=False)
     return tags
 
 
 def write_labels(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: GeoInfo | None = None,
                  metadata: dict | None = None) -> Path:
-    """Write a class-index map as a GeoTIFF or palette PNG that GIS and image viewers colour.
+    """Write a label map as a GeoTIFF or palette PNG that GIS and image viewers colour.
 
-    ``.tif``/``.tiff``: tiled (256), deflate, uint8 (uint16 above 256 classes), a colour table
-    from the class colours (uint8), class names as tags ``CLASS_i`` and ``CLASSES`` and in
-    the band description, CRS and transform from ``geo``. ``.png``: palette PNG (at most 256
-    classes), class names as text chunks, no georeference (keep it in the sidecar).
-    ``metadata`` is stored as JSON in the tag ``MASKDIFFUSION_METADATA``. Atomic.
+    ``labels`` follows :mod:`maskdiffusion.core.labels`: 0 = unlabelled, k = ``classes[k - 1]``.
+    ``.tif``/``.tiff``: tiled (256), deflate, uint8 (uint16 above 255 classes), nodata 0, a
+    colour table (0 transparent, k the class colour), the class names and ``LABEL_VALUES`` as
+    tags and in the band description, CRS and transform from ``geo``. ``.png``: palette PNG
+    (at most 255 classes, 0 transparent black), names as text chunks, no georeference (keep it
+    in the sidecar). ``metadata`` is stored as JSON in the tag ``MASKDIFFUSION_METADATA``.
+    Atomic.
     """
     path = Path(path)
     driver = _driver(path, _LABEL_DRIVERS)
     classes = as_class_specs(classes)
     labels = _check_labels(labels, len(classes))
-    dtype = np.uint8 if len(classes) <= 256 else np.uint16
+    dtype = label_dtype(len(classes))
     if driver == "PNG" and dtype != np.uint8:
-        raise ValueError(f"cannot write {path}: a palette PNG holds at most 256 classes, got {len(classes)}; use .tif")
-    options = _tiff_profile(dtype) if driver == "GTiff" else {"WRITE_METADATA_AS_TEXT": "YES"}
+        raise BadInputError(f"cannot write {path}: a palette PNG holds at most 255 classes, got {len(classes)}; "
+                            "use .tif")
+    options = {**_tiff_profile(dtype), "nodata": UNLABELLED} if driver == "GTiff" else {"WRITE_METADATA_AS_TEXT": "YES"}
     with _create(path, driver, (1, *labels.shape), dtype, geo, **options) as dst:
         dst.write(labels.astype(dtype, copy=False), 1)
         if dtype == np.uint8:
-            dst.write_colormap(1, {i: (*c.color, 255) for i, c in enumerate(classes)})
+            colors = {UNLABELLED: (0, 0, 0, 0), **{k: (*c.color, 255) for k, c in enumerate(classes, start=1)}}
+            dst.write_colormap(1, colors)
         dst.update_tags(**_class_tags(classes, metadata))
         if driver == "GTiff":
-            dst.set_band_description(1, "class: " + ", ".join(f"{i}={c.name}" for i, c in enumerate(classes)))
+            dst.set_band_description(1, "label: " + ", ".join(f"{k}={n}" for k, n in label_values(classes).items()))
     return path
 
 
 def write_isprs_rgb(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: GeoInfo | None = None) -> Path:
-    """Write labels colour-coded as RGB (each pixel the colour of its class), as ISPRS labels are.
-
-    ``-1`` (ignore) becomes black. ``.tif``/``.tiff`` (tiled, deflate, georeferenced) or ``.png``.
+    """Write a label map colour-coded as RGB (each pixel the colour of its class), as ISPRS
+    labels are: unlabelled (0) becomes black. ``.tif``/``.tiff`` (tiled, deflate,
+    georeferenced) or ``.png``.
     """
     from .isprs import encode_isprs_labels
 
     path = Path(path)
     driver = _driver(path, _LABEL_DRIVERS)
     classes = as_class_specs(classes)
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be a 2-D (H, W) array of class indices, got shape {labels.shape}")
-    rgb = encode_isprs_labels(labels, classes)
+    labels = _check_labels(labels, len(classes))
+    rgb = encode_isprs_labels(to_index(labels), classes)
     options = {**_tiff_profile(np.uint8), "photometric": "RGB"} if driver == "GTiff" else {}
     with _create(path, driver, (3, *labels.shape), np.uint8, geo, **options) as dst:
         dst.write(np.moveaxis(rgb, -1, 0))
@@ -378,11 +422,11 @@ def write_raster(path, array: np.ndarray, geo: GeoInfo | None = None, nodata: fl
     elif array.dtype == np.float16:
         array = array.astype(np.float32)
     if array.dtype.kind not in "uif":
-        raise ValueError(f"cannot write {path}: unsupported array type {array.dtype}")
+        raise BadInputError(f"cannot write {path}: unsupported array type {array.dtype}")
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3:
-        raise ValueError(f"cannot write {path}: need an (H, W) or (B, H, W) array, got shape {array.shape}")
+        raise BadInputError(f"cannot write {path}: need an (H, W) or (B, H, W) array, got shape {array.shape}")
     with _create(path, driver, array.shape, array.dtype, geo, nodata=nodata, **_tiff_profile(array.dtype)) as dst:
         dst.write(array)
     return path

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from .atomic import atomic_output
 from .isprs import boundary_mask, encode_isprs_labels
+from ..errors import BadInputError
 
 __all__ = ["make_potsdam_like_tile", "write_potsdam_like", "POTSDAM_PIXEL_SIZE", "POTSDAM_ORIGIN"]
 
@@ -116,7 +117,7 @@ def make_potsdam_like_tile(size: int = 512, seed: int = 0, boundary: int = 3) ->
         building, low vegetation, tree, car, clutter).
     """
     if size < 64:
-        raise ValueError(f"tile size must be at least 64 pixels, got {size}")
+        raise BadInputError(f"tile size must be at least 64 pixels, got {size}")
     rng = np.random.default_rng(seed)
     labels = _draw_labels(rng, size)
     image = _MEAN[labels] + rng.standard_normal((size, size, 4), dtype=np.float32) * _NOISE[labels][..., None]

@@ -1,0 +1,86 @@
+"""``maskdiffusion evaluate``: score predictions against labels (:mod:`maskdiffusion.evaluation`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .arguments import add_model_arguments, add_param_arguments, model_source
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands) -> None:
+    from ..evaluation import DATASETS
+
+    parser = commands.add_parser(
+        "evaluate",
+        help="score predictions against ground-truth labels (IoU, mIoU, accuracy)",
+        description="Score label-map predictions against labels, file by file or folder by folder "
+                    "(paired by tile id), and write a JSON and Markdown report and a confusion-matrix plot.",
+    )
+    parser.add_argument("--pred", required=True, help="prediction raster or folder of them")
+    parser.add_argument("--labels", required=True, help="label raster or folder of them")
+    parser.add_argument("--dataset", choices=DATASETS, default="potsdam6",
+                        help="potsdam6/potsdam3: ISPRS RGB-coded labels; index: label rasters (default potsdam6)")
+    parser.add_argument("--classes", help="class names for --dataset index: 'a,b,c', preset:NAME or a class file")
+    parser.add_argument("--out", default="evaluation", help="report base name: writes OUT.json, OUT.md, OUT.png")
+    parser.add_argument("--unsupervised", action="store_true",
+                        help="predictions are cluster ids: match them to classes (Hungarian), "
+                             "over the data set and per image")
+    parser.add_argument("--ignore-index", type=int, default=-1,
+                        help="a stored label value to ignore besides unlabelled (index labels), e.g. 255")
+    e2e = parser.add_argument_group("end to end", "with --images, segment the images into the --pred folder "
+                                    "first (images already segmented there are kept), then score")
+    e2e.add_argument("--images", help="an image or a folder of images to segment with the dataset's classes")
+    add_model_arguments(e2e)
+    add_param_arguments(e2e, names=("tile_size", "overlap", "scale", "bands"))
+    parser.set_defaults(func=run)
+
+
+def _classes(value: str | None):
+    from ..core.classes import as_class_specs, read_class_file
+
+    if value is None:
+        return None
+    path = Path(value)
+    if path.suffix.lower() in (".json", ".txt") or path.is_file():
+        return read_class_file(path)
+    return as_class_specs(value)
+
+
+def _segment_first(args, classes) -> None:
+    from ..evaluation import EvaluationError, dataset_classes, segment_images
+    from .arguments import params_from_args
+
+    if Path(args.pred).is_file():
+        raise EvaluationError(f"with --images, --pred names the folder for the predictions, not a file: {args.pred}")
+    segment_images(args.images, args.pred, dataset_classes(args.dataset, classes), model_source(args.model),
+                   params_from_args(args), device=args.device, dtype=args.dtype)
+
+
+def run(args) -> int:
+    """0 on success; bad input raises (one line, exit 2)."""
+    from ..errors import OutputError
+    from ..evaluation import evaluate_pairs, find_pairs, format_percent, write_report
+
+    classes = _classes(args.classes)
+    if args.images:
+        _segment_first(args, classes)
+    pairs, lone_preds, lone_labels = find_pairs(args.pred, args.labels, args.dataset)
+    report = evaluate_pairs(pairs, args.dataset, classes, args.unsupervised, args.ignore_index)
+    report["unmatched_predictions"] = [str(p) for p in lone_preds]
+    report["unmatched_labels"] = [str(p) for p in lone_labels]
+    for key in ("unmatched_predictions", "unmatched_labels"):
+        if report[key]:
+            print(f"maskdiffusion evaluate: {len(report[key])} {key.replace('_', ' ')} skipped", file=sys.stderr)
+    if report["off_palette_pixels"]:
+        print(f"maskdiffusion evaluate: {report['off_palette_pixels']} label pixels of no class colour ignored",
+              file=sys.stderr)
+    try:
+        paths = write_report(report, args.out)
+    except OSError as e:
+        raise OutputError(f"cannot write the report {args.out}: {e.strerror or e}") from None
+    print(f"mIoU {format_percent(report['miou'])}  pixel accuracy {format_percent(report['pixel_accuracy'])}  "
+          f"({report['n_images']} image(s)) -> {', '.join(str(p) for p in paths.values())}")
+    return 0
