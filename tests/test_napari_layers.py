@@ -1,4 +1,5 @@
-"""Results to layers and back (maskdiffusion.napari.layers), on napari's ViewerModel: no Qt needed."""
+"""Results to layers and back, and a run's layers kept in step with its sessions, on napari's
+ViewerModel (no Qt needed)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from napari.layers import Image  # noqa: E402
 from maskdiffusion.core.classes import ClassSpec, as_class_specs  # noqa: E402
 from maskdiffusion.core.params import SegmentParams  # noqa: E402
 from maskdiffusion.core.result import SegmentationResult  # noqa: E402
-from maskdiffusion.napari import layers as L  # noqa: E402
+from maskdiffusion.errors import BadInputError  # noqa: E402
+from maskdiffusion.napari import layers  # noqa: E402
+from maskdiffusion.napari.images import current_plane, describe_image, read_plane  # noqa: E402
+from maskdiffusion.napari.results import apply_results  # noqa: E402
+from maskdiffusion.napari.state import AnnotatorState  # noqa: E402
 
 CLASSES = as_class_specs([ClassSpec("road", ("street", "asphalt"), (128, 64, 128)), "tree", "building"])
 
@@ -31,7 +36,8 @@ def fake_result(labels: np.ndarray, classes=CLASSES) -> SegmentationResult:
 
 
 def stripes(shape=(32, 48), n=3) -> np.ndarray:
-    return (np.arange(shape[1])[None, :] * n // shape[1]).repeat(shape[0], 0)
+    """A label map of ``n`` vertical stripes, values 1..n."""
+    return (np.arange(shape[1])[None, :] * n // shape[1]).repeat(shape[0], 0) + 1
 
 
 def rgb_layer(shape=(32, 48), **kwargs) -> Image:
@@ -39,138 +45,201 @@ def rgb_layer(shape=(32, 48), **kwargs) -> Image:
     return Image(rng.integers(0, 255, (*shape, 3), dtype=np.uint8), rgb=True, **kwargs)
 
 
+PENDING: list = []
+
+
+def paint(layer, coord, label=1):
+    """A stroke as napari makes it: painted, then synced at the next turn of the event loop."""
+    layer.selected_label = label
+    layer.paint(coord, label)
+    while PENDING:
+        PENDING.pop(0)()
+
+
+def run_into(viewer, state, image_layer, results, **options):
+    """Apply results synchronously (all pieces at once); strokes sync when :func:`paint` says."""
+    gen = apply_results(viewer, state, image_layer, describe_image(image_layer), results, **options)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            applied = stop.value
+            break
+    for layer in applied.run.all_layers:
+        layer.events.paint.disconnect()
+        applied.run.bind(layer, tuple, defer=PENDING.append)
+    return applied
+
+
+def consistent(run) -> bool:
+    """Every pixel in exactly one class layer or none, as the session says."""
+    session = run.session(())
+    stack = np.stack([np.asarray(ly.data) for ly in run.layers])
+    shown = np.where(stack.any(0), stack.argmax(0) + 1, 0)
+    return bool((stack.sum(0) <= 1).all() and np.array_equal(shown, session.labels))
+
+
 def test_describe_rgb_gray_and_band_stack():
-    rgb = L.describe_image(rgb_layer(scale=(0.5, 0.5), translate=(10, 20), name="ortho"))
+    rgb = describe_image(rgb_layer(scale=(0.5, 0.5), translate=(10, 20), name="ortho"))
     assert (rgb.shape, rgb.band_axis, rgb.band_names) == ((32, 48), 2, ("R", "G", "B"))
     assert rgb.scale == (0.5, 0.5) and rgb.translate == (10, 20) and rgb.planes() == [()]
-
-    gray = L.describe_image(Image(np.zeros((3, 16, 16), np.uint16)))
+    gray = describe_image(Image(np.zeros((3, 16, 16), np.uint16)))
     assert gray.band_axis is None and gray.stack_shape == (3,) and gray.planes() == [(0,), (1,), (2,)]
-
     stack = Image(np.arange(4 * 8 * 8, dtype=np.uint8).reshape(4, 8, 8), scale=(1, 2, 2),
                   metadata={"band_axis": 0, "band_names": ["R", "G", "B", "IR"]})
-    info = L.describe_image(stack)
+    info = describe_image(stack)
     assert (info.shape, info.band_axis, info.scale, info.n_planes) == ((8, 8), 0, (2.0, 2.0), 1)
     assert info.default_bands() == (0, 1, 2)
-    plane = L.read_plane(stack, info)
+    plane = read_plane(stack, info)
     assert plane.shape == (8, 8, 4) and np.array_equal(plane[..., 3], stack.data[3])
 
 
 def test_read_plane_of_a_banded_stack():
     data = np.random.default_rng(1).integers(0, 255, (2, 3, 5, 6), dtype=np.uint8)
     layer = Image(data, axis_labels=("z", "band", "y", "x"))
-    info = L.describe_image(layer)
+    info = describe_image(layer)
     assert info.band_axis == 1 and info.shape == (2, 5, 6)
-    assert np.array_equal(L.read_plane(layer, info, (1,)), np.moveaxis(data[1], 0, -1))
-    assert L.current_plane(layer, info, (1, 0, 2, 2)) == (1,)
+    assert np.array_equal(read_plane(layer, info, (1,)), np.moveaxis(data[1], 0, -1))
+    assert current_plane(layer, info, (1, 0, 2, 2)) == (1,)
 
 
-def test_one_binary_layer_per_class_with_colour_and_metadata():
-    image = L.describe_image(rgb_layer(scale=(0.5, 0.5), translate=(10, 20), name="ortho",
-                                       metadata={"georeference": {"crs": "EPSG:32633"}}))
+def test_one_class_layer_per_class_with_colour_and_metadata():
+    image = describe_image(rgb_layer(scale=(0.5, 0.5), translate=(10, 20), name="ortho",
+                                     metadata={"georeference": {"crs": "EPSG:32633"}}))
     labels = stripes()
-    out = L.result_layer_data(image, {(): fake_result(labels)}, semantic=True, confidence=True)
-    kinds = [(kw["name"], t) for _, kw, t in out]
-    assert kinds == [("confidence", "image"), ("semantic map", "labels"),
-                     ("road", "labels"), ("tree", "labels"), ("building", "labels")]
-    for k, (data, kw, _) in enumerate(out[2:]):
-        spec = CLASSES[k]
+    out = layers.result_layer_data(image, {(): fake_result(labels)}, semantic=True, confidence=True)
+    assert [(kw["name"], t) for _, kw, t in out] == [("confidence", "image"), ("semantic map", "labels"),
+                                                      ("road", "labels"), ("tree", "labels"), ("building", "labels")]
+    for k, (data, kw, _) in enumerate(out[2:], start=1):
+        spec = CLASSES[k - 1]
         assert data.dtype == np.uint8 and np.array_equal(data, labels == k)
         assert np.allclose(kw["colormap"].map(np.array([1]))[0][:3] * 255, spec.color, atol=1)
         assert kw["colormap"].map(np.array([0]))[0][3] == 0
         md = kw["metadata"]
-        assert (md["kind"], md["class"], md["image"], md["model"]) == ("class", spec.name, "ortho", "tiny-test-model")
+        assert (md["kind"], md["class"], md["value"], md["image"]) == ("class", spec.name, k, "ortho")
         assert md["prompts"] == list(spec.prompts) and md["parameters"]["tile_size"] == 128
-        assert md["georeference"] == {"crs": "EPSG:32633"}
+        assert md["georeference"] == {"crs": "EPSG:32633"} and md["model"] == "tiny-test-model"
         assert kw["scale"] == (0.5, 0.5) and kw["translate"] == (10, 20)
-    semantic = out[1][0]
-    assert np.array_equal(semantic, labels + 1)
+    assert np.array_equal(out[1][0], labels)
 
 
-def test_run_again_updates_layers_as_one_undo_and_flags_hand_edits():
-    viewer = ViewerModel()
-    image = L.describe_image(viewer.add_layer(rgb_layer(name="ortho")))
-    first = stripes()
-    added, updated, edited = L.apply_layer_data(viewer, L.result_layer_data(image, {(): fake_result(first)}))
-    assert [ly.name for ly in added] == ["road", "tree", "building"] and not updated and not edited
-    road = viewer.layers["road"]
-    road.paint((5, 40), 1, refresh=False)
-    painted = road.data.copy()
-
-    second = np.zeros_like(first)
-    added, updated, edited = L.apply_layer_data(viewer, L.result_layer_data(image, {(): fake_result(second)}))
-    assert not added and len(updated) == 3 and edited == [road]
-    assert len(viewer.layers) == 4 and road.data.all()
-    road.undo()
-    assert np.array_equal(road.data, painted)
-    road.redo()
-    assert road.data.all()
+def test_write_into_layer_outside_napari_history_changes_only_what_differs():
+    layer = napari.layers.Labels(np.zeros((20, 30), np.uint8))
+    values = np.zeros((10, 10), np.uint8)
+    values[2:5, 3:7] = 1
+    assert layers.write_into_layer(layer, values, (), (5, 15, 10, 20)) == 12
+    assert layer.data[7:10, 13:17].all() and layer.data.sum() == 12
+    assert not layer._undo_history
+    assert layers.write_into_layer(layer, values, (), (5, 15, 10, 20)) == 0
+    assert layers.write_into_layer(layer, np.zeros((20, 30), np.uint8), history=True) == 12
+    layer.undo()
+    assert layer.data.sum() == 12
 
 
-def test_same_class_names_of_another_image_get_their_own_layers():
-    viewer = ViewerModel()
-    a = L.describe_image(viewer.add_layer(rgb_layer(name="a")))
-    b = L.describe_image(viewer.add_layer(rgb_layer(name="b")))
-    L.apply_layer_data(viewer, L.result_layer_data(a, {(): fake_result(stripes())}))
-    added, updated, _ = L.apply_layer_data(viewer, L.result_layer_data(b, {(): fake_result(stripes())}))
-    assert [ly.name for ly in added] == ["road [b]", "tree [b]", "building [b]"] and not updated
+def test_a_stroke_under_another_class_layer_wins_where_it_was_painted():
+    viewer, state = ViewerModel(), AnnotatorState()
+    image = viewer.add_layer(rgb_layer(name="ortho"))
+    run = run_into(viewer, state, image, {(): fake_result(stripes())}).run
+    road, tree = run.layers[0], run.layers[1]
+    assert road.data[5, 5] == 1 and tree.data[5, 5] == 0
+    paint(tree, (5, 5), 1)
+    assert tree.data[5, 5] == 1 and road.data[5, 5] == 0, "the stroke shows, the road gives it up"
+    session = run.session(())
+    assert session.labels[5, 5] == 2 and session.edited[5, 5] and consistent(run)
+    paint(tree, (5, 5), 1)
+    assert session.last_step == "paint" and len(session.history) == 1, "painting a pixel with its own class adds nothing"
 
 
-def test_current_plane_of_a_stack_writes_only_that_plane():
-    viewer = ViewerModel()
-    layer = viewer.add_image(np.zeros((3, 32, 48), np.uint8), name="stack")
-    image = L.describe_image(layer)
-    L.apply_layer_data(viewer, L.result_layer_data(image, {(1,): fake_result(stripes())}), [(1,)])
-    road = viewer.layers["road"]
+def test_erasing_releases_pixels_and_undo_in_any_layer_keeps_one_class_per_pixel():
+    viewer, state = ViewerModel(), AnnotatorState()
+    image = viewer.add_layer(rgb_layer(name="ortho"))
+    run = run_into(viewer, state, image, {(): fake_result(stripes())}).run
+    road, tree, building = run.layers
+    session = run.session(())
+    paint(tree, (5, 5), 1)
+    paint(building, (20, 10), 1)
+    paint(tree, (10, 20), 0)
+    assert session.labels[10, 20] == 0 and not session.edited[10, 20], "erased pixels are free for refinement"
+    assert consistent(run) and len(session.history) == 3
+    for layer in (road, building, tree):
+        assert run.undo(())
+        assert consistent(run)
+    assert np.array_equal(session.labels, stripes()) and not session.edited.any()
+    assert run.redo(()) and consistent(run) and session.labels[5, 5] == 2
+
+
+def test_a_second_run_is_one_undo_step_for_all_layers_and_names_replaced_strokes():
+    viewer, state = ViewerModel(), AnnotatorState()
+    image = viewer.add_layer(rgb_layer(name="ortho"))
+    run = run_into(viewer, state, image, {(): fake_result(stripes())}).run
+    paint(run.layers[1], (5, 5))
+    applied = run_into(viewer, state, image, {(): fake_result(np.full((32, 48), 3))})
+    assert applied.run is run and not applied.added and applied.replaced_edits == ["tree"]
+    assert len(viewer.layers) == 4 and run.layers[2].data.all() and consistent(run)
+    assert run.undo(()) and consistent(run) and run.layers[1].data[5, 5] == 1
+
+
+def test_other_classes_or_another_image_get_their_own_layers():
+    viewer, state = ViewerModel(), AnnotatorState()
+    a, b = viewer.add_layer(rgb_layer(name="a")), viewer.add_layer(rgb_layer(name="b"))
+    first = run_into(viewer, state, a, {(): fake_result(stripes())})
+    second = run_into(viewer, state, b, {(): fake_result(stripes())})
+    assert len(second.added) == 3 and state.run_of(second.added[0]) is second.run
+    assert state.run_of(first.added[0]) is first.run and state.run_of(a) is first.run
+    a.name = "renamed"
+    assert state.run_of(a) is first.run, "runs are keyed by the layer, not its name"
+
+
+def test_current_plane_of_a_stack():
+    viewer, state = ViewerModel(), AnnotatorState()
+    stack = viewer.add_image(np.zeros((3, 32, 48), np.uint8), name="stack")
+    run = run_into(viewer, state, stack, {(1,): fake_result(stripes())}).run
+    road = run.layers[0]
     assert road.data.shape == (3, 32, 48) and not road.data[0].any() and road.data[1].any()
-    L.apply_layer_data(viewer, L.result_layer_data(image, {(2,): fake_result(stripes())}), [(2,)])
-    assert road.data[1].any() and road.data[2].any()
-    road.undo()
-    assert road.data[1].any() and not road.data[2].any()
+    assert list(run.sessions) == [(1,)]
 
 
 def test_merge_later_layer_wins_and_split_round_trips():
     viewer = ViewerModel()
-    image = L.describe_image(viewer.add_layer(rgb_layer(name="ortho")))
-    L.apply_layer_data(viewer, L.result_layer_data(image, {(): fake_result(stripes())}))
-    tree, building = viewer.layers["tree"], viewer.layers["building"]
-    tree.data[:] = 0
-    tree.data[:4] = 1
-    building.data[:] = 0
-    building.data[:2] = 1
-    semantic = L.merge_class_layers(viewer, "ortho")
-    assert semantic.metadata["kind"] == "semantic" and semantic.metadata["merge_rule"] == L.MERGE_RULE
-    assert (semantic.data[:2] == 3).all() and (semantic.data[2:4] == 2).all()
-    assert np.array_equal(semantic.data[4:] == 1, viewer.layers["road"].data[4:] == 1)
+    base = {"image": "ortho", "software": layers.SOFTWARE}
+    masks = [np.zeros((8, 8), np.uint8) for _ in CLASSES]
+    masks[0][:] = 1
+    masks[1][:4] = 1
+    masks[2][:2] = 1
+    for k, (mask, spec) in enumerate(zip(masks, CLASSES), start=1):
+        data, kwargs, _ = layers.class_layer_data(mask, spec, k, base)
+        viewer.add_labels(data, **kwargs)
+    semantic = layers.merge_class_layers(viewer)
+    assert semantic.metadata["kind"] == "semantic" and semantic.metadata["merge_rule"] == layers.MERGE_RULE
+    assert (semantic.data[:2] == 3).all() and (semantic.data[2:4] == 2).all() and (semantic.data[4:] == 1).all()
     assert [c["name"] for c in semantic.metadata["classes"]] == ["road", "tree", "building"]
-
-    for name in ("road", "tree", "building"):
-        viewer.layers.remove(name)
-    viewer.layers.selection.active = semantic
-    split = L.split_semantic_layer(viewer)
+    for spec in CLASSES:
+        viewer.layers.remove(spec.name)
+    split = layers.split_semantic_layer(viewer, semantic)
     assert [ly.name for ly in split] == ["road", "tree", "building"]
     assert np.array_equal(split[2].data, semantic.data == 3)
-    assert split[0].metadata["prompts"] == ["street", "asphalt"]
+    assert split[0].metadata["prompts"] == ["street", "asphalt"] and split[0].metadata["value"] == 1
     assert np.allclose(split[0].colormap.map(np.array([1]))[0][:3] * 255, (128, 64, 128), atol=1)
 
 
 def test_split_any_labels_layer_by_value():
     viewer = ViewerModel()
     layer = viewer.add_labels(np.array([[0, 1], [2, 7]], np.uint8), name="hand made")
-    split = L.split_semantic_layer(viewer, layer)
+    split = layers.split_semantic_layer(viewer, layer)
     assert [ly.name for ly in split] == ["label 1", "label 2", "label 7"]
-    with pytest.raises(ValueError, match="already a class layer"):
-        L.split_semantic_layer(viewer, split[0])
+    with pytest.raises(BadInputError, match="already a class layer"):
+        layers.split_semantic_layer(viewer, split[0])
 
 
 def test_export_labels_class_semantic_and_plain():
-    labels, classes = L.export_labels(np.array([[0, 1]], np.uint8), {"kind": "class", "class": "tree",
-                                                                        "color": [0, 255, 0]})
-    assert [c.name for c in classes] == ["unlabelled", "tree"] and classes[1].color == (0, 255, 0)
+    labels, classes = layers.export_labels(np.array([[0, 1]], np.uint8),
+                                           {"kind": "class", "class": "tree", "color": [0, 255, 0]})
+    assert [c.name for c in classes] == ["tree"] and classes[0].color == (0, 255, 0)
+    assert labels.tolist() == [[0, 1]]
     meta = {"kind": "semantic", "classes": [{"name": "a", "value": 1}, {"name": "b", "value": 2}]}
-    labels, classes = L.export_labels(np.array([[0, 2]], np.uint8), meta)
-    assert [c.name for c in classes] == ["unlabelled", "a", "b"]
-    _, classes = L.export_labels(np.array([[0, 3]], np.int32), {})
-    assert [c.name for c in classes] == ["unlabelled", "label 1", "label 2", "label 3"]
-    with pytest.raises(ValueError, match="negative"):
-        L.export_labels(np.array([[-1, 3]], np.int32), {})
+    labels, classes = layers.export_labels(np.array([[0, 2]], np.uint8), meta)
+    assert [c.name for c in classes] == ["a", "b"] and labels.tolist() == [[0, 2]]
+    _, classes = layers.export_labels(np.array([[0, 3]], np.int32), {})
+    assert [c.name for c in classes] == ["label 1", "label 2", "label 3"]
+    with pytest.raises(BadInputError, match="negative"):
+        layers.export_labels(np.array([[-1, 3]], np.int32), {})

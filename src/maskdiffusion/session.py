@@ -1,50 +1,27 @@
-"""An annotation session: one model run, the annotator's edits, and refinement with undo.
+"""An annotation session: one model run, the annotator's edits, and refinement, with one undo
+history for all of them.
 
-:class:`Session` is the Qt-free controller behind the napari refine widget, usable from
-Python: give it the current label map, it marks what the annotator changed since the last
-refinement, refines (:mod:`maskdiffusion.core.refine`) and keeps an undo history.
-
-**Bundle.** :meth:`Session.save` writes a folder ``NAME.mdsession/``::
-
-    session.json              format, version, image reference, classes, parameters, file names
-    labels-<id>.npy           (H, W) label map: 0 = unlabelled, k = the k-th class (version 1: int16
-                              0-based class index, -1 = no class; read and converted)
-    edited-<id>.npy           the (H, W) bool mask of annotator-set pixels, np.packbits'ed
-    attention-<id>.npy        (K, gh, gw) float32 class maps (zero for example-only classes)
-    features-<id>.npy         (D, gh, gw) reduced features (float16)
-    base-<id>.npy             (K, gh, gw) float32 scores of the run on the grid (optional)
-
-Each array is written to a new name, atomically, then ``session.json`` (atomically) names the
-new set, then files it no longer names are removed: a crash at any point leaves a bundle that
-opens, at the previous or the new save. The features, large and fixed after the run, are
-written once. :func:`load_session` reads it back (:class:`SessionError` when broken).
+:class:`Session` is the Qt-free controller behind the napari dock, usable from Python: it takes
+the annotator's strokes, refines (:mod:`maskdiffusion.core.refine`), changes classes and undoes
+or redoes any of these. Session bundles (``.mdsession`` folders) are :mod:`.session_bundle`'s.
 """
+
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .core.class_edits import add_class, merge_classes, remove_class, rename_class
 from .core.confidence import grid_margin
-from .core.labels import from_index
 from .core.refine import PRIOR_CELLS, RefineState, assign, refined_scores
 from .core.classes import ClassSpec
 from .errors import BadInputError
 
-__all__ = ["FORMAT", "VERSION", "SUFFIX", "Session", "SessionError", "is_session", "load_session", "save_session"]
+__all__ = ["Session"]
 
-FORMAT = "maskdiffusion-session"
-VERSION = 2
-SUFFIX = ".mdsession"
-_INDEX = "session.json"
-_ARRAYS = ("labels", "edited", "attention", "features")
 #: Refinements and class changes the undo history keeps, and the memory it may take (the
 #: latest step is always kept).
 HISTORY = 20
@@ -53,42 +30,64 @@ HISTORY_BYTES = 512 << 20
 LABELS_DTYPE = np.uint16
 
 
-class SessionError(BadInputError):
-    """A session bundle that cannot be opened, with what is wrong in one sentence."""
-
-
 @dataclass
 class _Step:
-    """What one refinement or class change replaced: enough to put it back exactly."""
+    """One undoable step: the label values it changed (before and after), the edited pixels it
+    flipped, and the refinement state before and after it."""
 
     what: str
-    state: RefineState
     changed: np.ndarray
     before: np.ndarray
-    edited: np.ndarray | None = None
+    after: np.ndarray
+    flipped: np.ndarray
+    state_before: RefineState | None
+    state_after: RefineState | None
+    classes_before: tuple
+    classes_after: tuple
 
     @property
     def nbytes(self) -> int:
-        return self.changed.nbytes + self.before.nbytes + (0 if self.edited is None else self.edited.nbytes)
+        return self.changed.nbytes + self.before.nbytes + self.after.nbytes + self.flipped.nbytes
+
+
+def _flat_index(mask: np.ndarray) -> np.ndarray:
+    index = np.flatnonzero(mask)
+    return index.astype(np.int32) if mask.size < 2**31 else index
 
 
 @dataclass
 class Session:
-    """One image's refinement session.
+    """One image plane's annotation: the label map, what the annotator set, and refinement.
 
-    state: the run's :class:`~maskdiffusion.core.refine.RefineState` (features, maps, classes).
-    labels: (H, W) label map (0 = unlabelled, k = class k) as the last refinement left it.
+    The session owns the undo history of everything that changes the map — a model run, the
+    annotator's strokes, a refinement, a class change — so undo and redo always leave every
+    pixel with exactly one value, whichever face (napari layers, Python) made the change.
+
+    labels: (H, W) label map (0 = unlabelled, k = class k).
     edited: (H, W) bool, the pixels the annotator set (kept exactly, learnt from).
+    state: the :class:`~maskdiffusion.core.refine.RefineState` (features, maps, classes), or
+        ``None`` until :meth:`prepare` builds it from the run kept for it.
     image: reference to the image: ``path``, ``layer`` (napari layer name), ``georeference``,
         ``plane`` (stack index), ``shape``.
     parameters, model: those of the run.
-    prior_cells, normalize: the refinement's weighting (see ``class_prototypes``).
+    prior_cells, normalize: the refinement's weighting (``docs/algorithm.md`` §4).
     margin: (gh, gw) grid confidence of the last refinement (the draft's before one).
+
+    Examples
+    --------
+    >>> from maskdiffusion import segment
+    >>> result = segment(image, "road,tree", "random:tiny", keep_features=True)  # doctest: +SKIP
+    >>> session = Session.from_result(result)                                    # doctest: +SKIP
+    >>> strokes = session.labels.copy(); strokes[:20, :20] = 2                    # doctest: +SKIP
+    >>> session.edit(strokes)                                                    # doctest: +SKIP
+    >>> labels = session.refine()                                                # doctest: +SKIP
+    >>> session.undo() is not None                                               # doctest: +SKIP
+    True
     """
 
-    state: RefineState
     labels: np.ndarray
     edited: np.ndarray
+    state: RefineState | None = None
     image: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
     model: str = ""
@@ -96,262 +95,201 @@ class Session:
     normalize: bool = False
     margin: np.ndarray | None = None
     history: list = field(default_factory=list, repr=False)
+    future: list = field(default_factory=list, repr=False)
+    class_list: tuple = ()
+    _pending: object = field(default=None, repr=False)
+    _dims: int | str | None = "auto"
 
     @classmethod
-    def from_result(cls, result, image: dict | None = None, dims: int | str | None = "auto") -> Session:
-        """A session on a result made with ``keep_features=True``; the draft is the start."""
-        state = RefineState.from_result(result, dims=dims)
+    def from_result(cls, result, image: dict | None = None, dims: int | str | None = "auto",
+                    prepare: bool = True) -> Session:
+        """A session on a run's result, its draft the start.
+
+        With ``keep_features=True`` results refinement is possible: ``prepare=True`` builds its
+        cache now, ``prepare=False`` keeps the result until :meth:`prepare` (which the napari
+        dock calls on a worker thread).
+        """
         labels = result.labels.astype(LABELS_DTYPE)
-        session = cls(state, labels, np.zeros(labels.shape, bool), dict(image or {}), result.params.to_dict(),
-                      result.model)
-        session.margin = grid_margin(refined_scores(state))
+        session = cls(labels, np.zeros(labels.shape, bool), None, dict(image or {}), result.params.to_dict(),
+                      result.model, class_list=tuple(result.classes))
+        if getattr(result, "features", None) is not None:
+            session._pending, session._dims = result, dims
+            if prepare:
+                session.prepare()
         return session
 
     @property
     def classes(self) -> tuple[ClassSpec, ...]:
-        return self.state.classes
+        return self.state.classes if self.state is not None else tuple(self.class_list)
 
-    # ------------------------------------------------------------------ edits and refinement
+    @property
+    def can_refine(self) -> bool:
+        """Whether refinement is possible (now, or after :meth:`prepare`)."""
+        return self.state is not None or self._pending is not None
 
-    def sync(self, current: np.ndarray) -> int:
-        """Take the annotator's map: pixels that differ from :attr:`labels` become edited.
+    @property
+    def prepared(self) -> bool:
+        return self.state is not None
 
-        If ``current`` shows the last step undone outside the session (Ctrl-Z on a napari
-        layer), the session undoes it too instead of taking it for edits. Returns the number
-        of newly edited pixels.
-        """
-        current = np.asarray(current)
-        if current.shape != self.labels.shape:
-            raise SessionError(f"label map {current.shape} does not match the session's {self.labels.shape}")
-        if self.history and self._undone_outside(current):
-            self.undo()
-        diff = current != self.labels
-        fresh = int(np.count_nonzero(diff & ~self.edited))
-        if diff.any():
-            self.edited |= diff
-            self.labels = current.astype(LABELS_DTYPE)
-        return fresh
+    def prepare(self) -> RefineState:
+        """Build the refinement cache from the kept run (seconds on a 6000² tile); idempotent."""
+        if self.state is None:
+            if self._pending is None:
+                raise BadInputError("this run kept no features: segment again to refine it")
+            self.state = RefineState.from_result(self._pending, dims=self._dims)
+            self._pending = None
+            self.margin = grid_margin(refined_scores(self.state, self.labels, self.edited,
+                                                     prior_cells=self.prior_cells, normalize=self.normalize))
+        return self.state
 
-    def _undone_outside(self, current: np.ndarray) -> bool:
-        step = self.history[-1]
-        if not len(step.changed):
-            return False
-        return bool(np.array_equal(current.reshape(-1)[step.changed], step.before))
+    # ------------------------------------------------------------------ history
 
-    def _push(self, what: str, new_labels: np.ndarray, state_before: RefineState,
-              edited_before: np.ndarray | None = None) -> np.ndarray:
-        old, new = self.labels.reshape(-1), new_labels.reshape(-1)
-        changed = np.flatnonzero(old != new)
-        changed = changed.astype(np.int32) if old.size < 2**31 else changed
-        self.history.append(_Step(what, state_before, changed, old[changed].copy(),
-                                  None if edited_before is None else np.packbits(edited_before)))
+    def _record(self, what: str, changed: np.ndarray, after: np.ndarray, flipped: np.ndarray,
+                new_state: RefineState | None = None) -> np.ndarray:
+        """Apply a change given as flat pixel indices (new label values, flipped edited marks)
+        and keep it as one undo step."""
+        labels, edited = self.labels.reshape(-1), self.edited.reshape(-1)
+        state_after = new_state if new_state is not None else self.state
+        classes_after = tuple(state_after.classes) if state_after is not None else tuple(self.class_list)
+        step = _Step(what, changed, labels[changed].copy(), np.asarray(after, LABELS_DTYPE), flipped,
+                     self.state, state_after, tuple(self.classes), classes_after)
+        labels[changed] = step.after
+        edited[flipped] = ~edited[flipped]
+        self.state, self.class_list = state_after, classes_after
+        self.history.append(step)
+        self.future.clear()
         del self.history[:-HISTORY]
-        while len(self.history) > 1 and sum(step.nbytes for step in self.history) > HISTORY_BYTES:
+        while len(self.history) > 1 and sum(s.nbytes for s in self.history) > HISTORY_BYTES:
             del self.history[0]
-        self.labels = new_labels.astype(LABELS_DTYPE, copy=False)
         return self.labels
 
-    def refine(self, current: np.ndarray | None = None) -> np.ndarray:
-        """Refine from the edits (after :meth:`sync` of ``current``); one undo step.
+    def _push(self, what: str, new_labels: np.ndarray, new_edited: np.ndarray | None = None,
+              new_state: RefineState | None = None) -> np.ndarray:
+        """Make ``new_labels`` (and ``new_edited``, ``new_state``) current as one undo step."""
+        new = np.asarray(new_labels).reshape(-1)
+        changed = _flat_index(self.labels.reshape(-1) != new)
+        flipped = (_flat_index(self.edited.reshape(-1) != np.asarray(new_edited, bool).reshape(-1))
+                   if new_edited is not None else np.empty(0, np.int32))
+        return self._record(what, changed, new[changed], flipped, new_state)
 
-        Returns the new (H, W) label map; edited pixels are unchanged.
-        """
-        if current is not None:
-            self.sync(current)
-        scores = refined_scores(self.state, self.labels, self.edited, prior_cells=self.prior_cells,
-                                  normalize=self.normalize)
-        new = assign(scores, self.state.shape, self.state.stride, labels=self.labels, fixed=self.edited)
-        self.margin = grid_margin(scores)
-        return self._push("refine", new, self.state)
+    def _apply(self, step: _Step, undoing: bool) -> None:
+        flat = self.labels.reshape(-1)
+        flat[step.changed] = step.before if undoing else step.after
+        edited = self.edited.reshape(-1)
+        edited[step.flipped] = ~edited[step.flipped]
+        self.state = step.state_before if undoing else step.state_after
+        self.class_list = step.classes_before if undoing else step.classes_after
 
     def undo(self) -> np.ndarray | None:
         """Put back the map, classes and edits from before the last step; ``None`` if none."""
         if not self.history:
             return None
         step = self.history.pop()
-        flat = self.labels.reshape(-1).copy()
-        flat[step.changed] = step.before
-        self.labels = flat.reshape(self.labels.shape)
-        self.state = step.state
-        if step.edited is not None:
-            self.edited = np.unpackbits(step.edited, count=self.labels.size).astype(bool).reshape(self.labels.shape)
+        self._apply(step, undoing=True)
+        self.future.append(step)
         return self.labels
+
+    def redo(self) -> np.ndarray | None:
+        """Do again the last undone step; ``None`` if none."""
+        if not self.future:
+            return None
+        step = self.future.pop()
+        self._apply(step, undoing=False)
+        self.history.append(step)
+        return self.labels
+
+    @property
+    def last_step(self) -> str | None:
+        return self.history[-1].what if self.history else None
+
+    # ------------------------------------------------------------------ edits and refinement
+
+    def edit(self, new_labels: np.ndarray, painted: np.ndarray | None = None,
+             released: np.ndarray | None = None, *, region: tuple[int, int, int, int] | None = None,
+             what: str = "paint") -> int:
+        """The annotator's edits as one undo step; returns the number of pixels they set.
+
+        ``painted`` pixels take their value in ``new_labels`` and become edited (strokes: kept
+        exactly, learnt from); by default every pixel that differs from :attr:`labels`.
+        ``released`` pixels (erased) become unlabelled and no longer edited, so the next
+        refinement reassigns them. With ``region`` (y0, y1, x0, x1) the arrays cover only it.
+        """
+        height, width = self.labels.shape
+        y0, y1, x0, x1 = region or (0, height, 0, width)
+        labels, edited = self.labels[y0:y1, x0:x1], self.edited[y0:y1, x0:x1]
+        new_labels = np.asarray(new_labels)
+        if new_labels.shape != labels.shape:
+            raise BadInputError(f"label map {new_labels.shape} does not match the session's {labels.shape}")
+        painted = (new_labels != labels) if painted is None else np.asarray(painted, bool)
+        released = np.zeros_like(painted) if released is None else np.asarray(released, bool) & ~painted
+        target = np.where(painted, new_labels, np.where(released, 0, labels))
+        marked = (edited | painted) & ~released
+        ys, xs = np.nonzero(target != labels)
+        fy, fx = np.nonzero(marked != edited)
+        if not len(ys) and not len(fy):
+            return 0
+        changed = ((ys + y0) * width + xs + x0).astype(np.int64)
+        flipped = ((fy + y0) * width + fx + x0).astype(np.int64)
+        self._record(what, changed, target[ys, xs], flipped)
+        return int(np.count_nonzero(painted))
+
+    def replace_run(self, result) -> np.ndarray:
+        """A new model run of the same image: its draft replaces the map (one undo step), the
+        annotator's marks are cleared, its features become the refinement's."""
+        self._pending, self.state = (result if getattr(result, "features", None) is not None else None), None
+        labels = self._push("run", result.labels, np.zeros(self.labels.shape, bool))
+        self.class_list = self.history[-1].classes_after = tuple(result.classes)
+        self.parameters, self.model = result.params.to_dict(), result.model
+        return labels
+
+    def _state(self) -> RefineState:
+        return self.prepare()
+
+    def propose_refinement(self, labels: np.ndarray | None = None,
+                           edited: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The refined map and its grid margin, without changing the session.
+
+        Pure but for :meth:`prepare`, so it may run on a worker thread on copies of
+        :attr:`labels` and :attr:`edited`; :meth:`accept_refinement` then makes it current.
+        """
+        state = self._state()
+        labels = self.labels if labels is None else labels
+        edited = self.edited if edited is None else edited
+        scores = refined_scores(state, labels, edited, prior_cells=self.prior_cells, normalize=self.normalize)
+        return assign(scores, state.shape, state.stride, labels=labels, fixed=edited), grid_margin(scores)
+
+    def accept_refinement(self, new_labels: np.ndarray, margin: np.ndarray | None = None) -> np.ndarray:
+        """Make a proposed refinement current (one undo step); pixels the annotator set since the
+        proposal was made keep their value."""
+        new_labels = np.where(self.edited, self.labels, new_labels)
+        if margin is not None:
+            self.margin = margin
+        return self._push("refine", new_labels)
+
+    def refine(self) -> np.ndarray:
+        """Reassign every pixel the annotator did not set, learning from the strokes; one undo
+        step. Returns the new (H, W) label map; edited pixels are unchanged."""
+        return self.accept_refinement(*self.propose_refinement())
 
     # ------------------------------------------------------------------ classes
 
     def add_class(self, spec: ClassSpec | str) -> int:
-        """Add a class defined by example (paint it, then refine); returns its index."""
-        before = self.state
-        self.state = add_class(self.state, spec)
-        self._push("add class", self.labels.copy(), before)
-        return self.state.n_classes - 1
+        """Add a class defined by example (paint it, then refine); returns its 0-based index."""
+        state = add_class(self._state(), spec)
+        self._push("add class", self.labels, new_state=state)
+        return state.n_classes - 1
 
-    def remove_class(self, k: int, current: np.ndarray | None = None) -> np.ndarray:
-        """Remove class ``k``; its pixels go to the best remaining class. One undo step."""
-        if current is not None:
-            self.sync(current)
-        before, edited = self.state, self.edited.copy()
-        self.state, new, self.edited = remove_class(self.state, self.labels, self.edited, k,
-                                                      prior_cells=self.prior_cells, normalize=self.normalize)
-        return self._push("remove class", new, before, edited)
+    def remove_class(self, k: int) -> np.ndarray:
+        """Remove class ``k`` (0-based); its pixels go to the best remaining class. One undo step."""
+        state, new, edited = remove_class(self._state(), self.labels, self.edited, k,
+                                          prior_cells=self.prior_cells, normalize=self.normalize)
+        return self._push("remove class", new, edited, state)
 
-    def merge_classes(self, sources: Sequence[int] | int, into: int, current: np.ndarray | None = None) -> np.ndarray:
-        """Merge ``sources`` into class ``into`` (pixels and strokes). One undo step."""
-        if current is not None:
-            self.sync(current)
-        before = self.state
-        self.state, new, _ = merge_classes(self.state, self.labels, self.edited, sources, into)
-        return self._push("merge classes", new, before)
+    def merge_classes(self, sources: Sequence[int] | int, into: int) -> np.ndarray:
+        """Merge ``sources`` into class ``into`` (0-based; pixels and strokes). One undo step."""
+        state, new, _ = merge_classes(self._state(), self.labels, self.edited, sources, into)
+        return self._push("merge classes", new, new_state=state)
 
     def rename_class(self, k: int, name: str, color: Sequence[int] | None = None) -> None:
-        """Rename (and recolour) class ``k``; its pixels stay. One undo step."""
-        before = self.state
-        self.state = rename_class(self.state, k, name, color)
-        self._push("rename class", self.labels.copy(), before)
-
-    # ------------------------------------------------------------------ files
-
-    def save(self, path: str | Path) -> Path:
-        """Write the bundle (see the module); returns the folder."""
-        return save_session(path, self)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Session:
-        return load_session(path)
-
-
-# --------------------------------------------------------------------------- bundle
-
-
-def _bundle_path(path: str | Path) -> Path:
-    path = Path(path)
-    if path.name == _INDEX:
-        path = path.parent
-    return path if path.suffix == SUFFIX else path.with_name(path.name + SUFFIX)
-
-
-def is_session(path: str | Path) -> bool:
-    """Whether ``path`` (the folder or its ``session.json``) looks like a session bundle."""
-    folder = _bundle_path(path)
-    try:
-        return json.loads((folder / _INDEX).read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _write_array(folder: Path, name: str, array: np.ndarray, token: str | None = None) -> str:
-    from .geo.atomic import atomic_output
-
-    filename = f"{name}-{token or uuid.uuid4().hex[:12]}.npy"
-    if token is not None and (folder / filename).exists():
-        return filename
-    with atomic_output(folder / filename) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-    return filename
-
-
-def _class_entries(state: RefineState) -> list[dict]:
-    return [dict(c.to_dict(), from_text=t) for c, t in zip(state.classes, state.from_text)]
-
-
-def save_session(path: str | Path, session: Session) -> Path:
-    """Write ``session`` to the bundle folder ``path`` (``.mdsession`` is added if missing)."""
-    from . import __version__
-    from .geo.atomic import write_json
-
-    folder = _bundle_path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = session.state
-    arrays = {
-        "labels": _write_array(folder, "labels", session.labels.astype(LABELS_DTYPE, copy=False)),
-        "edited": _write_array(folder, "edited", np.packbits(session.edited)),
-        "attention": _write_array(folder, "attention", state.attention.astype(np.float32, copy=False)),
-        "features": _write_array(folder, "features", state.features, state.features_id),
-    }
-    if state.base is not None:
-        arrays["base"] = _write_array(folder, "base", state.base.astype(np.float32, copy=False))
-    index = {
-        "format": FORMAT,
-        "version": VERSION,
-        "software": "napari-maskdiffusion",
-        "software_version": __version__,
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "image": session.image,
-        "shape": list(state.shape),
-        "classes": _class_entries(state),
-        "parameters": session.parameters,
-        "model": session.model,
-        "refine": {"stride": state.stride, "reduction": state.reduction, "features_id": state.features_id,
-                   "prior_cells": session.prior_cells, "normalize": session.normalize},
-        "arrays": arrays,
-    }
-    write_json(folder / _INDEX, index)
-    keep = set(arrays.values()) | {_INDEX}
-    for f in folder.glob("*.npy"):
-        if f.name not in keep:
-            f.unlink(missing_ok=True)
-    return folder
-
-
-def _read_index(folder: Path) -> dict:
-    try:
-        index = json.loads((folder / _INDEX).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SessionError(f"{folder} is not a session bundle: it has no {_INDEX}") from None
-    except (OSError, ValueError) as e:
-        raise SessionError(f"cannot read {folder / _INDEX}: {e}") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise SessionError(f"{folder / _INDEX} is not a MaskDiffusion session (format {index.get('format')!r})"
-                           if isinstance(index, dict) else f"{folder / _INDEX} is not a MaskDiffusion session")
-    version = index.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise SessionError(f"session {folder} has version {version!r}; this software reads versions up to {VERSION}")
-    return index
-
-
-def _load_array(folder: Path, index: dict, name: str) -> np.ndarray:
-    filename = (index.get("arrays") or {}).get(name)
-    if not filename:
-        raise SessionError(f"session {folder} lists no {name} array")
-    try:
-        return np.load(folder / filename, allow_pickle=False)
-    except FileNotFoundError:
-        raise SessionError(f"session {folder} is incomplete: {filename} is missing") from None
-    except (OSError, ValueError, EOFError) as e:
-        raise SessionError(f"session {folder}: {filename} is damaged ({e})") from None
-
-
-def load_session(path: str | Path) -> Session:
-    """Open a bundle written by :func:`save_session`; :class:`SessionError` if it is broken."""
-    folder = _bundle_path(path)
-    if not folder.is_dir():
-        raise SessionError(f"no session bundle at {folder}")
-    index = _read_index(folder)
-    arrays = {name: _load_array(folder, index, name) for name in _ARRAYS}
-    base = _load_array(folder, index, "base") if "base" in (index.get("arrays") or {}) else None
-    try:
-        shape = tuple(int(n) for n in index["shape"])
-        classes = tuple(ClassSpec.from_dict(d) for d in index["classes"])
-        from_text = tuple(bool(d.get("from_text", True)) for d in index["classes"])
-        refine = index["refine"]
-        labels = arrays["labels"]
-        if index["version"] == 1:
-            labels = from_index(labels.astype(np.int64), len(classes))
-        edited = np.unpackbits(arrays["edited"], count=int(np.prod(shape))).astype(bool).reshape(shape)
-        if labels.shape != shape or labels.dtype.kind not in "iu":
-            raise ValueError(f"the label map has shape {labels.shape} and type {labels.dtype}, "
-                             f"expected {shape} integers")
-        state = RefineState(arrays["features"], arrays["attention"].astype(np.float32, copy=False), classes, shape,
-                              float(refine["stride"]), from_text, dict(refine.get("reduction") or {}),
-                              str(refine.get("features_id") or uuid.uuid4().hex[:12]),
-                              None if base is None else base.astype(np.float32, copy=False))
-    except (KeyError, TypeError, ValueError) as e:
-        detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
-        raise SessionError(f"session {folder} is inconsistent: {detail}") from None
-    session = Session(state, labels.astype(LABELS_DTYPE, copy=False), edited, dict(index.get("image") or {}),
-                      dict(index.get("parameters") or {}), str(index.get("model") or ""),
-                      float(refine.get("prior_cells", PRIOR_CELLS)), bool(refine.get("normalize", False)))
-    session.margin = grid_margin(refined_scores(state, session.labels, edited, prior_cells=session.prior_cells,
-                                                    normalize=session.normalize))
-    return session
+        """Rename (and recolour) class ``k`` (0-based); its pixels stay. One undo step."""
+        self._push("rename class", self.labels, new_state=rename_class(self._state(), k, name, color))

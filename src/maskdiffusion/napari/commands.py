@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from napari.viewer import Viewer
 
-from . import layers as L
+from .layers import merge_class_layers as merge_layers
+from .layers import split_semantic_layer as split_layer
 
 __all__ = ["merge_class_layers", "split_semantic_layer"]
 
 
 def merge_class_layers(viewer: Viewer) -> None:
     """Merge class layers into one semantic map (the layer drawn on top wins an overlap)."""
-    L.merge_class_layers(viewer)
+    merge_layers(viewer)
 
 
 def split_semantic_layer(viewer: Viewer) -> None:
     """Split the active semantic map into one binary Labels layer per class."""
-    L.split_semantic_layer(viewer)
+    split_layer(viewer)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.classes import preset_classes
-from . import layers as L
-from .reader import image_layer_data, read_tiff
+from .images import image_layer_data
+from .layers import semantic_layer_data
 
 __all__ = ["neon_osbs", "neon_sjer", "potsdam_like"]
 
@@ -15,7 +15,10 @@ _NEON = {"credit": "NEON (National Ecological Observatory Network), CC0", "licen
 
 
 def _neon(filename: str) -> list[tuple]:
-    layers = read_tiff(SAMPLE_DIR / filename)
+    from ..geo.raster_io import read_image
+
+    image, geo = read_image(SAMPLE_DIR / filename)
+    layers = image_layer_data(image, geo, Path(filename).stem)
     for _, kwargs, _ in layers:
         kwargs["metadata"] = {**kwargs.get("metadata", {}), **_NEON}
     return layers
@@ -42,7 +45,7 @@ def potsdam_like(size: int = 512, seed: int = 0) -> list[tuple]:
     note = {"credit": "synthetic (maskdiffusion.geo.synthetic), not ISPRS data", "seed": seed}
     layers = image_layer_data(image, geo, "potsdam-like RGBIR", note)
     gt_meta = {**note, "georeference": geo.to_dict(), "image": layers[0][1]["name"], "role": "ground truth"}
-    data, kwargs, kind = L.semantic_layer_data((truth + 1).astype("uint8"), preset_classes("potsdam6"), gt_meta,
+    data, kwargs, kind = semantic_layer_data((truth + 1).astype("uint8"), preset_classes("potsdam6"), gt_meta,
                                                name="ground truth")
     kwargs["visible"] = False
     return [*layers, (data, kwargs, kind)]

@@ -1,4 +1,4 @@
-"""The annotator's remembered choices (model source, device, precision) between sessions.
+"""The annotator's remembered choices (model source, device, precision, classes) between sessions.
 
 A small JSON file in the user's config folder (``platformdirs``), or in the folder named by
 ``NAPARI_MASKDIFFUSION_CONFIG_DIR``. A missing or broken file gives the defaults, never an error.
@@ -21,12 +21,14 @@ _MAX_RECENT = 8
 
 @dataclass
 class WidgetSettings:
-    """What the widget remembers; ``recent_sources`` is newest first."""
+    """What the dock remembers; ``recent_sources`` is newest first, ``classes`` the last class
+    line run (comma-separated, as the command line takes it)."""
 
     model_source: str = DEFAULT_MODEL
     device: str = "auto"
     precision: str = "auto"
     recent_sources: list[str] = field(default_factory=list)
+    classes: str = ""
 
     def remember_source(self, source: str) -> None:
         self.model_source = source

@@ -1,5 +1,9 @@
-"""npe2 writers: a Labels layer as GeoTIFF, ISPRS colour-coded RGB or palette PNG, and class
-layers as a bundle folder with a ``classes.json``.
+"""npe2 writers: one or several Labels layers as a label GeoTIFF, ISPRS colour-coded RGB or a
+palette PNG (each with its ``.classes.json`` sidecar), and class layers as a bundle folder.
+
+Several layers are merged into one label map first (:data:`~.layers.MERGE_RULE`: the layer
+higher in the list wins), so selecting a run's class layers and saving them gives the run's
+label map with its classes and georeference. Values follow :mod:`maskdiffusion.core.labels`.
 
 Every file is written atomically (nothing is left behind on failure), and an existing path is
 only replaced by a file of the same kind: a label map never silently overwrites an image,
@@ -13,29 +17,30 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..core.classes import ClassSpec, default_color
-from . import layers as L
+from ..core.labels import label_dtype, label_values
+from ..errors import BadInputError
+from .layers import CLASS, MERGE_RULE, SEMANTIC, SOFTWARE, export_labels, safe_filename
 
 __all__ = ["write_bundle", "write_geotiff", "write_isprs_rgb", "write_palette_png"]
 
-def write_geotiff(path: str, data: Any, meta: dict) -> list[str]:
-    """A semantic map or class layer as a GeoTIFF with colour table, class names and georeference."""
-    return _write_map(Path(path), data, meta, "geotiff")
+
+def write_geotiff(path: str, layer_data: list[tuple]) -> list[str]:
+    """Labels layers as one label GeoTIFF with colour table, class names and georeference."""
+    return _write_map(Path(path), layer_data, "geotiff")
 
 
-def write_palette_png(path: str, data: Any, meta: dict) -> list[str]:
-    """A semantic map or class layer as a palette PNG, with a ``.classes.json`` sidecar."""
-    return _write_map(Path(path), data, meta, "png")
+def write_palette_png(path: str, layer_data: list[tuple]) -> list[str]:
+    """Labels layers as one palette PNG (0 transparent), with a ``.classes.json`` sidecar."""
+    return _write_map(Path(path), layer_data, "png")
 
 
-def write_isprs_rgb(path: str, data: Any, meta: dict) -> list[str]:
-    """A semantic map or class layer colour-coded as RGB (ISPRS style; unlabelled is black),
-    with a ``.classes.json`` sidecar."""
-    return _write_map(Path(path), data, meta, "isprs")
+def write_isprs_rgb(path: str, layer_data: list[tuple]) -> list[str]:
+    """Labels layers colour-coded as RGB (ISPRS style; unlabelled is black), with a sidecar."""
+    return _write_map(Path(path), layer_data, "isprs")
 
 
 def _geo(metadata: dict):
@@ -52,9 +57,10 @@ def _jsonable(metadata: dict) -> dict:
 
 
 def _export_metadata(metadata: dict, classes: list[ClassSpec]) -> dict:
-    meta = _jsonable(metadata)
-    meta["classes"] = [dict(c.to_dict(), value=i) for i, c in enumerate(classes)]
-    meta.setdefault("software", L.SOFTWARE)
+    meta = {k: v for k, v in _jsonable(metadata).items() if k not in ("class", "value", "prompts", "color", "index")}
+    meta["classes"] = [dict(c.to_dict(), value=k) for k, c in enumerate(classes, start=1)]
+    meta["label_values"] = label_values(classes)
+    meta.setdefault("software", SOFTWARE)
     return meta
 
 
@@ -73,7 +79,7 @@ def _existing_kind(path: Path) -> str | None:
         with rasterio.open(path) as src:
             if "CLASSES" in src.tags() and src.count == 1:
                 return "labels"
-            ours = _read_json(sidecar_path(path)).get("software") == L.SOFTWARE
+            ours = _read_json(sidecar_path(path)).get("software") == SOFTWARE
             if ours and src.count == 3:
                 return "rgb labels"
             if ours and src.count == 1:
@@ -95,33 +101,28 @@ def _refuse_other(path: Path, want: str, allowed: set[str]) -> None:
     found = _existing_kind(path)
     if found is not None and found not in allowed:
         what = {"folder": "a folder", "labels": "a label map", "rgb labels": "an RGB label image"}
-        raise FileExistsError(
+        raise BadInputError(
             f"{path} exists and is {what.get(found, 'a file of another kind')}, not {want}: "
             "not overwriting it; delete it or choose another name"
         )
 
 
-def _write_map(path: Path, data, meta: dict, kind: str) -> list[str]:
+def _write_map(path: Path, layer_data: list[tuple], kind: str) -> list[str]:
     from ..geo import raster_io
 
-    metadata = dict(meta.get("metadata") or {})
-    labels, classes = L.export_labels(np.asarray(data), metadata)
+    labels, classes, metadata = _label_map(layer_data)
     if labels.ndim != 2:
-        raise ValueError(
-            f"{path.name}: only a 2-D (H, W) Labels layer can be written as one map, got shape {labels.shape}"
+        raise BadInputError(
+            f"{path.name}: only 2-D (H, W) Labels layers can be written as one map, got shape {labels.shape}"
         )
     export_meta = _export_metadata(metadata, classes)
     geo = _geo(metadata)
-    if kind == "geotiff":
-        _refuse_other(path, "a label map", {"labels"})
-        raster_io.write_labels(path, labels, classes, geo, export_meta)
-        return [str(path)]
-    if kind == "png":
-        _refuse_other(path, "a label map", {"labels"})
-        written = raster_io.write_labels(path, labels, classes, None, export_meta)
-    else:
+    if kind == "isprs":
         _refuse_other(path, "an RGB label image", {"rgb labels"})
         written = raster_io.write_isprs_rgb(path, labels, classes, geo)
+    else:
+        _refuse_other(path, "a label map", {"labels"})
+        written = raster_io.write_labels(path, labels, classes, geo if kind == "geotiff" else None, export_meta)
     try:
         sidecar = raster_io.write_sidecar(path, export_meta)
     except BaseException:
@@ -130,7 +131,23 @@ def _write_map(path: Path, data, meta: dict, kind: str) -> list[str]:
     return [str(path), str(sidecar)]
 
 
-def _bundle_classes(layer_data: list[tuple]) -> list[tuple[ClassSpec, np.ndarray, dict]]:
+def _label_map(layer_data: list[tuple]) -> tuple[np.ndarray, list[ClassSpec], dict]:
+    """One label map of the layers: a single layer as it is, several merged by the merge rule."""
+    layer_data = [item for item in layer_data if item[2] == "labels"]
+    if len(layer_data) == 1:
+        data, meta, _ = layer_data[0]
+        metadata = dict(meta.get("metadata") or {})
+        labels, classes = export_labels(np.asarray(data), metadata)
+        return labels, classes, metadata
+    entries = _class_masks(layer_data)
+    labels = np.zeros(entries[0][1].shape, label_dtype(len(entries)))
+    for k, (_, mask, _) in enumerate(entries, start=1):
+        labels[mask] = k
+    metadata = {**entries[0][2], "merge_rule": MERGE_RULE}
+    return labels, [spec for spec, _, _ in entries], metadata
+
+
+def _class_masks(layer_data: list[tuple]) -> list[tuple[ClassSpec, np.ndarray, dict]]:
     """(class, binary mask, metadata) for each class in the layers; semantic maps give all theirs."""
     out = []
     for data, meta, layer_type in layer_data:
@@ -138,29 +155,29 @@ def _bundle_classes(layer_data: list[tuple]) -> list[tuple[ClassSpec, np.ndarray
             continue
         metadata = dict(meta.get("metadata") or {})
         data = np.asarray(data)
-        if metadata.get("kind") in (L.CLASS, L.SEMANTIC):
-            labels, classes = L.export_labels(data, metadata)
-            for value, spec in enumerate(classes[1:], start=1):
+        if metadata.get("kind") in (CLASS, SEMANTIC):
+            labels, classes = export_labels(data, metadata)
+            for value, spec in enumerate(classes, start=1):
                 out.append((spec, labels == value, metadata))
         else:
             color = metadata.get("color") or default_color(len(out))
             out.append((ClassSpec(meta.get("name") or f"class {len(out) + 1}", (), tuple(color)), data != 0, metadata))
     if not out:
-        raise ValueError("no Labels layers to write as a class bundle")
+        raise BadInputError("no Labels layers to write")
     names = [spec.name.lower() for spec, _, _ in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"two layers hold the class {dupes[0]!r}; a bundle has one file per class")
+        raise BadInputError(f"two layers hold the class {dupes[0]!r}; rename one first")
     shapes = {m.shape for _, m, _ in out}
     if len(shapes) > 1:
-        raise ValueError(f"class layers of a bundle must have the same shape, got {sorted(shapes)}")
+        raise BadInputError(f"the layers must have the same shape, got {sorted(shapes)}")
     if len(shapes.pop()) != 2:
-        raise ValueError("a bundle holds 2-D (H, W) class layers")
+        raise BadInputError("only 2-D (H, W) Labels layers can be written as one map")
     return out
 
 
 def write_bundle(path: str, layer_data: list[tuple]) -> list[str]:
-    """Class layers as one folder: a binary GeoTIFF per class, ``semantic.tif`` and ``classes.json``.
+    """Class layers as one folder: a 0/1 GeoTIFF per class, ``semantic.tif`` and ``classes.json``.
 
     ``semantic.tif`` merges the classes by :data:`maskdiffusion.napari.layers.MERGE_RULE`
     (the layers' order). The folder appears complete or not at all.
@@ -168,44 +185,42 @@ def write_bundle(path: str, layer_data: list[tuple]) -> list[str]:
     from ..geo import raster_io
 
     folder = Path(path)
-    entries = _bundle_classes(layer_data)
+    entries = _class_masks(layer_data)
     if folder.exists():
         if not folder.is_dir():
-            raise FileExistsError(f"{folder} exists and is a file, not a bundle folder: not overwriting it")
+            raise BadInputError(f"{folder} exists and is a file, not a bundle folder: not overwriting it")
         if any(folder.iterdir()) and "bundle" not in _read_json(folder / "classes.json"):
-            raise FileExistsError(
+            raise BadInputError(
                 f"{folder} is a folder that holds other files, not a MaskDiffusion bundle: not overwriting it"
             )
     if not folder.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {folder}: folder {folder.parent} does not exist")
+        raise BadInputError(f"cannot write {folder}: folder {folder.parent} does not exist")
 
     first_meta = entries[0][2]
     common = {k: v for k, v in first_meta.items()
-              if k not in ("kind", "class", "prompt", "prompts", "color", "index", "classes", "merge_rule")}
+              if k not in ("kind", "class", "value", "prompt", "prompts", "color", "index", "classes", "merge_rule")}
     geo = _geo(first_meta)
     classes = [spec for spec, _, _ in entries]
     files = []
     tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:12]}.tmp")
     tmp.mkdir()
     try:
-        semantic = np.zeros(entries[0][1].shape, np.uint8 if len(entries) < 255 else np.uint16)
-        for i, (spec, mask, meta) in enumerate(entries):
-            name = f"{i + 1:02d}_{L.safe_filename(spec.name)}.tif"
-            layer_meta = {**_jsonable(meta), "kind": L.CLASS, "class": spec.name, "prompts": list(spec.prompts)}
-            raster_io.write_labels(tmp / name, mask.astype(np.uint8), [L.UNLABELLED, spec], geo,
-                                   _export_metadata(layer_meta, [L.UNLABELLED, spec]))
-            semantic[mask] = i + 1
+        semantic = np.zeros(entries[0][1].shape, label_dtype(len(entries)))
+        for k, (spec, mask, meta) in enumerate(entries, start=1):
+            name = f"{k:02d}_{safe_filename(spec.name)}.tif"
+            raster_io.write_labels(tmp / name, mask.astype(np.uint8), [spec], geo,
+                                   _export_metadata({**common, "kind": CLASS}, [spec]))
+            semantic[mask] = k
             files.append(name)
-        all_classes = [L.UNLABELLED, *classes]
-        sem_meta = _export_metadata({**common, "kind": L.SEMANTIC, "merge_rule": L.MERGE_RULE}, all_classes)
-        raster_io.write_labels(tmp / "semantic.tif", semantic, all_classes, geo, sem_meta)
+        sem_meta = _export_metadata({**common, "kind": SEMANTIC, "merge_rule": MERGE_RULE}, classes)
+        raster_io.write_labels(tmp / "semantic.tif", semantic, classes, geo, sem_meta)
         info = {
             **_jsonable(common),
-            "software": L.SOFTWARE,
+            "software": SOFTWARE,
             "bundle": 1,
             "classes": [dict(c.to_dict(), value=i + 1, file=f) for i, (c, f) in enumerate(zip(classes, files))],
             "semantic": "semantic.tif",
-            "merge_rule": L.MERGE_RULE,
+            "merge_rule": MERGE_RULE,
         }
         from ..geo.atomic import write_json
 

@@ -1,0 +1,54 @@
+"""The dock's run parameters, generated from :class:`~maskdiffusion.core.params.SegmentParams`.
+
+Each field the dataclass marks for the dock (``widget=True`` in its metadata) becomes a magicgui
+widget with the field's default, range and help text, so the dock, the command line and the
+Python API share one name, one default and one explanation per parameter.
+"""
+
+from __future__ import annotations
+
+import typing
+
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, SpinBox
+
+from ..core.params import SegmentParams, face_fields
+
+__all__ = ["params_form", "params_from_form"]
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def params_form() -> Container:
+    """A magicgui form with one widget per dock parameter, named after the field."""
+    hints = typing.get_type_hints(SegmentParams)
+    widgets = []
+    for f in face_fields("widget"):
+        meta, kind = f.metadata, hints[f.name]
+        options = {"name": f.name, "label": _label(f.name), "tooltip": meta["help"]}
+        if "choices" in meta:
+            widget = ComboBox(choices=list(meta["choices"]), value=f.default, **options)
+        elif kind is float:
+            widget = FloatSpinBox(value=f.default, min=meta["min"], max=meta["max"], step=meta["step"], **options)
+        else:
+            value = 0 if f.default is None else f.default
+            widget = SpinBox(value=value, min=meta["min"], max=meta["max"], step=meta.get("step", 1), **options)
+            if meta.get("off") and hasattr(widget.native, "setSpecialValueText"):
+                widget.native.setSpecialValueText(meta["off"])
+        if meta.get("suffix") and hasattr(widget.native, "setSuffix"):
+            widget.native.setSuffix(meta["suffix"])
+        widgets.append(widget)
+    return Container(widgets=widgets)
+
+
+def params_from_form(form: Container, **extra) -> SegmentParams:
+    """The :class:`SegmentParams` the form shows (0 means ``None`` for optional counts)."""
+    hints = typing.get_type_hints(SegmentParams)
+    values = {}
+    for f in face_fields("widget"):
+        value = form[f.name].value
+        if value == 0 and type(None) in typing.get_args(hints[f.name]):
+            value = None
+        values[f.name] = round(value, 4) if isinstance(value, float) else value
+    return SegmentParams(**values, **extra)

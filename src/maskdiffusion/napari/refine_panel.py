@@ -1,0 +1,469 @@
+"""The dock's Refine tab: correct a few strokes, the rest follows, without a model call.
+
+Thin by design: the plane's :class:`~maskdiffusion.session.Session` refines, undoes and
+changes classes; the :class:`~.state.ImageRun` shows its map in the class layers. Heavy work
+(building the refinement cache, refining a 6000² tile) runs on a worker thread, and results
+are written into the layers a band of rows per event-loop turn.
+
+- **Refine** (key ``R``) reassigns every pixel the annotator did not set. **Undo** / **Redo**
+  (or Ctrl-Z / Ctrl-Shift-Z in any class layer) step through runs, strokes and refinements
+  for all layers at once. **Live** refines at the end of each stroke.
+- **Class by example**: a new class layer to paint, known to the session by its strokes only.
+  Rename, remove (its pixels go to the best remaining class) and merge act on the session.
+- **Confidence**: the margin between the two best classes, as an image layer; **Next unsure
+  region** centres the view on the largest low-margin region not yet visited.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QTimer
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QColorDialog,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.classes import ClassSpec, default_color
+from ..errors import BadInputError
+from .layers import CONFIDENCE, SOFTWARE, base_metadata, class_layer_data, merge_class_layers, split_semantic_layer
+from .notify import report
+from .results import BAND_PIXELS
+from .session_box import SessionBox
+from .state import AnnotatorState, ImageRun
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["RefinePanel"]
+
+CONFIDENCE_NAME = "unsure (refine)"
+
+
+def _propose(session, labels, edited):
+    """Worker: the refined map of a snapshot (the cache is built on first use)."""
+    return session.propose_refinement(labels, edited)
+
+
+class RefinePanel(QWidget):
+    """Refine the class layers of a run from the annotator's strokes."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, state: AnnotatorState, parent=None):
+        super().__init__(parent)
+        self.viewer, self.state = viewer, state
+        self._worker = None
+        self._writing = None
+        self._visited: list[tuple[int, int]] = []
+        self._example_color = default_color(0)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._refine_box())
+        layout.addWidget(self._class_box())
+        layout.addWidget(self._confidence_box())
+        self.session_box = SessionBox(viewer, state, self.current)
+        layout.addWidget(self.session_box)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        viewer.bind_key("r", lambda _viewer: self.refine() if self.refine_button.isEnabled() else None,
+                        overwrite=True)
+
+    # ------------------------------------------------------------------ sections
+
+    def _refine_box(self) -> QGroupBox:
+        box = QGroupBox("Refine")
+        form = QFormLayout(box)
+        self.run_combo = QComboBox()
+        self.run_combo.setToolTip("the segmented image whose class layers you correct")
+        self.run_combo.currentIndexChanged.connect(lambda _: self.refresh())
+        form.addRow("Image", self.run_combo)
+        row = QHBoxLayout()
+        self.refine_button = QPushButton("Refine (R)")
+        self.refine_button.setToolTip("reassign every pixel you did not paint, learning from your strokes")
+        self.refine_button.clicked.connect(self.refine)
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.setToolTip("undo the last run, stroke, refinement or class change in every layer "
+                                    "(Ctrl-Z in a class layer does the same)")
+        self.undo_button.clicked.connect(lambda: self._step(ImageRun.undo))
+        self.redo_button = QPushButton("Redo")
+        self.redo_button.clicked.connect(lambda: self._step(ImageRun.redo))
+        for button in (self.refine_button, self.undo_button, self.redo_button):
+            row.addWidget(button)
+        form.addRow(row)
+        self.live_check = QCheckBox("Live: refine at the end of each stroke")
+        form.addRow(self.live_check)
+        return box
+
+    def _class_box(self) -> QGroupBox:
+        box = QGroupBox("Classes")
+        form = QFormLayout(box)
+        self.example_name = QLineEdit()
+        self.example_name.setPlaceholderText("a class the text cannot name")
+        self.color_button = QPushButton()
+        self.color_button.clicked.connect(self._pick_color)
+        self._show_color()
+        add = QPushButton("Add by example")
+        add.setToolTip("adds a class layer to paint; the class is learnt from your strokes alone")
+        add.clicked.connect(lambda: self.add_example_class(self.example_name.text(), self._example_color))
+        row = QHBoxLayout()
+        row.addWidget(self.example_name, 1)
+        row.addWidget(self.color_button)
+        row.addWidget(add)
+        form.addRow("New", row)
+        self.class_combo, self.merge_combo = QComboBox(), QComboBox()
+        self.rename_edit = QLineEdit()
+        self.rename_edit.setPlaceholderText("new name")
+        rename, remove, merge = QPushButton("Rename"), QPushButton("Remove"), QPushButton("Merge into")
+        remove.setToolTip("its pixels go to the best remaining class")
+        rename.clicked.connect(lambda: self.rename_class(self.class_combo.currentText(), self.rename_edit.text()))
+        remove.clicked.connect(lambda: self.remove_class(self.class_combo.currentText()))
+        merge.clicked.connect(lambda: self.merge_class(self.class_combo.currentText(), self.merge_combo.currentText()))
+        row = QHBoxLayout()
+        row.addWidget(self.class_combo, 1)
+        row.addWidget(self.rename_edit, 1)
+        row.addWidget(rename)
+        form.addRow("Class", row)
+        row = QHBoxLayout()
+        row.addWidget(remove)
+        row.addWidget(merge)
+        row.addWidget(self.merge_combo, 1)
+        form.addRow(row)
+        row = QHBoxLayout()
+        to_map, to_classes = QPushButton("Merge layers → map"), QPushButton("Split map → layers")
+        to_map.setToolTip("one semantic map of the class layers, kept in step with them")
+        to_classes.setToolTip("split the selected semantic map into one class layer per class")
+        to_map.clicked.connect(self.merge_layers)
+        to_classes.clicked.connect(self.split_layer)
+        row.addWidget(to_map)
+        row.addWidget(to_classes)
+        form.addRow(row)
+        return box
+
+    def _confidence_box(self) -> QGroupBox:
+        box = QGroupBox("Confidence")
+        row = QHBoxLayout(box)
+        self.confidence_check = QCheckBox("Show margin layer")
+        self.confidence_check.toggled.connect(lambda on: self.update_confidence() if on else None)
+        unsure = QPushButton("Next unsure region")
+        unsure.clicked.connect(self.next_unsure_region)
+        row.addWidget(self.confidence_check)
+        row.addWidget(unsure)
+        return box
+
+    # ------------------------------------------------------------------ the run in front
+
+    def runs(self) -> list[ImageRun]:
+        return list(self.state.runs.values())
+
+    def current(self) -> tuple[ImageRun | None, tuple[int, ...]]:
+        """The chosen run and the plane the viewer shows of it."""
+        runs = self.runs()
+        index = self.run_combo.currentIndex()
+        run = runs[index] if 0 <= index < len(runs) else None
+        if run is None or not run.layers:
+            return run, ()
+        ndim = run.layers[0].ndim - 2
+        return run, tuple(int(i) for i in self.viewer.dims.current_step[:ndim])
+
+    def reset_choices(self, *_) -> None:
+        """Refill the run list; follow the active layer's run."""
+        runs = self.runs()
+        current, _ = self.current()
+        active = self.state.run_of(self.viewer.layers.selection.active)
+        names = []
+        for run in runs:
+            key = self.state.image_of(run)
+            names.append(getattr(key, "name", run.image.name))
+        self.run_combo.blockSignals(True)
+        self.run_combo.clear()
+        self.run_combo.addItems(names)
+        target = active or current
+        if target in runs:
+            self.run_combo.setCurrentIndex(runs.index(target))
+        self.run_combo.blockSignals(False)
+        for run in runs:
+            run.on_change = self._on_run_change
+        self.refresh()
+
+    def refresh(self) -> None:
+        run, plane = self.current()
+        session = run.session(plane) if run is not None else None
+        names = [c.name for c in session.classes] if session is not None else []
+        for combo in (self.class_combo, self.merge_combo):
+            keep = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if keep in names:
+                combo.setCurrentText(keep)
+            combo.blockSignals(False)
+        busy = self._worker is not None or self._writing is not None
+        can = session is not None and session.can_refine and not busy
+        self.refine_button.setEnabled(can)
+        self.undo_button.setEnabled(session is not None and bool(session.history) and not busy)
+        self.redo_button.setEnabled(session is not None and bool(session.future) and not busy)
+        if session is None:
+            self.refine_button.setToolTip("segment an image first (Segment tab), or open a session")
+        elif not session.can_refine:
+            self.refine_button.setToolTip("this run kept no features: segment again to refine")
+        else:
+            self.refine_button.setToolTip("reassign every pixel you did not paint, learning from your strokes")
+
+    def _on_run_change(self, run: ImageRun, what: str) -> None:
+        self.session_box.dirty = True
+        self._visited.clear()
+        self._match_layers(run)
+        self.refresh()
+        if what == "paint" and self.live_check.isChecked() and self.refine_button.isEnabled():
+            QTimer.singleShot(0, self.refine)
+
+    # ------------------------------------------------------------------ refine and undo
+
+    def _session(self):
+        run, plane = self.current()
+        session = run.session(plane) if run is not None else None
+        if session is None:
+            report(BadInputError("no segmentation to refine: run MaskDiffusion on an image first, or open a session"))
+        return run, plane, session
+
+    def refine(self):
+        """Refine the chosen run's plane on a worker; returns the worker (``None`` if nothing to do)."""
+        run, plane, session = self._session()
+        if session is None or self._worker is not None:
+            return None
+        run.sync_all(plane)
+        if not session.edited.any():
+            self.status.setText("nothing to learn from: paint a few strokes in the class layers first")
+            return None
+        self.status.setText("refining …" if session.prepared else "building the refinement cache, then refining …")
+        snapshot = (session.labels.copy(), session.edited.copy())
+        worker = create_worker(_propose, session, *snapshot, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda proposal: self._accept(run, plane, session, *proposal))
+        return self._start(worker)
+
+    def _start(self, worker):
+        self._worker = worker
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_worker_finished)
+        self.refresh()
+        worker.start()
+        return worker
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText("failed (see the notification)")
+        report(exc)
+
+    def _on_worker_finished(self) -> None:
+        self._worker = None
+        self.refresh()
+
+    def _accept(self, run: ImageRun, plane, session, labels: np.ndarray, margin: np.ndarray) -> None:
+        before = session.labels.copy()
+        session.accept_refinement(labels, margin)
+        changed = int(np.count_nonzero(before != session.labels))
+        self._write_in_bands(run, plane, f"refined from {int(session.edited.sum())} painted pixels: "
+                                         f"{changed} pixels changed")
+
+    def _write_in_bands(self, run: ImageRun, plane, message: str) -> None:
+        """Show the session's map in the layers a band of rows per event-loop turn."""
+        height, width = run.session(plane).labels.shape
+        rows = max(1, BAND_PIXELS // max(width, 1))
+        bands = iter(range(0, height, rows))
+
+        def step():
+            y0 = next(bands, None)
+            if y0 is None:
+                self._writing = None
+                self._after_change(run, message)
+                return
+            run.write(plane, (y0, min(height, y0 + rows), 0, width))
+            QTimer.singleShot(0, step)
+
+        self._writing = step
+        QTimer.singleShot(0, step)
+
+    def _after_change(self, run: ImageRun, message: str) -> None:
+        self.session_box.dirty = True
+        self._visited.clear()
+        self._match_layers(run)
+        if self.confidence_check.isChecked():
+            self.update_confidence()
+        self.status.setText(message)
+        self.refresh()
+
+    def _step(self, method: Callable[[ImageRun, tuple], bool]) -> None:
+        run, plane, session = self._session()
+        if session is not None and not method(run, plane):
+            self.status.setText("nothing to undo" if method is ImageRun.undo else "nothing to redo")
+
+    # ------------------------------------------------------------------ classes
+
+    def _match_layers(self, run: ImageRun) -> None:
+        """One class layer per class of the session, in class order (after class changes and undo)."""
+        session = next(iter(run.sessions.values()), None)
+        if session is None or not run.layers:
+            return
+        by_name = {str(ly.metadata.get("class", ly.name)).lower(): ly for ly in run.layers}
+        first = run.layers[0]
+        layers = []
+        for k, spec in enumerate(session.classes, start=1):
+            layer = by_name.pop(spec.name.lower(), None)
+            if layer is None:
+                data, kwargs, _ = class_layer_data(np.zeros(first.data.shape, np.uint8), spec, k,
+                                                   base_metadata(None, first.metadata), first.scale, first.translate)
+                layer = self.viewer.add_labels(data, **kwargs)
+                run.bind(layer, lambda: self.current()[1])
+            else:
+                layer.metadata = {**layer.metadata, "value": k, "class": spec.name}
+                if layer.name.lower() != spec.name.lower():
+                    layer.name = spec.name
+            layers.append(layer)
+        for leftover in by_name.values():
+            if leftover in self.viewer.layers:
+                self.viewer.layers.remove(leftover)
+        run.layers = layers
+        for plane in run.sessions:
+            run.write(plane)
+
+    def _class_change(self, action: Callable, message: str) -> None:
+        """Run a class change on the session (cache built on a worker first), then show it."""
+        run, plane, session = self._session()
+        if session is None:
+            return
+        run.sync_all(plane)
+
+        def done(_=None):
+            try:
+                action(session)
+            except BadInputError as e:
+                report(e)
+                return
+            self._after_change(run, message)
+
+        if session.prepared:
+            done()
+            return
+        self.status.setText("building the refinement cache …")
+        worker = create_worker(session.prepare, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(done)
+        self._start(worker)
+
+    def add_example_class(self, name: str, color=None) -> None:
+        """Add a class defined by its strokes: a new class layer, selected for painting."""
+        spec = ClassSpec(name, (), tuple(color) if color is not None else None) if name.strip() else None
+        if spec is None:
+            report(BadInputError("give the new class a name"))
+            return
+
+        def add(session):
+            k = session.add_class(spec)
+            self._example_color = default_color(k + 1)
+            self._show_color()
+            self.example_name.clear()
+
+        self._class_change(add, f"added {name!r}: paint a few strokes of it, then Refine")
+
+    def _index(self, session, name: str) -> int:
+        for k, c in enumerate(session.classes):
+            if c.name.lower() == name.lower():
+                return k
+        raise BadInputError(f"no class named {name!r}")
+
+    def remove_class(self, name: str) -> None:
+        self._class_change(lambda s: s.remove_class(self._index(s, name)), f"removed {name!r}")
+
+    def merge_class(self, source: str, into: str) -> None:
+        if source.lower() != into.lower():
+            self._class_change(lambda s: s.merge_classes([self._index(s, source)], self._index(s, into)),
+                               f"merged {source!r} into {into!r}")
+
+    def rename_class(self, old: str, new: str) -> None:
+        self._class_change(lambda s: s.rename_class(self._index(s, old), new), f"renamed {old!r} to {new!r}")
+
+    def merge_layers(self) -> None:
+        run, _ = self.current()
+        try:
+            layer = merge_class_layers(self.viewer, run.layers if run is not None else None)
+        except BadInputError as e:
+            report(e)
+            return
+        if run is not None:
+            run.semantic = layer
+            run.bind(layer, lambda: self.current()[1])
+
+    def split_layer(self) -> None:
+        try:
+            split_semantic_layer(self.viewer)
+        except BadInputError as e:
+            report(e)
+
+    # ------------------------------------------------------------------ confidence
+
+    def update_confidence(self):
+        """Show the session's grid margin as an image layer aligned with the class layers."""
+        run, plane = self.current()
+        session = run.session(plane) if run is not None else None
+        if session is None or session.margin is None or not run.layers:
+            return None
+        ref = run.layers[0]
+        stride = session.state.stride
+        scale = np.asarray(ref.scale[-2:], float)
+        kwargs = {"scale": tuple(scale * stride), "translate": tuple(np.asarray(ref.translate[-2:])
+                                                                     + scale * (stride - 1) / 2)}
+        layer = next((ly for ly in self.viewer.layers if ly.metadata.get("role") == "refine"
+                      and ly.metadata.get("image") == ref.metadata.get("image")), None)
+        if layer is None:
+            meta = {"software": SOFTWARE, "kind": CONFIDENCE, "image": ref.metadata.get("image"), "role": "refine"}
+            layer = self.viewer.add_image(session.margin, name=CONFIDENCE_NAME, colormap="magma", opacity=0.5,
+                                          metadata=meta, blending="translucent", **kwargs)
+        else:
+            layer.data = session.margin
+            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+        layer.contrast_limits = (0.0, float(max(np.quantile(session.margin, 0.95), 1e-6)))
+        return layer
+
+    def next_unsure_region(self):
+        """Centre the view on the largest low-margin region not visited since the last change."""
+        run, plane = self.current()
+        session = run.session(plane) if run is not None else None
+        if session is None or session.margin is None or not run.layers:
+            self.status.setText("refine once to know where the segmentation is unsure")
+            return None
+        from ..core.confidence import next_unsure_region
+
+        stride = session.state.stride
+        found = next_unsure_region(session.margin, step=1, visited=self._visited)
+        if found is None:
+            self._visited.clear()
+            self.status.setText("no more unsure regions: starting over")
+            return None
+        (gy, gx), _ = found
+        self._visited.append((gy, gx))
+        pixel = (gy * stride + (stride - 1) / 2, gx * stride + (stride - 1) / 2)
+        world = run.layers[0].data_to_world((*plane, *pixel))
+        self.viewer.camera.center = tuple(world[-2:]) if self.viewer.dims.ndisplay == 2 else tuple(world)
+        self.status.setText(f"unsure region around row {int(pixel[0])}, column {int(pixel[1])}")
+        return pixel
+
+    def _pick_color(self) -> None:
+        color = QColorDialog.getColor(QColor(*self._example_color), self, "Colour of the new class")
+        if color.isValid():
+            self._example_color = (color.red(), color.green(), color.blue())
+            self._show_color()
+
+    def _show_color(self) -> None:
+        r, g, b = self._example_color
+        self.color_button.setStyleSheet(f"background-color: rgb({r}, {g}, {b}); min-width: 24px;")

@@ -1,0 +1,96 @@
+"""A finished run into the viewer, in pieces: new class layers, or the run's existing layers
+updated through their sessions (one undo step per plane, for all layers at once).
+
+:func:`apply_results` is a generator: each ``next`` does one piece of work small enough for one
+turn of the event loop (adding one layer, writing one band of rows), so the dock never freezes
+for the whole of it. It returns an :class:`Applied` summary. Qt-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Generator, Mapping
+
+import numpy as np
+
+from .images import LayerImage
+from .layers import CLASS, SEMANTIC, result_layer_data
+from .state import AnnotatorState, ImageRun
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image
+
+__all__ = ["BAND_PIXELS", "Applied", "apply_results"]
+
+#: Pixels written into the layers per event-loop turn when a run updates existing layers.
+BAND_PIXELS = 1 << 21
+
+
+@dataclass
+class Applied:
+    """What a run changed in the viewer."""
+
+    run: ImageRun
+    added: list = field(default_factory=list)
+    updated: list = field(default_factory=list)
+    replaced_edits: list = field(default_factory=list)
+
+
+def _matches(run: ImageRun | None, classes, shape, viewer) -> bool:
+    return (run is not None and [c.name for c in run.classes] == [c.name for c in classes]
+            and all(ly in viewer.layers for ly in run.layers) and len(run.layers) == len(classes)
+            and tuple(run.layers[0].data.shape) == tuple(shape))
+
+
+def _session_info(image: LayerImage, image_layer, plane) -> dict:
+    source = getattr(getattr(image_layer, "source", None), "path", None) or image_layer.metadata.get("source")
+    return {"layer": image.name, "path": str(source) if source else None, "georeference": image.georeference,
+            "plane": list(plane), "shape": list(image.shape[-2:])}
+
+
+def apply_results(viewer: napari.Viewer, state: AnnotatorState, image_layer: Image, image: LayerImage,
+                  results: Mapping[tuple[int, ...], object], *, semantic: bool = False, confidence: bool = False,
+                  current_plane: Callable[[], tuple[int, ...]] = tuple) -> Generator[None, None, Applied]:
+    """Put a run's ``results`` ({plane: result}) into the viewer, one piece per ``next``."""
+    from ..session import Session
+
+    first = next(iter(results.values()))
+    run = state.runs.get(image_layer)
+    if _matches(run, first.classes, image.shape, viewer):
+        applied = Applied(run)
+        for plane, result in results.items():
+            session = run.sessions.get(plane)
+            if session is None:
+                run.sessions[plane] = Session.from_result(result, _session_info(image, image_layer, plane),
+                                                          prepare=False)
+            else:
+                applied.replaced_edits += [c.name for k, c in enumerate(session.classes, start=1)
+                                           if np.any(session.edited & (session.labels == k))]
+                session.replace_run(result)
+            height, width = image.shape[-2:]
+            rows = max(1, BAND_PIXELS // max(width, 1))
+            for y0 in range(0, height, rows):
+                run.write(plane, (y0, min(height, y0 + rows), 0, width))
+                yield
+        applied.updated = list(run.all_layers)
+        applied.replaced_edits = sorted(set(applied.replaced_edits))
+        return applied
+
+    sessions = {plane: Session.from_result(result, _session_info(image, image_layer, plane), prepare=False)
+                for plane, result in results.items()}
+    run = ImageRun(image, sessions=sessions)
+    applied = Applied(run)
+    for data, kwargs, layer_type in result_layer_data(image, results, semantic=semantic, confidence=confidence):
+        layer = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+        applied.added.append(layer)
+        kind = kwargs["metadata"].get("kind")
+        if kind == CLASS:
+            run.layers.append(layer)
+        elif kind == SEMANTIC:
+            run.semantic = layer
+        yield
+    for layer in run.all_layers:
+        run.bind(layer, current_plane)
+    state.runs[image_layer] = run
+    return applied

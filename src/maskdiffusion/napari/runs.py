@@ -1,0 +1,74 @@
+"""The dock's background work, Qt-free: loading the model and segmenting the planes of an image.
+
+These run inside napari ``thread_worker`` generators: they yield progress (and never touch Qt
+widgets) and stop between tiles when the worker is quit. torch is imported here, on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+__all__ = ["PlaneStarted", "load", "segment_planes", "spare_one_core"]
+
+
+@dataclass(frozen=True)
+class PlaneStarted:
+    """Yielded before each plane of a stack: plane number ``index`` of ``count``."""
+
+    index: int
+    count: int
+
+
+@contextmanager
+def spare_one_core(device) -> Iterator[None]:
+    """On the CPU, run torch on all cores but one: the interface keeps a core and stays responsive.
+
+    Oversubscribed cores (torch's threads spinning on every core) froze napari for 100-500 ms at a
+    time in ``benchmarks/bench_ui_responsiveness.py``; one core fewer costs little compute.
+    """
+    import torch
+
+    cores = os.cpu_count() or 1
+    if torch.device(device).type != "cpu" or cores < 2:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, cores - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def load(source: str, device: str, precision: str):
+    """Load the model (cached per source, device and precision) with a core spared."""
+    from ..model.loading import load_model, resolve_device
+
+    with spare_one_core(resolve_device(device)):
+        return load_model(source, device, None if precision == "auto" else precision)
+
+
+def _warm_up_labels() -> None:
+    """Build a throwaway Labels model here, so its first-use imports (pandas, scikit-image) do
+    not freeze the interface when the class layers are added on the main thread."""
+    import numpy as np
+    from napari.layers import Labels
+
+    Labels(np.zeros((1, 1), np.uint8))
+
+
+def segment_planes(read_plane: Callable, planes: Sequence[tuple[int, ...]], classes, model, params):
+    """Segment each plane: yield :class:`PlaneStarted` and the engine's progress steps, return
+    ``{plane: result}`` (results keep their features for refinement)."""
+    from ..engine import iter_segment
+
+    _warm_up_labels()
+    results = {}
+    with spare_one_core(model.device):
+        for i, plane in enumerate(planes):
+            yield PlaneStarted(i, len(planes))
+            results[plane] = yield from iter_segment(read_plane(plane), classes, model, params, keep_features=True)
+    return results

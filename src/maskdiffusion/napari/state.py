@@ -1,0 +1,275 @@
+"""What the annotator's panels share for one viewer: one typed state object, no module globals.
+
+:class:`AnnotatorState` holds the loaded model and one :class:`ImageRun` per segmented image,
+keyed by the image layer object (renaming a layer changes nothing; two viewers have two states).
+An :class:`ImageRun` binds the run's class layers (and a merged semantic map, if any) to one
+:class:`~maskdiffusion.session.Session` per image plane: the session's label map is the truth,
+the layers show it. A stroke in any layer becomes one session step (it wins where it was
+painted; the other layers give those pixels up), and Ctrl-Z / Ctrl-Shift-Z in any of the
+layers undo and redo session steps, so every pixel always has exactly one class or none.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from ..core.classes import ClassSpec
+from .images import LayerImage
+from .layers import CLASS, SEMANTIC, layer_classes, write_into_layer
+
+if TYPE_CHECKING:
+    from napari.layers import Labels, Layer
+
+    from ..model.loading import SDModel
+    from ..session import Session
+
+__all__ = ["AnnotatorState", "ImageRun", "next_turn", "stroke_region"]
+
+Region = tuple[int, int, int, int]
+_UNDO, _REDO = "Control-Z", "Control-Shift-Z"
+
+
+def next_turn(callback: Callable[[], None]) -> None:
+    """Run ``callback`` at the next turn of the Qt event loop."""
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, callback)
+
+
+def stroke_region(event_value, plane: tuple[int, ...], shape: tuple[int, int]) -> Region | None:
+    """The (y0, y1, x0, x1) box a napari paint event's history atoms touched on ``plane``."""
+    boxes = []
+    for atom in event_value or ():
+        key = getattr(atom, "slice_key", None)
+        if key is not None:
+            ys, xs = key[-2], key[-1]
+            boxes.append((ys.start or 0, ys.stop or shape[0], xs.start or 0, xs.stop or shape[1]))
+        elif isinstance(atom, tuple) and len(atom) == 3 and len(atom[0]) >= 2 and len(atom[0][-1]):
+            ys, xs = atom[0][-2], atom[0][-1]
+            boxes.append((int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1))
+    if not boxes:
+        return None
+    return min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
+@dataclass(eq=False)
+class ImageRun:
+    """One segmented image in the viewer: its class layers and one session per plane.
+
+    layers: the class layers, in class order (``layers[k - 1]`` shows label value k).
+    semantic: a merged semantic map kept in step with them, if the annotator made one.
+    on_change: called after every session step made from the layers (a stroke, an undo).
+    """
+
+    image: LayerImage
+    layers: list = field(default_factory=list)
+    sessions: dict = field(default_factory=dict)
+    semantic: Labels | None = None
+    session_path: Path | None = None
+    on_change: Callable[[ImageRun, str], None] | None = None
+    writing: bool = False
+
+    @property
+    def classes(self) -> tuple[ClassSpec, ...]:
+        session = next(iter(self.sessions.values()), None)
+        return session.classes if session is not None else ()
+
+    @property
+    def all_layers(self) -> list:
+        return [*self.layers, *([self.semantic] if self.semantic is not None else [])]
+
+    def session(self, plane: tuple[int, ...] = ()) -> Session | None:
+        return self.sessions.get(tuple(plane))
+
+    def owns(self, layer: Layer) -> bool:
+        return any(layer is own for own in self.all_layers)
+
+    # ------------------------------------------------------------------ layers <-> session
+
+    def _layer_values(self, layer: Labels, session: Session) -> np.ndarray | None:
+        """For a semantic map: the session label value of each of its values (lookup table)."""
+        if layer.metadata.get("kind") != SEMANTIC:
+            return None
+        index = {c.name.lower(): k for k, c in enumerate(session.classes, start=1)}
+        by_value = layer_classes(layer)
+        lut = np.zeros(max(by_value, default=0) + 2, np.int64)
+        for value, spec in by_value.items():
+            lut[value] = index.get(spec.name.lower(), 0)
+        return lut
+
+    def read_strokes(self, layer: Labels, plane: tuple[int, ...], region: Region | None = None):
+        """What the annotator changed in ``layer`` since the session last wrote it: (region,
+        new labels, painted, released) over that region, or ``None`` if nothing changed."""
+        session = self.sessions[tuple(plane)]
+        height, width = session.labels.shape
+        y0, y1, x0, x1 = region or (0, height, 0, width)
+        current = np.asarray(layer.data[(*plane, slice(y0, y1), slice(x0, x1))])
+        labels = session.labels[y0:y1, x0:x1]
+        lut = self._layer_values(layer, session)
+        if lut is None:
+            value = next((k for k, own in enumerate(self.layers, start=1) if own is layer), None)
+            if value is None:
+                return None
+            shown, expected = current != 0, labels == value
+            painted, released = shown & ~expected, expected & ~shown
+            new = np.where(painted, value, labels)
+        else:
+            mapped = lut[np.minimum(current, len(lut) - 1)]
+            painted = (mapped != labels) & (mapped > 0)
+            released = (current == 0) & (labels > 0)
+            new = np.where(painted, mapped, labels)
+        if not painted.any() and not released.any():
+            return None
+        return (y0, y1, x0, x1), new, painted, released
+
+    def sync(self, layer: Labels, plane: tuple[int, ...] = (), region: Region | None = None) -> int:
+        """Take a stroke from ``layer`` into the plane's session (one undo step) and show it in
+        every layer of the run; returns the number of pixels painted."""
+        if self.writing or tuple(plane) not in self.sessions:
+            return 0
+        found = self.read_strokes(layer, plane, region)
+        if found is None:
+            return 0
+        box, new, painted, released = found
+        n = self.sessions[tuple(plane)].edit(new, painted, released, region=box)
+        self.write(plane, box)
+        if self.on_change is not None:
+            self.on_change(self, "paint")
+        return n
+
+    def sync_all(self, plane: tuple[int, ...] = ()) -> int:
+        """Take the changes of every layer of the run (bottom to top, so the top one wins)."""
+        return sum(self.sync(layer, plane) for layer in self.all_layers)
+
+    def write(self, plane: tuple[int, ...] = (), region: Region | None = None) -> int:
+        """Show the plane's session map in every layer of the run (only pixels that differ)."""
+        session = self.sessions[tuple(plane)]
+        height, width = session.labels.shape
+        y0, y1, x0, x1 = region or (0, height, 0, width)
+        labels = session.labels[y0:y1, x0:x1]
+        changed = 0
+        self.writing = True
+        try:
+            for value, layer in enumerate(self.layers, start=1):
+                changed += write_into_layer(layer, (labels == value).astype(np.uint8), tuple(plane), (y0, y1, x0, x1))
+            if self.semantic is not None:
+                values = self._semantic_values(session)
+                changed += write_into_layer(self.semantic, values[labels], tuple(plane), (y0, y1, x0, x1))
+        finally:
+            self.writing = False
+        return changed
+
+    def _semantic_values(self, session: Session) -> np.ndarray:
+        """Value in the semantic map of each session label value (0 stays 0)."""
+        by_name = {spec.name.lower(): v for v, spec in layer_classes(self.semantic).items()}
+        values = np.zeros(len(session.classes) + 1, np.int64)
+        for k, spec in enumerate(session.classes, start=1):
+            values[k] = by_name.get(spec.name.lower(), 0)
+        return values
+
+    def undo(self, plane: tuple[int, ...] = ()) -> bool:
+        """Undo the plane's last session step in every layer at once."""
+        session = self.sessions.get(tuple(plane))
+        if session is None or session.undo() is None:
+            return False
+        self.write(plane)
+        if self.on_change is not None:
+            self.on_change(self, "undo")
+        return True
+
+    def redo(self, plane: tuple[int, ...] = ()) -> bool:
+        session = self.sessions.get(tuple(plane))
+        if session is None or session.redo() is None:
+            return False
+        self.write(plane)
+        if self.on_change is not None:
+            self.on_change(self, "redo")
+        return True
+
+    # ------------------------------------------------------------------ events
+
+    def bind(self, layer: Labels, current_plane: Callable[[], tuple[int, ...]],
+             defer: Callable[[Callable[[], None]], None] = next_turn) -> None:
+        """Route a layer's strokes to :meth:`sync` and its Ctrl-Z / Ctrl-Shift-Z to the session.
+
+        napari announces some paints before it writes them, so the sync runs through ``defer``
+        (by default at the next turn of the event loop).
+        """
+        me = weakref.ref(self)
+
+        def on_paint(event):
+            run = me()
+            if run is None or run.writing:
+                return
+            plane = current_plane()
+            session = run.sessions.get(plane)
+            shape = session.labels.shape if session is not None else layer.data.shape[-2:]
+            region = stroke_region(getattr(event, "value", None), plane, shape)
+            source = event.source
+            defer(lambda: run.sync(source, plane, region))
+
+        def undo(own):
+            run = me()
+            if run is None or not run.owns(own):
+                own.undo()
+            else:
+                run.undo(current_plane())
+
+        def redo(own):
+            run = me()
+            if run is None or not run.owns(own):
+                own.redo()
+            else:
+                run.redo(current_plane())
+
+        layer.events.paint.connect(on_paint)
+        layer.bind_key(_UNDO, undo, overwrite=True)
+        layer.bind_key(_REDO, redo, overwrite=True)
+
+
+@dataclass(eq=False)
+class AnnotatorState:
+    """The dock's shared state for one viewer: the model and the runs, keyed by layer objects."""
+
+    model: SDModel | None = None
+    model_key: tuple | None = None
+    runs: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+
+    def set_model(self, model, key: tuple) -> None:
+        """Keep one model: the previous one is dropped (and its memory given back)."""
+        if self.model is not None and self.model is not model:
+            from ..model.loading import clear_model_cache
+
+            self.model = None
+            clear_model_cache()
+        self.model, self.model_key = model, key
+
+    def run_of(self, layer: Layer | None) -> ImageRun | None:
+        """The run of an image layer, or the run a class layer (or semantic map) belongs to."""
+        if layer is None:
+            return None
+        run = self.runs.get(layer)
+        if run is not None:
+            return run
+        return next((r for r in self.runs.values() if r.owns(layer)), None)
+
+    def image_of(self, run: ImageRun):
+        """The image layer (the key) of a run."""
+        return next((key for key, r in self.runs.items() if r is run), None)
+
+    def forget_layers(self, removed: Sequence[Layer]) -> None:
+        """Drop class layers the viewer no longer has; a run without layers is dropped."""
+        for key, run in list(self.runs.items()):
+            run.layers = [ly for ly in run.layers if not any(ly is gone for gone in removed)]
+            if run.semantic is not None and any(run.semantic is gone for gone in removed):
+                run.semantic = None
+            if not run.layers and run.semantic is None:
+                del self.runs[key]
+
+    def class_layer_runs(self) -> list[ImageRun]:
+        return [r for r in self.runs.values() if r.layers and r.layers[0].metadata.get("kind") == CLASS]
