@@ -38,6 +38,7 @@ class ModelBox(QGroupBox):
         super().__init__("Model", parent)
         self.state, self.settings = state, settings
         self._loader = None
+        self._failed = False
         form = QFormLayout(self)
         self.source_combo = QComboBox()
         self.source_combo.setEditable(True)
@@ -103,6 +104,7 @@ class ModelBox(QGroupBox):
         from .runs import load
 
         self.status.setText(f"loading {key[0]} …")
+        self._failed = False
         self._loader = worker = create_worker(load, *key, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(partial(self._on_loaded, key))
         worker.errored.connect(self._on_error)
@@ -121,12 +123,13 @@ class ModelBox(QGroupBox):
         self.status.setText(self._describe())
 
     def _on_error(self, exc: BaseException) -> None:
+        self._failed = True
         self.status.setText("could not load the model (see the notification)")
         report(exc, "MaskDiffusion could not load the model")
 
     def _on_finished(self) -> None:
         self._loader = None
-        if not self.ready and self.state.model is not None:
+        if not self.ready and self.state.model is not None and not self._failed:
             self.status.setText("not loaded: press Load model")
         self.changed.emit()
 

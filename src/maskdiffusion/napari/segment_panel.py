@@ -93,7 +93,9 @@ class SegmentPanel(QWidget):
         box = QGroupBox("Image")
         self.image_picker = create_widget(annotation=Image, label="Layer", name="image")
         self.image_picker.changed.connect(self._on_image_changed)
-        self.band_pickers = [ComboBox(label=c, name=f"band_{c}") for c in "RGB"]
+        self._band_names: list[str] = []
+        self.band_pickers = [ComboBox(label=c, name=f"band_{c}", choices=lambda _widget: self._band_names)
+                             for c in "RGB"]
         self.planes_picker = ComboBox(choices=[CURRENT_PLANE, ALL_PLANES], label="Planes", name="planes")
         self.image_form = Container(widgets=[self.image_picker, *self.band_pickers, self.planes_picker])
         QVBoxLayout(box).addWidget(self.image_form.native)
@@ -173,8 +175,9 @@ class SegmentPanel(QWidget):
         self.planes_picker.visible = info is not None and info.n_planes > 1
         key = (info.name, info.band_names) if bands else None
         if bands and key != self._bands_key:
+            self._band_names = list(info.band_names)
             for picker, band in zip(self.band_pickers, info.default_bands()):
-                picker.choices = list(info.band_names)
+                picker.reset_choices()
                 picker.value = info.band_names[band]
         self._bands_key = key
         self._update_buttons()

@@ -1,0 +1,379 @@
+"""The MaskDiffusion dock on a real napari viewer (needs a display: run under ``xvfb-run``) and the
+tiny model: runs, cancel, strokes, undo from any layer, refinement, sessions, layout."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from maskdiffusion.napari import layers  # noqa: E402
+
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.skipif(sys.platform.startswith("linux") and not os.environ.get("DISPLAY"),
+                       reason="needs a display: run under xvfb-run -a (napari's canvas needs OpenGL)"),
+]
+
+PLUGIN = "napari-maskdiffusion"
+CLASSES = ["tree", "ground", "road"]
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def _settings_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MASKDIFFUSION_CONFIG_DIR", str(tmp_path / "config"))
+
+
+def make_dock(viewer, qtbot, model_dir, classes=CLASSES, tile=256):
+    from maskdiffusion.napari.dock import AnnotatorDock
+
+    dock = AnnotatorDock(viewer)
+    viewer.window.add_dock_widget(dock, name="MaskDiffusion")
+    box = dock.segment.model_box
+    box.source_combo.setCurrentText(str(model_dir))
+    box.device_combo.setCurrentText("cpu")
+    box.precision_combo.setCurrentText("fp32")
+    box.load()
+    assert not dock.segment.run_button.isEnabled()
+    qtbot.waitUntil(lambda: not box.loading, timeout=TIMEOUT_MS)
+    assert box.ready
+    dock.segment.set_classes(classes)
+    dock.segment.parameters["tile_size"].value = tile
+    dock.segment.parameters["overlap"].value = 0
+    return dock
+
+
+@pytest.fixture
+def annotator(make_napari_viewer, qtbot, tiny_model_dir):
+    """A viewer with the NEON sample and the dock, the tiny model loaded on CPU."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "neon_osbs")
+    return viewer, make_dock(viewer, qtbot, tiny_model_dir)
+
+
+def run_and_wait(dock, qtbot):
+    worker = dock.segment.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
+    return dock.state.run_of(dock.segment.image_layer())
+
+
+def wait_refine(dock, qtbot):
+    qtbot.waitUntil(lambda: dock.refine._worker is None and dock.refine._writing is None, timeout=TIMEOUT_MS)
+
+
+def one_class_per_pixel(run) -> bool:
+    stack = np.stack([np.asarray(ly.data) for ly in run.layers])
+    shown = np.where(stack.any(0), stack.argmax(0) + 1, 0)
+    return bool((stack.sum(0) <= 1).all() and np.array_equal(shown, run.session(()).labels))
+
+
+def stroke(qtbot, layer, points, label=1, size=12):
+    """Paint as a person does (napari announces the stroke, the dock takes it at the next turn)."""
+    layer.brush_size = size
+    layer.selected_label = label
+    for point in points:
+        layer.paint(point, label)
+    qtbot.wait(30)
+
+
+def press(viewer, qtbot, key, modifier):
+    from qtpy.QtTest import QTest
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    QTest.keyClick(canvas, key, modifier)
+    qtbot.wait(30)
+
+
+def test_run_gives_one_layer_per_class(annotator, qtbot):
+    viewer, dock = annotator
+    dock.segment.semantic_check.setChecked(True)
+    dock.segment.confidence_check.setChecked(True)
+    dock.segment.run()
+    assert not dock.segment.run_button.isEnabled() and dock.segment.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
+    assert dock.segment.status.text().startswith("done: 3 classes, 5 new layers")
+    assert [ly.name for ly in viewer.layers] == ["neon_OSBS_029", "confidence", "semantic map", *CLASSES]
+    run = dock.state.run_of(viewer.layers["tree"])
+    assert run is dock.state.run_of(viewer.layers["neon_OSBS_029"]) and one_class_per_pixel(run)
+    assert np.array_equal(viewer.layers["semantic map"].data, run.session(()).labels)
+    for spec, layer in zip(dock.segment.classes(), run.layers):
+        assert layer.data.shape == (400, 400) and set(np.unique(layer.data)) <= {0, 1}
+        assert np.allclose(layer.colormap.map(np.array([1]))[0][:3] * 255, spec.color, atol=1)
+        assert layer.metadata["georeference"]["crs"].startswith("EPSG:326")
+
+
+def test_cancel_leaves_the_viewer_as_it_was(annotator, qtbot):
+    viewer, dock = annotator
+    dock.segment.parameters["tile_size"].value = 128
+    before = [ly.name for ly in viewer.layers]
+    worker = dock.segment.run()
+    worker.yielded.connect(lambda _: dock.segment.cancel())
+    qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
+    assert [ly.name for ly in viewer.layers] == before
+    assert "cancelled" in dock.segment.status.text() and dock.segment.run_button.isEnabled()
+
+
+def test_a_stroke_under_another_layer_counts_and_survives_refine(annotator, qtbot):
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    session = run.session(())
+    tree, road = viewer.layers["tree"], viewer.layers["road"]
+    ys, xs = np.nonzero(road.data)
+    y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+    stroke(qtbot, tree, [(y, x)])
+    assert tree.data[y, x] == 1 and road.data[y, x] == 0, "the stroke shows where it was painted"
+    assert session.edited[y, x] and one_class_per_pixel(run)
+    painted = session.edited.copy()
+    before = session.labels.copy()
+    dock.tabs.setCurrentIndex(1)
+    dock.refine.reset_choices()
+    dock.refine.refine()
+    wait_refine(dock, qtbot)
+    assert "refined from" in dock.refine.status.text()
+    assert np.array_equal(session.labels[painted], before[painted]) and tree.data[y, x] == 1
+    assert one_class_per_pixel(run) and session.last_step == "refine"
+
+
+def test_ctrl_z_in_any_layer_in_any_order_keeps_one_class_per_pixel(annotator, qtbot):
+    from qtpy.QtCore import Qt
+
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    session = run.session(())
+    draft = session.labels.copy()
+    stroke(qtbot, viewer.layers["tree"], [(100, 100)])
+    stroke(qtbot, viewer.layers["road"], [(300, 50)])
+    dock.tabs.setCurrentIndex(1)
+    dock.refine.reset_choices()
+    dock.refine.refine()
+    wait_refine(dock, qtbot)
+    assert len(session.history) == 3
+    for name in ("ground", "tree", "road"):
+        viewer.layers.selection.active = viewer.layers[name]
+        press(viewer, qtbot, Qt.Key_Z, Qt.ControlModifier)
+        assert one_class_per_pixel(run)
+    assert np.array_equal(session.labels, draft) and not session.edited.any()
+    press(viewer, qtbot, Qt.Key_Z, Qt.ControlModifier | Qt.ShiftModifier)
+    assert session.edited.sum() > 0 and one_class_per_pixel(run)
+    dock.refine.refine()
+    wait_refine(dock, qtbot)
+    assert int(session.edited.sum()) == int(np.count_nonzero(session.history[0].flipped)), \
+        "undone steps are never read as strokes"
+
+
+def test_refine_without_strokes_changes_nothing_and_says_why(annotator, qtbot):
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    before = run.session(()).labels.copy()
+    dock.refine.reset_choices()
+    assert dock.refine.refine() is None
+    assert "paint a few strokes" in dock.refine.status.text()
+    assert np.array_equal(run.session(()).labels, before)
+
+
+def test_run_again_replaces_the_map_as_one_undo_step_and_names_the_strokes(annotator, qtbot):
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    tree = viewer.layers["tree"]
+    stroke(qtbot, tree, [(10, 10)])
+    with_stroke = run.session(()).labels.copy()
+    assert run_and_wait(dock, qtbot) is run
+    assert [ly.name for ly in viewer.layers].count("tree") == 1 and viewer.layers["tree"] is tree
+    assert "your strokes in tree were replaced" in dock.segment.status.text()
+    assert run.undo(()) and np.array_equal(run.session(()).labels, with_stroke) and one_class_per_pixel(run)
+
+
+def test_removing_the_image_mid_run_adds_no_layers(annotator, qtbot):
+    viewer, dock = annotator
+    dock.segment.parameters["tile_size"].value = 128
+    worker = dock.segment.run()
+    removed = []
+
+    def remove_image(_):
+        if not removed:
+            removed.append(True)
+            viewer.layers.remove("neon_OSBS_029")
+
+    worker.yielded.connect(remove_image)
+    qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
+    assert len(viewer.layers) == 0 and "removed" in dock.segment.status.text()
+    assert not dock.segment.run_button.isEnabled() and "open an image" in dock.segment.run_button.toolTip()
+
+
+def test_classes_typed_as_a_line_and_commas_in_a_cell(annotator):
+    _, dock = annotator
+    editor = dock.segment.classes_editor
+    editor.line.setText("tree, grass, sand, road")
+    editor.line.editingFinished.emit()
+    assert [c.name for c in dock.segment.classes()] == ["tree", "grass", "sand", "road"]
+    editor.table.item(0, 0).setText("oak, pine")
+    assert [c.name for c in dock.segment.classes()] == ["oak", "pine", "grass", "sand", "road"]
+    assert editor.line.text() == "oak, pine, grass, sand, road"
+    editor.line.setText("a, a")
+    editor.line.editingFinished.emit()
+    assert "duplicate" in editor.error and not dock.segment.run_button.isEnabled()
+    assert "duplicate" in dock.segment.run_button.toolTip()
+
+
+def test_the_last_classes_come_back_and_bad_input_is_one_notification(annotator, qtbot, tiny_model_dir):
+    from napari.utils.notifications import notification_manager
+
+    from maskdiffusion.napari.settings import load_settings
+
+    viewer, dock = annotator
+    run_and_wait(dock, qtbot)
+    assert load_settings().classes == "tree, ground, road" and load_settings().model_source == str(tiny_model_dir)
+    dock.segment.set_classes([])
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    assert dock.segment.run() is None
+    assert seen and "no classes" in seen[-1].message
+    box = dock.segment.model_box
+    box.source_combo.setCurrentText(str(tiny_model_dir / "missing"))
+    assert not dock.segment.run_button.isEnabled()
+    box.load()
+    qtbot.waitUntil(lambda: not box.loading, timeout=TIMEOUT_MS)
+    assert "could not load" in box.status.text() and "missing" in seen[-1].message
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def test_a_trailing_slash_keeps_the_model_loaded(annotator, tiny_model_dir):
+    _, dock = annotator
+    dock.segment.model_box.source_combo.setCurrentText(str(tiny_model_dir) + "/")
+    assert dock.segment.model_box.ready and dock.segment.run_button.isEnabled()
+
+
+def test_progress_shows_tiles_and_time_left(annotator, qtbot):
+    viewer, dock = annotator
+    dock.segment.parameters["tile_size"].value = 128
+    texts = []
+    worker = dock.segment.run()
+    worker.yielded.connect(lambda _: texts.append((dock.segment.status.text(), dock.segment.progress_bar.value(),
+                                                   dock.segment.progress_bar.maximum())))
+    qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
+    tiles = [t for t in texts if t[0].startswith("tile ")]
+    assert tiles and tiles[-1][2] == 16 and tiles[-1][1] == 16
+    assert any("left" in t[0] for t in tiles[1:-1])
+
+
+def test_band_stack_with_band_choice(make_napari_viewer, qtbot, tiny_model_dir):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "potsdam_like")
+    dock = make_dock(viewer, qtbot, tiny_model_dir, ["building", "tree"])
+    panel = dock.segment
+    panel.image_picker.value = viewer.layers["potsdam-like RGBIR"]
+    assert panel.band_pickers[0].native.isVisibleTo(panel) and panel.bands() == (0, 1, 2)
+    panel.band_pickers[0].value = "IR"
+    viewer.add_labels(np.zeros((4, 4), np.uint8), name="unrelated")
+    assert panel.bands() == (3, 1, 2)
+    run = run_and_wait(dock, qtbot)
+    building = run.layers[0]
+    assert building.data.shape == (512, 512) and building.metadata["parameters"]["bands"] == [3, 1, 2]
+    panel.image_picker.value = viewer.layers["potsdam-like RGBIR (RGB)"]
+    assert not panel.band_pickers[0].native.isVisibleTo(panel) and panel.bands() is None
+
+
+def test_all_planes_of_a_stack_unsupervised(make_napari_viewer, qtbot, tiny_model_dir):
+    from maskdiffusion.napari.segment_panel import ALL_PLANES
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.integers(0, 255, (2, 96, 128), dtype=np.uint8), name="stack", scale=(1, 0.5, 0.5))
+    dock = make_dock(viewer, qtbot, tiny_model_dir, [], tile=64)
+    panel = dock.segment
+    assert panel.planes_picker.native.isVisibleTo(panel) and not panel.band_pickers[0].native.isVisibleTo(panel)
+    panel.planes_picker.value = ALL_PLANES
+    panel.parameters["unsupervised"].value = 3
+    run = run_and_wait(dock, qtbot)
+    assert [ly.name for ly in run.layers] == ["cluster 1", "cluster 2", "cluster 3"]
+    total = sum(ly.data.astype(int) for ly in run.layers)
+    assert total.shape == (2, 96, 128) and (total == 1).all() and sorted(run.sessions) == [(0,), (1,)]
+    assert tuple(run.layers[0].scale) == (1, 0.5, 0.5)
+
+
+def test_session_saves_and_opens_to_continue_refining(annotator, qtbot, tmp_path, make_napari_viewer, tiny_model_dir):
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    stroke(qtbot, viewer.layers["tree"], [(200, 200)])
+    dock.refine.reset_choices()
+    dock.refine.refine()
+    wait_refine(dock, qtbot)
+    folder = dock.refine.session_box.save(tmp_path / "tile")
+    assert folder.name == "tile.mdsession" and (folder / "session.json").exists()
+    saved = run.session(()).labels.copy()
+
+    other = make_napari_viewer()
+    from maskdiffusion.napari.dock import AnnotatorDock
+
+    dock2 = AnnotatorDock(other)
+    other.window.add_dock_widget(dock2)
+    dock2.refine.session_box.open(folder)
+    qtbot.waitUntil(lambda: bool(dock2.state.runs), timeout=TIMEOUT_MS)
+    reopened = next(iter(dock2.state.runs.values()))
+    assert np.array_equal(reopened.session(()).labels, saved) and reopened.session(()).edited.any()
+    assert [ly.name for ly in reopened.layers] == CLASSES and "neon_OSBS_029" in other.layers
+    dock2.refine.reset_choices()
+    stroke(qtbot, reopened.layers[2], [(50, 50)])
+    dock2.refine.refine()
+    wait_refine(dock2, qtbot)
+    assert reopened.session(()).last_step == "refine" and one_class_per_pixel(reopened)
+
+
+def test_class_by_example_remove_and_undo_keep_layers_in_step(annotator, qtbot):
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    dock.refine.reset_choices()
+    dock.refine.add_example_class("shadow", (10, 10, 10))
+    wait_refine(dock, qtbot)
+    assert [ly.name for ly in run.layers] == [*CLASSES, "shadow"]
+    stroke(qtbot, viewer.layers["shadow"], [(20, 20)])
+    dock.refine.remove_class("ground")
+    wait_refine(dock, qtbot)
+    assert [ly.name for ly in run.layers] == ["tree", "road", "shadow"] and "ground" not in viewer.layers
+    assert one_class_per_pixel(run)
+    dock.refine._step(type(run).undo)
+    assert [ly.name for ly in run.layers] == [*CLASSES, "shadow"] and one_class_per_pixel(run)
+
+
+def test_both_tabs_fit_a_1000_px_screen(annotator):
+    viewer, dock = annotator
+    for index in range(dock.tabs.count()):
+        dock.tabs.setCurrentIndex(index)
+        assert dock.tabs.widget(index).sizeHint().height() < 900, dock.tabs.tabText(index)
+
+
+def test_the_dock_is_the_plugin_widget_and_commands_work(make_napari_viewer):
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "MaskDiffusion annotator")
+    assert widget.__class__.__name__ == "AnnotatorDock"
+    layer = viewer.add_labels(np.array([[0, 1], [2, 2]], np.uint8), name="hand made")
+    viewer.layers.selection.active = layer
+    get_app_model().commands.execute_command(f"{PLUGIN}.split_semantic_layer").result()
+    assert [ly.name for ly in viewer.layers][1:] == ["label 1", "label 2"]
+    get_app_model().commands.execute_command(f"{PLUGIN}.merge_class_layers").result()
+    assert np.array_equal(viewer.layers["semantic map"].data, layer.data)
+    assert layers.class_layers(viewer)
+
+
+def test_closing_the_dock_mid_run_drops_the_result(annotator, qtbot):
+    viewer, dock = annotator
+    dock.segment.parameters["tile_size"].value = 128
+    before = [ly.name for ly in viewer.layers]
+    worker = dock.segment.run()
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    viewer.window.remove_dock_widget(dock)
+    dock.deleteLater()
+    qtbot.waitUntil(lambda: bool(finished), timeout=TIMEOUT_MS)
+    qtbot.wait(50)
+    assert [ly.name for ly in viewer.layers] == before
