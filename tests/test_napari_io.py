@@ -216,3 +216,16 @@ def test_writers_never_overwrite_another_kind_of_file_nor_leave_partial_files(vi
         writers.write_geotiff(str(tmp_path / "stack.tif"), [stack])
     assert not (tmp_path / "stack.tif").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_every_writer_napari_offers_saves_our_layers(viewer_with_classes, tmp_path, plugin):
+    from npe2 import PluginManifest
+
+    for name in ("napari", "napari-svg"):
+        plugin.register(PluginManifest.from_distribution(name))
+    viewer, _, _ = viewer_with_classes
+    for layer in [*layers.class_layers(viewer), viewer.layers["semantic map"]]:
+        for plugin, suffix in (("napari", ".tif"), ("napari-svg", ".svg"), (PLUGIN, ".tif"), (PLUGIN, ".png")):
+            out = Path(tmp_path / f"{layer.name}-{plugin}{suffix}")
+            layer.save(str(out), plugin=plugin)
+            assert out.stat().st_size > 0, (layer.name, plugin)

@@ -74,20 +74,22 @@ def _rgba(color: Sequence[int], alpha: float = 1.0) -> np.ndarray:
     return np.array([*(c / 255 for c in color[:3]), alpha], dtype=np.float32)
 
 
-def class_colormap(color: Sequence[int]):
-    """A class layer's colours: 0 transparent, 1 (and any other value painted) the class colour."""
-    from napari.utils.colormaps import DirectLabelColormap
+def _label_colormap(colors: Sequence[Sequence[int]]):
+    """Value 0 transparent, value k the k-th colour. A cyclic map (not a direct one), so every
+    writer napari offers can save the layer (napari-svg cannot map a direct one)."""
+    from napari.utils.colormaps import CyclicLabelColormap
 
-    return DirectLabelColormap(color_dict={0: np.zeros(4, np.float32), 1: _rgba(color), None: _rgba(color)})
+    return CyclicLabelColormap(colors=np.stack([np.zeros(4, np.float32), *(_rgba(c) for c in colors)]))
+
+
+def class_colormap(color: Sequence[int]):
+    """A class layer's colours: 0 transparent, 1 the class colour."""
+    return _label_colormap([color])
 
 
 def semantic_colormap(classes: Sequence[ClassSpec]):
-    """A semantic map's colours: value k is ``classes[k - 1]``; values of no class are grey."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    colors = {0: np.zeros(4, np.float32), None: _rgba((128, 128, 128))}
-    colors.update({k: _rgba(c.color or default_color(k - 1)) for k, c in enumerate(classes, start=1)})
-    return DirectLabelColormap(color_dict=colors)
+    """A semantic map's colours: value k is ``classes[k - 1]``'s colour."""
+    return _label_colormap([c.color or default_color(k) for k, c in enumerate(classes)])
 
 
 def base_metadata(image: LayerImage | None, meta: Mapping[str, Any]) -> dict:
