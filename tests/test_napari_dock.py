@@ -159,9 +159,11 @@ def test_ctrl_z_in_any_layer_in_any_order_keeps_one_class_per_pixel(annotator, q
     for name in ("ground", "tree", "road"):
         viewer.layers.selection.active = viewer.layers[name]
         press(viewer, qtbot, Qt.Key_Z, Qt.ControlModifier)
+        qtbot.waitUntil(lambda: run.pending_writes == 0, timeout=TIMEOUT_MS)
         assert one_class_per_pixel(run)
     assert np.array_equal(session.labels, draft) and not session.edited.any()
     press(viewer, qtbot, Qt.Key_Z, Qt.ControlModifier | Qt.ShiftModifier)
+    qtbot.waitUntil(lambda: run.pending_writes == 0, timeout=TIMEOUT_MS)
     assert session.edited.sum() > 0 and one_class_per_pixel(run)
     dock.refine.refine()
     wait_refine(dock, qtbot)
@@ -188,7 +190,9 @@ def test_run_again_replaces_the_map_as_one_undo_step_and_names_the_strokes(annot
     assert run_and_wait(dock, qtbot) is run
     assert [ly.name for ly in viewer.layers].count("tree") == 1 and viewer.layers["tree"] is tree
     assert "your strokes in tree were replaced" in dock.segment.status.text()
-    assert run.undo(()) and np.array_equal(run.session(()).labels, with_stroke) and one_class_per_pixel(run)
+    assert run.undo(()) and np.array_equal(run.session(()).labels, with_stroke)
+    qtbot.waitUntil(lambda: run.pending_writes == 0, timeout=TIMEOUT_MS)
+    assert one_class_per_pixel(run)
 
 
 def test_removing_the_image_mid_run_adds_no_layers(annotator, qtbot):
@@ -340,6 +344,7 @@ def test_class_by_example_remove_and_undo_keep_layers_in_step(annotator, qtbot):
     assert [ly.name for ly in run.layers] == ["tree", "road", "shadow"] and "ground" not in viewer.layers
     assert one_class_per_pixel(run)
     dock.refine._step(type(run).undo)
+    qtbot.waitUntil(lambda: run.pending_writes == 0, timeout=TIMEOUT_MS)
     assert [ly.name for ly in run.layers] == [*CLASSES, "shadow"] and one_class_per_pixel(run)
 
 

@@ -65,6 +65,7 @@ def run_into(viewer, state, image_layer, results, **options):
         except StopIteration as stop:
             applied = stop.value
             break
+    applied.run.defer = lambda f: f()
     for layer in applied.run.all_layers:
         layer.events.paint.disconnect()
         applied.run.bind(layer, tuple, defer=PENDING.append)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .core.class_edits import add_class, merge_classes, remove_class, rename_class
 from .core.confidence import grid_margin
+from .core.labels import label_dtype
 from .core.refine import PRIOR_CELLS, RefineState, assign, refined_scores
 from .core.classes import ClassSpec
 from .errors import BadInputError
@@ -26,8 +27,6 @@ __all__ = ["Session"]
 #: latest step is always kept).
 HISTORY = 20
 HISTORY_BYTES = 512 << 20
-#: The session's label maps are uint16 whatever the class count, so classes can be added.
-LABELS_DTYPE = np.uint16
 
 
 @dataclass
@@ -51,8 +50,20 @@ class _Step:
 
 
 def _flat_index(mask: np.ndarray) -> np.ndarray:
-    index = np.flatnonzero(mask)
-    return index.astype(np.int32) if mask.size < 2**31 else index
+    return _index_dtype(np.flatnonzero(mask), mask.size)
+
+
+def _index_dtype(index: np.ndarray, size: int) -> np.ndarray:
+    """Flat pixel indices in int32 when they fit (half the memory of an undo step)."""
+    return index.astype(np.int32 if size < 2**31 else np.int64, copy=False)
+
+
+def _slim(result):
+    """The parts of a result refinement needs: its features and maps, not its pixel arrays."""
+    from dataclasses import replace
+
+    shape = result.labels.shape
+    return replace(result, labels=np.broadcast_to(np.uint8(0), shape), confidence=None, scores=None)
 
 
 @dataclass
@@ -109,11 +120,11 @@ class Session:
         cache now, ``prepare=False`` keeps the result until :meth:`prepare` (which the napari
         dock calls on a worker thread).
         """
-        labels = result.labels.astype(LABELS_DTYPE)
+        labels = result.labels.astype(label_dtype(len(result.classes)))
         session = cls(labels, np.zeros(labels.shape, bool), None, dict(image or {}), result.params.to_dict(),
                       result.model, class_list=tuple(result.classes))
         if getattr(result, "features", None) is not None:
-            session._pending, session._dims = result, dims
+            session._pending, session._dims = _slim(result), dims
             if prepare:
                 session.prepare()
         return session
@@ -148,10 +159,14 @@ class Session:
                 new_state: RefineState | None = None) -> np.ndarray:
         """Apply a change given as flat pixel indices (new label values, flipped edited marks)
         and keep it as one undo step."""
-        labels, edited = self.labels.reshape(-1), self.edited.reshape(-1)
         state_after = new_state if new_state is not None else self.state
         classes_after = tuple(state_after.classes) if state_after is not None else tuple(self.class_list)
-        step = _Step(what, changed, labels[changed].copy(), np.asarray(after, LABELS_DTYPE), flipped,
+        dtype = label_dtype(len(classes_after))
+        if np.dtype(dtype).itemsize > self.labels.dtype.itemsize:
+            self.labels = self.labels.astype(dtype)
+        labels, edited = self.labels.reshape(-1), self.edited.reshape(-1)
+        changed, flipped = _index_dtype(changed, labels.size), _index_dtype(flipped, labels.size)
+        step = _Step(what, changed, labels[changed].copy(), np.asarray(after).astype(self.labels.dtype), flipped,
                      self.state, state_after, tuple(self.classes), classes_after)
         labels[changed] = step.after
         edited[flipped] = ~edited[flipped]
@@ -228,8 +243,8 @@ class Session:
         fy, fx = np.nonzero(marked != edited)
         if not len(ys) and not len(fy):
             return 0
-        changed = ((ys + y0) * width + xs + x0).astype(np.int64)
-        flipped = ((fy + y0) * width + fx + x0).astype(np.int64)
+        changed = (ys + y0).astype(np.int64) * width + xs + x0
+        flipped = (fy + y0).astype(np.int64) * width + fx + x0
         self._record(what, changed, target[ys, xs], flipped)
         return int(np.count_nonzero(painted))
 
@@ -246,8 +261,9 @@ class Session:
         return self.prepare()
 
     def propose_refinement(self, labels: np.ndarray | None = None,
-                           edited: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The refined map and its grid margin, without changing the session.
+                           edited: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The refined map, its grid margin and the flat indices of the pixels it changes,
+        without changing the session.
 
         Pure but for :meth:`prepare`, so it may run on a worker thread on copies of
         :attr:`labels` and :attr:`edited`; :meth:`accept_refinement` then makes it current.
@@ -256,15 +272,21 @@ class Session:
         labels = self.labels if labels is None else labels
         edited = self.edited if edited is None else edited
         scores = refined_scores(state, labels, edited, prior_cells=self.prior_cells, normalize=self.normalize)
-        return assign(scores, state.shape, state.stride, labels=labels, fixed=edited), grid_margin(scores)
+        new = assign(scores, state.shape, state.stride, labels=labels, fixed=edited)
+        return new, grid_margin(scores), _flat_index(new != labels)
 
-    def accept_refinement(self, new_labels: np.ndarray, margin: np.ndarray | None = None) -> np.ndarray:
-        """Make a proposed refinement current (one undo step); pixels the annotator set since the
-        proposal was made keep their value."""
-        new_labels = np.where(self.edited, self.labels, new_labels)
+    def accept_refinement(self, new_labels: np.ndarray, margin: np.ndarray | None = None,
+                          changed: np.ndarray | None = None) -> np.ndarray:
+        """Make a proposed refinement current (one undo step). Pixels the annotator set since
+        the proposal was made keep their value; ``changed`` (from the proposal) spares a pass
+        over the whole map."""
+        flat_new = np.asarray(new_labels).reshape(-1)
+        if changed is None:
+            changed = _flat_index(self.labels.reshape(-1) != flat_new)
+        changed = changed[~self.edited.reshape(-1)[changed]]
         if margin is not None:
             self.margin = margin
-        return self._push("refine", new_labels)
+        return self._record("refine", changed, flat_new[changed], np.empty(0, np.int32))
 
     def refine(self) -> np.ndarray:
         """Reassign every pixel the annotator did not set, learning from the strokes; one undo

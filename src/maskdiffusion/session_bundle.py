@@ -85,13 +85,12 @@ def save_session(path: str | Path, session: Session) -> Path:
     """
     from . import __version__
     from .geo.atomic import write_json
-    from .session import LABELS_DTYPE
 
     folder = _bundle_path(path)
     state = session.prepare()
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
-        "labels": _write_array(folder, "labels", session.labels.astype(LABELS_DTYPE, copy=False)),
+        "labels": _write_array(folder, "labels", session.labels),
         "edited": _write_array(folder, "edited", np.packbits(session.edited)),
         "attention": _write_array(folder, "attention", state.attention.astype(np.float32, copy=False)),
         "features": _write_array(folder, "features", state.features, state.features_id),
@@ -153,9 +152,9 @@ def load_session(path: str | Path) -> Session:
     """Open a bundle written by :func:`save_session`; :class:`SessionError` if it is broken."""
     from .core.classes import ClassSpec
     from .core.confidence import grid_margin
-    from .core.labels import from_index
+    from .core.labels import from_index, label_dtype
     from .core.refine import PRIOR_CELLS, RefineState, refined_scores
-    from .session import LABELS_DTYPE, Session
+    from .session import Session
 
     folder = _bundle_path(path)
     if not folder.is_dir():
@@ -184,7 +183,7 @@ def load_session(path: str | Path) -> Session:
     except (KeyError, TypeError, ValueError) as e:
         detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
         raise SessionError(f"session {folder} is inconsistent: {detail}") from None
-    session = Session(labels.astype(LABELS_DTYPE, copy=False), edited, state, dict(index.get("image") or {}),
+    session = Session(labels.astype(label_dtype(len(classes)), copy=False), edited, state, dict(index.get("image") or {}),
                       dict(index.get("parameters") or {}), str(index.get("model") or ""),
                       float(refine.get("prior_cells", PRIOR_CELLS)), bool(refine.get("normalize", False)),
                       class_list=classes)

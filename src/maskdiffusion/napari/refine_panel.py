@@ -40,7 +40,6 @@ from ..core.classes import ClassSpec, default_color
 from ..errors import BadInputError
 from .layers import CONFIDENCE, SOFTWARE, base_metadata, class_layer_data, merge_class_layers, split_semantic_layer
 from .notify import report
-from .results import BAND_PIXELS
 from .session_box import SessionBox
 from .state import AnnotatorState, ImageRun
 
@@ -270,30 +269,20 @@ class RefinePanel(QWidget):
         self._worker = None
         self.refresh()
 
-    def _accept(self, run: ImageRun, plane, session, labels: np.ndarray, margin: np.ndarray) -> None:
-        before = session.labels.copy()
-        session.accept_refinement(labels, margin)
-        changed = int(np.count_nonzero(before != session.labels))
+    def _accept(self, run: ImageRun, plane, session, labels: np.ndarray, margin: np.ndarray,
+                changed: np.ndarray) -> None:
+        session.accept_refinement(labels, margin, changed)
         self._write_in_bands(run, plane, f"refined from {int(session.edited.sum())} painted pixels: "
-                                         f"{changed} pixels changed")
+                                         f"{len(session.history[-1].changed)} pixels changed", changed)
 
-    def _write_in_bands(self, run: ImageRun, plane, message: str) -> None:
+    def _write_in_bands(self, run: ImageRun, plane, message: str, changed: np.ndarray | None = None) -> None:
         """Show the session's map in the layers a band of rows per event-loop turn."""
-        height, width = run.session(plane).labels.shape
-        rows = max(1, BAND_PIXELS // max(width, 1))
-        bands = iter(range(0, height, rows))
+        def done():
+            self._writing = None
+            self._after_change(run, message)
 
-        def step():
-            y0 = next(bands, None)
-            if y0 is None:
-                self._writing = None
-                self._after_change(run, message)
-                return
-            run.write(plane, (y0, min(height, y0 + rows), 0, width))
-            QTimer.singleShot(0, step)
-
-        self._writing = step
-        QTimer.singleShot(0, step)
+        self._writing = done
+        run.write_soon(plane, changed, done)
 
     def _after_change(self, run: ImageRun, message: str) -> None:
         self.session_box.dirty = True

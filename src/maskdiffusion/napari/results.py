@@ -15,16 +15,13 @@ import numpy as np
 
 from .images import LayerImage
 from .layers import CLASS, SEMANTIC, result_layer_data
-from .state import AnnotatorState, ImageRun
+from .state import BAND_PIXELS, AnnotatorState, ImageRun
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Image
 
-__all__ = ["BAND_PIXELS", "Applied", "apply_results"]
-
-#: Pixels written into the layers per event-loop turn when a run updates existing layers.
-BAND_PIXELS = 1 << 21
+__all__ = ["Applied", "apply_results"]
 
 
 @dataclass

@@ -32,6 +32,8 @@ __all__ = ["AnnotatorState", "ImageRun", "next_turn", "stroke_region"]
 
 Region = tuple[int, int, int, int]
 _UNDO, _REDO = "Control-Z", "Control-Shift-Z"
+#: Pixels written into the layers per event-loop turn when a whole map changes.
+BAND_PIXELS = 1 << 21
 
 
 def next_turn(callback: Callable[[], None]) -> None:
@@ -63,7 +65,9 @@ class ImageRun:
 
     layers: the class layers, in class order (``layers[k - 1]`` shows label value k).
     semantic: a merged semantic map kept in step with them, if the annotator made one.
-    on_change: called after every session step made from the layers (a stroke, an undo).
+    on_change: called after every session step made from the layers (a stroke, an undo), and
+        with "classes" before an undo or redo changes the classes (so their layers exist first).
+    defer: how band writes wait for the next turn of the event loop.
     """
 
     image: LayerImage
@@ -73,6 +77,8 @@ class ImageRun:
     session_path: Path | None = None
     on_change: Callable[[ImageRun, str], None] | None = None
     writing: bool = False
+    pending_writes: int = 0
+    defer: Callable[[Callable[[], None]], None] = next_turn
 
     @property
     def classes(self) -> tuple[ClassSpec, ...]:
@@ -172,24 +178,57 @@ class ImageRun:
             values[k] = by_name.get(spec.name.lower(), 0)
         return values
 
-    def undo(self, plane: tuple[int, ...] = ()) -> bool:
-        """Undo the plane's last session step in every layer at once."""
+    def write_soon(self, plane: tuple[int, ...] = (), changed: np.ndarray | None = None,
+                   then: Callable[[], None] | None = None) -> None:
+        """Show the map a band of rows per event-loop turn (only the rows holding ``changed``
+        flat pixel indices, when given), then call ``then``: a 6000² map never freezes the
+        interface for the whole of it."""
+        session = self.sessions[tuple(plane)]
+        height, width = session.labels.shape
+        y0, y1 = 0, height
+        if changed is not None:
+            if not len(changed):
+                y0 = y1 = 0
+            else:
+                y0, y1 = int(changed.min()) // width, int(changed.max()) // width + 1
+        rows = max(1, BAND_PIXELS // max(width, 1))
+        bands = iter(range(y0, y1, rows))
+        self.pending_writes += 1
+
+        def step():
+            start = next(bands, None)
+            if start is None:
+                self.pending_writes -= 1
+                if then is not None:
+                    then()
+                return
+            self.write(plane, (start, min(y1, start + rows), 0, width))
+            self.defer(step)
+
+        step()
+
+    def _step(self, plane: tuple[int, ...], method: str) -> bool:
         session = self.sessions.get(tuple(plane))
-        if session is None or session.undo() is None:
+        if session is None or getattr(session, method)() is None:
             return False
-        self.write(plane)
-        if self.on_change is not None:
-            self.on_change(self, "undo")
+        step = session.future[-1] if method == "undo" else session.history[-1]
+        if step.classes_before != step.classes_after and self.on_change is not None:
+            self.on_change(self, "classes")
+
+        def done():
+            if self.on_change is not None:
+                self.on_change(self, method)
+
+        self.write_soon(plane, step.changed, done)
         return True
 
+    def undo(self, plane: tuple[int, ...] = ()) -> bool:
+        """Undo the plane's last session step in every layer at once."""
+        return self._step(plane, "undo")
+
     def redo(self, plane: tuple[int, ...] = ()) -> bool:
-        session = self.sessions.get(tuple(plane))
-        if session is None or session.redo() is None:
-            return False
-        self.write(plane)
-        if self.on_change is not None:
-            self.on_change(self, "redo")
-        return True
+        """Redo the plane's last undone session step in every layer at once."""
+        return self._step(plane, "redo")
 
     # ------------------------------------------------------------------ events
 
