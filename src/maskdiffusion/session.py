@@ -35,7 +35,7 @@ class _Step:
     flipped, and the refinement state before and after it."""
 
     what: str
-    changed: np.ndarray
+    where: np.ndarray
     before: np.ndarray
     after: np.ndarray
     flipped: np.ndarray
@@ -43,10 +43,31 @@ class _Step:
     state_after: RefineState | None
     classes_before: tuple
     classes_after: tuple
+    size: int = 0
+
+    @classmethod
+    def of(cls, what: str, changed: np.ndarray, size: int, **fields) -> _Step:
+        """A step over sorted flat indices ``changed``, kept as a bit mask when that is smaller
+        (a refinement of a 6000² tile changes millions of pixels: 1 bit each, not 32)."""
+        dense = len(changed) * 32 > size
+        if dense:
+            mask = np.zeros(size, bool)
+            mask[changed] = True
+            where = np.packbits(mask)
+        else:
+            where = changed
+        return cls(what, where, size=size if dense else 0, **fields)
+
+    @property
+    def changed(self) -> np.ndarray:
+        """The flat indices of the pixels the step changed, sorted."""
+        if not self.size:
+            return self.where
+        return _index_dtype(np.flatnonzero(np.unpackbits(self.where, count=self.size)), self.size)
 
     @property
     def nbytes(self) -> int:
-        return self.changed.nbytes + self.before.nbytes + self.after.nbytes + self.flipped.nbytes
+        return self.where.nbytes + self.before.nbytes + self.after.nbytes + self.flipped.nbytes
 
 
 def _flat_index(mask: np.ndarray) -> np.ndarray:
@@ -165,9 +186,14 @@ class Session:
         if np.dtype(dtype).itemsize > self.labels.dtype.itemsize:
             self.labels = self.labels.astype(dtype)
         labels, edited = self.labels.reshape(-1), self.edited.reshape(-1)
+        order = np.argsort(changed, kind="stable") if len(changed) > 1 and np.any(np.diff(changed) < 0) else None
+        after = np.asarray(after)
+        if order is not None:
+            changed, after = changed[order], after[order]
         changed, flipped = _index_dtype(changed, labels.size), _index_dtype(flipped, labels.size)
-        step = _Step(what, changed, labels[changed].copy(), np.asarray(after).astype(self.labels.dtype), flipped,
-                     self.state, state_after, tuple(self.classes), classes_after)
+        step = _Step.of(what, changed, labels.size, before=labels[changed].copy(),
+                        after=after.astype(self.labels.dtype), flipped=flipped, state_before=self.state,
+                        state_after=state_after, classes_before=tuple(self.classes), classes_after=classes_after)
         labels[changed] = step.after
         edited[flipped] = ~edited[flipped]
         self.state, self.class_list = state_after, classes_after

@@ -301,11 +301,21 @@ class RefinePanel(QWidget):
     # ------------------------------------------------------------------ classes
 
     def _match_layers(self, run: ImageRun) -> None:
-        """One class layer per class of the session, in class order (after class changes and undo)."""
+        """One class layer per class of the session, in class order (after class changes and undo);
+        nothing is written unless the classes changed."""
         session = next(iter(run.sessions.values()), None)
         if session is None or not run.layers:
             return
-        by_name = {str(ly.metadata.get("class", ly.name)).lower(): ly for ly in run.layers}
+        names = [str(ly.metadata.get("class", ly.name)).lower() for ly in run.layers]
+        if names == [c.name.lower() for c in session.classes]:
+            return
+        by_name = dict(zip(names, run.layers))
+        wanted = {c.name.lower() for c in session.classes}
+        unmatched = [ly for name, ly in by_name.items() if name not in wanted]
+        renamed = [c for c in session.classes if c.name.lower() not in by_name]
+        if len(unmatched) == len(renamed):
+            for layer, spec in zip(unmatched, renamed):
+                by_name = {(spec.name.lower() if ly is layer else name): ly for name, ly in by_name.items()}
         first = run.layers[0]
         layers = []
         for k, spec in enumerate(session.classes, start=1):
@@ -325,7 +335,7 @@ class RefinePanel(QWidget):
                 self.viewer.layers.remove(leftover)
         run.layers = layers
         for plane in run.sessions:
-            run.write(plane)
+            run.write_soon(plane)
 
     def _class_change(self, action: Callable, message: str) -> None:
         """Run a class change on the session (cache built on a worker first), then show it."""
