@@ -110,6 +110,32 @@ def test_run_gives_one_layer_per_class(annotator, qtbot):
         assert layer.metadata["georeference"]["crs"].startswith("EPSG:326")
 
 
+def test_save_labels_writes_the_georeferenced_map_and_its_classes(annotator, qtbot, tmp_path):
+    import json
+
+    from maskdiffusion.geo.raster_io import read_image
+
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    stroke(qtbot, viewer.layers["road"], [(30, 30)])
+    written = dock.save_labels(tmp_path / "neon_labels.tif")
+    labels, geo = read_image(written[0])
+    assert np.array_equal(labels, run.session(()).labels) and geo.crs.startswith("EPSG:326")
+    sidecar = json.loads((tmp_path / "neon_labels.classes.json").read_text())
+    assert sidecar["label_values"] == {"0": "unlabelled", "1": "tree", "2": "ground", "3": "road"}
+    png = dock.save_labels(tmp_path / "neon_labels.png")
+    assert np.array_equal(read_image(png[0])[0], labels)
+
+
+def test_the_image_in_view_is_the_one_picked(annotator):
+    viewer, dock = annotator
+    other = viewer.add_image(np.zeros((50, 60), np.uint8), name="other")
+    viewer.layers.selection.active = viewer.layers["neon_OSBS_029"]
+    assert dock.segment.image_layer() is viewer.layers["neon_OSBS_029"]
+    viewer.layers.selection.active = other
+    assert dock.segment.image_layer() is other
+
+
 def test_cancel_leaves_the_viewer_as_it_was(annotator, qtbot):
     viewer, dock = annotator
     dock.segment.parameters["tile_size"].value = 128

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
-from .layers import CLASS
+from ..errors import BadInputError, OutputError
+from .layers import CLASS, base_metadata, semantic_layer_data
+from .notify import report
 from .refine_panel import RefinePanel
 from .segment_panel import SegmentPanel
 from .state import AnnotatorState, ImageRun
@@ -46,6 +48,16 @@ class AnnotatorDock(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
+        row = QHBoxLayout()
+        save = QPushButton("Save labels…")
+        save.setToolTip("the image's label map (0 = unlabelled, k = k-th class) as a GeoTIFF with its classes, "
+                        "colours and georeference (or a palette PNG), and OUT.classes.json beside it")
+        save.clicked.connect(self._save_dialog)
+        self.saved_label = QLabel("")
+        self.saved_label.setWordWrap(True)
+        row.addWidget(save)
+        row.addWidget(self.saved_label, 1)
+        layout.addLayout(row)
         connections = [
             (viewer.layers.events.inserted, self._on_inserted),
             (viewer.layers.events.removed, self._on_removed),
@@ -61,6 +73,45 @@ class AnnotatorDock(QWidget):
         self.segment.reset_choices()
         self.refine.reset_choices()
 
+    def current_run(self):
+        """The run of the selected layer, else the Refine tab's, else the Segment tab's image's."""
+        return (self.state.run_of(self.viewer.layers.selection.active) or self.refine.current()[0]
+                or self.state.run_of(self.segment.image_layer()))
+
+    def save_labels(self, path) -> list[str]:
+        """Write the current run's label map (the plane in view) with its sidecar; returns the files."""
+        from .writers import write_geotiff, write_palette_png
+
+        run = self.current_run()
+        if run is None or not run.sessions:
+            raise BadInputError("nothing to save yet: segment an image first")
+        plane = self.refine.current()[1] if run is self.refine.current()[0] else ()
+        session = run.session(plane) or next(iter(run.sessions.values()))
+        base = base_metadata(run.image, run.layers[0].metadata if run.layers else {})
+        data, kwargs, kind = semantic_layer_data(session.labels, session.classes, base)
+        path = Path(path)
+        write = write_palette_png if path.suffix.lower() == ".png" else write_geotiff
+        if path.suffix.lower() not in (".tif", ".tiff", ".png"):
+            raise BadInputError(f"save labels as .tif, .tiff or .png, not {path.name}")
+        try:
+            written = write(str(path), [(data, kwargs, kind)])
+        except OSError as e:
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+        self.saved_label.setText(f"saved {written[0]}")
+        return written
+
+    def _save_dialog(self) -> None:
+        run = self.current_run()
+        name = (run.image.name if run is not None else "labels") + "_labels.tif"
+        path, _ = QFileDialog.getSaveFileName(self, "Save labels", name, "GeoTIFF (*.tif *.tiff);;Palette PNG (*.png)")
+        if path:
+            try:
+                self.save_labels(path)
+            except BadInputError as e:
+                report(e)
+            except OutputError as e:
+                report(e)
+
     def _on_inserted(self, event=None) -> None:
         QTimer.singleShot(0, self._adopt_sessions)
         QTimer.singleShot(0, self.refine.reset_choices)
@@ -70,6 +121,7 @@ class AnnotatorDock(QWidget):
         self.refine.reset_choices()
 
     def _on_active(self, event=None) -> None:
+        self.segment.follow_selection()
         self.refine.reset_choices()
 
     def _adopt_sessions(self) -> None:

@@ -158,9 +158,31 @@ class SegmentPanel(QWidget):
     # ------------------------------------------------------------------ choices
 
     def reset_choices(self, *_) -> None:
-        """Refill the layer picker (napari calls this when layers change)."""
+        """Refill the layer picker (napari calls this when layers change); a picked layer that is
+        hidden gives way to the image in view."""
         self.image_form.reset_choices()
+        current = self.image_layer()
+        if not self.running and (current is None or not current.visible):
+            shown = self.shown_image()
+            if shown is not None:
+                self.image_picker.value = shown
         self._update_buttons()
+
+    def shown_image(self) -> Image | None:
+        """The image the annotator looks at: the active layer if it is an image, else the
+        topmost visible image."""
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image) and active.metadata.get("kind") is None:
+            return active
+        visible = [ly for ly in self.viewer.layers if isinstance(ly, Image) and ly.visible
+                   and ly.metadata.get("kind") is None]
+        return visible[-1] if visible else None
+
+    def follow_selection(self) -> None:
+        """Pick the image the annotator selects (not while a run uses the current one)."""
+        active = self.viewer.layers.selection.active
+        if not self.running and isinstance(active, Image) and active.metadata.get("kind") is None:
+            self.image_picker.value = active
 
     def image_layer(self) -> Image | None:
         layer = self.image_picker.value
