@@ -1,10 +1,11 @@
-"""Make ``docs/screenshot.png``: the annotator on the NEON sample, run with the tiny test model.
+"""Make ``docs/screenshot.png`` and ``docs/screenshot_refine.png``: the annotator's two tabs on
+the NEON sample at 1600×1000, run with the tiny test model.
 
 Builds the tiny random-weight model in a temporary folder (no download), opens napari (under
 Xvfb when there is no display: the script re-runs itself through ``xvfb-run``), opens
-File › Open Sample › NEON OSBS, docks the widget from the plugin's manifest, runs it and
-grabs the whole window. The masks of a random-weight model are meaningless: the picture
-shows the interface, not a segmentation.
+File › Open Sample › NEON OSBS, docks the annotator from the plugin's manifest, runs it, paints
+one stroke, refines, and grabs the whole window on each tab. The masks of a random-weight model
+are meaningless: the pictures show the interface, not a segmentation.
 
 Usage: python scripts/make_screenshot.py [--out docs/screenshot.png]
 """
@@ -35,7 +36,7 @@ def _ensure_display() -> None:
     if xvfb is None:
         sys.exit("no display and no xvfb-run: install Debian's xvfb, or run with a display")
     os.environ["MD_SCREENSHOT_XVFB"] = "1"
-    os.execv(xvfb, [xvfb, "-a", "-s", "-screen 0 1920x1200x24", sys.executable, *sys.argv])
+    os.execv(xvfb, [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, *sys.argv])
 
 
 def main(argv=None) -> Path:
@@ -49,37 +50,48 @@ def main(argv=None) -> Path:
     os.environ["NAPARI_CONFIG"] = os.path.join(settings_dir, "napari.yaml")  # leave the user's napari settings alone
 
     import napari
-    from napari._qt import qt_main_window
-
-    qt_main_window.SHOW_QT_WARNING = False  # the PyQt5 deprecation toast would cover the canvas
 
     from maskdiffusion.model.random_sd import build_random_sd
 
     work = Path(tempfile.mkdtemp(prefix="md-screenshot-"))
+    out = Path(args.out)
     try:
         model_dir = build_random_sd(work / "tiny-sd", "tiny", seed=0)
         viewer = napari.Viewer(show=True, title="napari-maskdiffusion")
-        viewer.window.resize(1500, 1000)
+        viewer.window._qt_window.resize(1600, 1000)
         viewer.open_sample("napari-maskdiffusion", "neon_osbs")
-        _, widget = viewer.window.add_plugin_dock_widget("napari-maskdiffusion", "MaskDiffusion annotator")
-        widget.source_combo.setCurrentText(str(model_dir))
-        widget.device_combo.setCurrentText("cpu")
-        widget.precision_combo.setCurrentText("float32")
-        widget.set_classes(CLASSES)
+        _, dock = viewer.window.add_plugin_dock_widget("napari-maskdiffusion", "MaskDiffusion annotator")
+        box = dock.segment.model_box
+        box.source_combo.setCurrentText(str(model_dir))
+        box.device_combo.setCurrentText("cpu")
+        dock.segment.set_classes(CLASSES)
         app = napari.qt.get_qapp()
-        widget.load_model()
-        _wait(app, lambda: not widget.loading)
-        if not widget.model_ready:
-            raise RuntimeError(f"the tiny model did not load: {widget.model_status.text()}")
-        widget.run()
-        _wait(app, lambda: not widget.running)
-        viewer.layers.selection.active = viewer.layers[CLASSES[0]]
+        box.load()
+        _wait(app, lambda: not box.loading)
+        if not box.ready:
+            raise RuntimeError(f"the tiny model did not load: {box.status.text()}")
+        dock.segment.run()
+        _wait(app, lambda: not dock.segment.running)
+        tree = viewer.layers[CLASSES[0]]
+        viewer.layers.selection.active = tree
+        tree.mode = "paint"
         viewer.reset_view()
         _hide_notifications(viewer)
         _wait(app, lambda: False, seconds=1.0, fail=False)
-        out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        viewer.screenshot(str(out), canvas_only=False)
+        viewer.window._qt_window.grab().save(str(out))
+        road = viewer.layers[CLASSES[-1]]
+        road.brush_size = 30
+        for point in ((150, 120), (170, 150), (190, 180)):
+            road.paint(point, road.selected_label)
+        _wait(app, lambda: False, seconds=0.3, fail=False)
+        dock.tabs.setCurrentIndex(1)
+        dock.refine.reset_choices()
+        dock.refine.refine()
+        _wait(app, lambda: dock.refine._worker is None and dock.refine._writing is None)
+        _hide_notifications(viewer)
+        _wait(app, lambda: False, seconds=1.0, fail=False)
+        viewer.window._qt_window.grab().save(str(out.with_name(out.stem + "_refine" + out.suffix)))
         viewer.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,25 @@ def test_prediction_class_order_is_read_from_sidecar_or_tags(dataset, tmp_path):
         assert evaluate_pairs([(other, label_file)], "potsdam6")["miou"] == 1.0
 
 
+def test_napari_export_of_before_label_values_keeps_its_classes(tmp_path):
+    """Napari exports made before ``label_values`` listed "unlabelled" as value 0: it is no class."""
+    import rasterio
+
+    truth = np.array([[1, 2, 2], [2, 1, 0]], dtype=np.uint8)
+    gt = write_labels(tmp_path / "a_gt.tif", truth, ["road", "tree"])
+    pred = tmp_path / "a_pred.png"
+    with rasterio.open(pred, "w", driver="PNG", width=3, height=2, count=1, dtype="uint8") as dst:
+        dst.write(np.array([[1, 2, 1], [2, 1, 1]], dtype=np.uint8), 1)
+    write_sidecar(pred, {"classes": [{"name": "unlabelled", "value": 0}, {"name": "road", "value": 1},
+                                     {"name": "tree", "value": 2}]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        report = evaluate_pairs([(pred, gt)], "index")
+    assert report["classes"] == ["road", "tree"]
+    assert report["pixel_accuracy"] == pytest.approx(4 / 5)
+    assert report["evaluations"]["supervised"]["iou"] == {"road": pytest.approx(2 / 3), "tree": pytest.approx(2 / 3)}
+
+
 def test_unsupervised_reports_dataset_and_per_image_matching(dataset, tmp_path):
     pred_dir = tmp_path / "clusters"
     pred_dir.mkdir()
@@ -137,8 +157,9 @@ def test_index_dataset_with_ignore_index(tmp_path):
     pred = np.array([[0, 1, 0], [2, 1, 1]], dtype=np.uint8)
     write_labels(tmp_path / "a_pred.png", pred + 1, ["x", "y", "z"])
     write_raster(tmp_path / "a_gt.tif", target)
-    rc = run(["--pred", str(tmp_path / "a_pred.png"), "--labels", str(tmp_path / "a_gt.tif"), "--dataset", "index",
-              "--classes", "x,y,z", "--ignore-index", "255", "--out", str(tmp_path / "idx")])
+    with pytest.warns(UserWarning, match="a_gt.tif was written before label values were 1-based"):
+        rc = run(["--pred", str(tmp_path / "a_pred.png"), "--labels", str(tmp_path / "a_gt.tif"), "--dataset",
+                  "index", "--classes", "x,y,z", "--ignore-index", "255", "--out", str(tmp_path / "idx")])
     assert rc == 0
     report = json.loads((tmp_path / "idx.json").read_text())
     assert report["evaluations"]["supervised"]["n_pixels"] == 5

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from potsdam_fixture import TILE_SIZE, potsdam_tile  # noqa: F401
+from potsdam_fixture import TILE_SIZE
 
 from maskdiffusion.core.classes import preset_classes
 from maskdiffusion.geo.isprs import (

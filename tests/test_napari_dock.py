@@ -69,12 +69,12 @@ def wait_refine(dock, qtbot):
 
 
 def one_class_per_pixel(run) -> bool:
-    stack = np.stack([np.asarray(ly.data) for ly in run.layers])
+    stack = np.stack([np.asarray(ly.data) != 0 for ly in run.layers])
     shown = np.where(stack.any(0), stack.argmax(0) + 1, 0)
     return bool((stack.sum(0) <= 1).all() and np.array_equal(shown, run.session(()).labels))
 
 
-def stroke(qtbot, layer, points, label=1, size=12):
+def stroke(qtbot, layer, points, label=layers.STROKE, size=12):
     """Paint as a person does (napari announces the stroke, the dock takes it at the next turn)."""
     layer.brush_size = size
     layer.selected_label = label
@@ -105,8 +105,10 @@ def test_run_gives_one_layer_per_class(annotator, qtbot):
     assert run is dock.state.run_of(viewer.layers["neon_OSBS_029"]) and one_class_per_pixel(run)
     assert np.array_equal(viewer.layers["semantic map"].data, run.session(()).labels)
     for spec, layer in zip(dock.segment.classes(), run.layers):
-        assert layer.data.shape == (400, 400) and set(np.unique(layer.data)) <= {0, 1}
-        assert np.allclose(layer.colormap.map(np.array([1]))[0][:3] * 255, spec.color, atol=1)
+        assert layer.data.shape == (400, 400) and set(np.unique(layer.data)) == {0, layers.DRAFT}
+        assert layer.selected_label == layers.STROKE
+        for value in (layers.DRAFT, layers.STROKE):
+            assert np.allclose(layer.colormap.map(np.array([value]))[0][:3] * 255, spec.color, atol=1)
         assert layer.metadata["georeference"]["crs"].startswith("EPSG:326")
 
 
@@ -155,7 +157,7 @@ def test_a_stroke_under_another_layer_counts_and_survives_refine(annotator, qtbo
     ys, xs = np.nonzero(road.data)
     y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
     stroke(qtbot, tree, [(y, x)])
-    assert tree.data[y, x] == 1 and road.data[y, x] == 0, "the stroke shows where it was painted"
+    assert tree.data[y, x] == layers.STROKE and road.data[y, x] == 0, "the stroke shows where it was painted"
     assert session.edited[y, x] and one_class_per_pixel(run)
     painted = session.edited.copy()
     before = session.labels.copy()
@@ -164,7 +166,7 @@ def test_a_stroke_under_another_layer_counts_and_survives_refine(annotator, qtbo
     dock.refine.refine()
     wait_refine(dock, qtbot)
     assert "refined from" in dock.refine.status.text()
-    assert np.array_equal(session.labels[painted], before[painted]) and tree.data[y, x] == 1
+    assert np.array_equal(session.labels[painted], before[painted]) and tree.data[y, x] == layers.STROKE
     assert one_class_per_pixel(run) and session.last_step == "refine"
 
 
@@ -324,7 +326,7 @@ def test_all_planes_of_a_stack_unsupervised(make_napari_viewer, qtbot, tiny_mode
     panel.parameters["unsupervised"].value = 3
     run = run_and_wait(dock, qtbot)
     assert [ly.name for ly in run.layers] == ["cluster 1", "cluster 2", "cluster 3"]
-    total = sum(ly.data.astype(int) for ly in run.layers)
+    total = sum((ly.data != 0).astype(int) for ly in run.layers)
     assert total.shape == (2, 96, 128) and (total == 1).all() and sorted(run.sessions) == [(0,), (1,)]
     assert tuple(run.layers[0].scale) == (1, 0.5, 0.5)
 

@@ -48,7 +48,7 @@ def rgb_layer(shape=(32, 48), **kwargs) -> Image:
 PENDING: list = []
 
 
-def paint(layer, coord, label=1):
+def paint(layer, coord, label=layers.STROKE):
     """A stroke as napari makes it: painted, then synced at the next turn of the event loop."""
     layer.selected_label = label
     layer.paint(coord, label)
@@ -75,7 +75,7 @@ def run_into(viewer, state, image_layer, results, **options):
 def consistent(run) -> bool:
     """Every pixel in exactly one class layer or none, as the session says."""
     session = run.session(())
-    stack = np.stack([np.asarray(ly.data) for ly in run.layers])
+    stack = np.stack([np.asarray(ly.data) != 0 for ly in run.layers])
     shown = np.where(stack.any(0), stack.argmax(0) + 1, 0)
     return bool((stack.sum(0) <= 1).all() and np.array_equal(shown, session.labels))
 
@@ -143,12 +143,16 @@ def test_a_stroke_under_another_class_layer_wins_where_it_was_painted():
     run = run_into(viewer, state, image, {(): fake_result(stripes())}).run
     road, tree = run.layers[0], run.layers[1]
     assert road.data[5, 5] == 1 and tree.data[5, 5] == 0
-    paint(tree, (5, 5), 1)
-    assert tree.data[5, 5] == 1 and road.data[5, 5] == 0, "the stroke shows, the road gives it up"
+    paint(tree, (5, 5))
+    assert tree.data[5, 5] == layers.STROKE and road.data[5, 5] == 0, "the stroke shows, the road gives it up"
     session = run.session(())
     assert session.labels[5, 5] == 2 and session.edited[5, 5] and consistent(run)
-    paint(tree, (5, 5), 1)
-    assert session.last_step == "paint" and len(session.history) == 1, "painting a pixel with its own class adds nothing"
+    paint(tree, (5, 5))
+    assert len(session.history) == 1, "painting a stroke over itself again adds nothing"
+    assert road.data[25, 8] == layers.DRAFT and not session.edited[25, 8]
+    paint(road, (25, 8), layers.STROKE)
+    assert road.data[25, 8] == layers.STROKE and session.edited[25, 8] and session.labels[25, 8] == 1, \
+        "painting a class over itself marks it as the annotator's"
 
 
 def test_erasing_releases_pixels_and_undo_in_any_layer_keeps_one_class_per_pixel():
@@ -157,8 +161,8 @@ def test_erasing_releases_pixels_and_undo_in_any_layer_keeps_one_class_per_pixel
     run = run_into(viewer, state, image, {(): fake_result(stripes())}).run
     road, tree, building = run.layers
     session = run.session(())
-    paint(tree, (5, 5), 1)
-    paint(building, (20, 10), 1)
+    paint(tree, (5, 5))
+    paint(building, (20, 10))
     paint(tree, (10, 20), 0)
     assert session.labels[10, 20] == 0 and not session.edited[10, 20], "erased pixels are free for refinement"
     assert consistent(run) and len(session.history) == 3
@@ -177,7 +181,7 @@ def test_a_second_run_is_one_undo_step_for_all_layers_and_names_replaced_strokes
     applied = run_into(viewer, state, image, {(): fake_result(np.full((32, 48), 3))})
     assert applied.run is run and not applied.added and applied.replaced_edits == ["tree"]
     assert len(viewer.layers) == 4 and run.layers[2].data.all() and consistent(run)
-    assert run.undo(()) and consistent(run) and run.layers[1].data[5, 5] == 1
+    assert run.undo(()) and consistent(run) and run.layers[1].data[5, 5] == layers.STROKE
 
 
 def test_other_classes_or_another_image_get_their_own_layers():

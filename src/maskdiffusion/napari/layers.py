@@ -1,7 +1,10 @@
 """Segmentations as napari layers and back: the one place that knows how a result looks in napari.
 
-- A **class layer** is a Labels layer of one class: 1 where the pixel is that class, 0 elsewhere,
-  named after the class and drawn in its colour, with the image layer's scale and translate.
+- A **class layer** is a Labels layer of one class: 0 where the pixel is not that class, 1
+  (:data:`DRAFT`) where the model or a refinement put it, 2 (:data:`STROKE`, the value the
+  layer paints with) where the annotator did — so painting a class over itself counts. It is
+  named after the class and drawn in its colour (strokes stronger), with the image layer's
+  scale and translate.
 - A **semantic map** is one Labels layer holding a label map (:mod:`maskdiffusion.core.labels`:
   0 = unlabelled, value k = the k-th class).
 - Layers carry ``metadata`` (``kind``, ``class``, ``value``, ``prompts``, ``image``, ``model``,
@@ -34,9 +37,11 @@ if TYPE_CHECKING:
 __all__ = [
     "CLASS",
     "CONFIDENCE",
+    "DRAFT",
     "MERGE_RULE",
     "SEMANTIC",
     "SOFTWARE",
+    "STROKE",
     "class_colormap",
     "class_layer_data",
     "class_layers",
@@ -56,7 +61,9 @@ __all__ = [
 
 CLASS, SEMANTIC, CONFIDENCE = "class", "semantic", "confidence"
 SOFTWARE = "napari-maskdiffusion"
-OPACITY = 0.6
+OPACITY = 0.7
+#: A class layer's values: the class as drafted, and as the annotator painted it.
+DRAFT, STROKE = 1, 2
 
 MERGE_RULE = (
     "where class layers overlap, the layer higher in napari's layer list (drawn on top) wins; "
@@ -74,22 +81,23 @@ def _rgba(color: Sequence[int], alpha: float = 1.0) -> np.ndarray:
     return np.array([*(c / 255 for c in color[:3]), alpha], dtype=np.float32)
 
 
-def _label_colormap(colors: Sequence[Sequence[int]]):
-    """Value 0 transparent, value k the k-th colour. A cyclic map (not a direct one), so every
-    writer napari offers can save the layer (napari-svg cannot map a direct one)."""
+def _label_colormap(colors: Sequence[np.ndarray]):
+    """Value 0 transparent, value k the k-th RGBA colour. A cyclic map (not a direct one), so
+    every writer napari offers can save the layer (napari-svg cannot map a direct one)."""
     from napari.utils.colormaps import CyclicLabelColormap
 
-    return CyclicLabelColormap(colors=np.stack([np.zeros(4, np.float32), *(_rgba(c) for c in colors)]))
+    return CyclicLabelColormap(colors=np.stack([np.zeros(4, np.float32), *colors]))
 
 
 def class_colormap(color: Sequence[int]):
-    """A class layer's colours: 0 transparent, 1 the class colour."""
-    return _label_colormap([color])
+    """A class layer's colours: 0 transparent, the draft (1) in the class colour, strokes (2)
+    in the same colour at full strength."""
+    return _label_colormap([_rgba(color, 0.75), _rgba(color)])
 
 
 def semantic_colormap(classes: Sequence[ClassSpec]):
     """A semantic map's colours: value k is ``classes[k - 1]``'s colour."""
-    return _label_colormap([c.color or default_color(k) for k, c in enumerate(classes)])
+    return _label_colormap([_rgba(c.color or default_color(k)) for k, c in enumerate(classes)])
 
 
 def base_metadata(image: LayerImage | None, meta: Mapping[str, Any]) -> dict:

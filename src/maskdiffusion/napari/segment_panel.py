@@ -68,6 +68,7 @@ class SegmentPanel(QWidget):
         self._applying = None
         self._progress: dict = {}
         self._bands_key = None
+        self._picked = None
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._image_box())
@@ -158,11 +159,13 @@ class SegmentPanel(QWidget):
     # ------------------------------------------------------------------ choices
 
     def reset_choices(self, *_) -> None:
-        """Refill the layer picker (napari calls this when layers change); a picked layer that is
-        hidden gives way to the image in view."""
+        """Refill the layer picker (napari calls this when layers change): the picked image stays
+        picked; with none (or a removed one) the image in view is picked."""
+        picked = self._picked
         self.image_form.reset_choices()
-        current = self.image_layer()
-        if not self.running and (current is None or not current.visible):
+        if picked is not None and picked in self.viewer.layers:
+            self.image_picker.value = picked
+        elif not self.running:
             shown = self.shown_image()
             if shown is not None:
                 self.image_picker.value = shown
@@ -190,6 +193,7 @@ class SegmentPanel(QWidget):
 
     def _on_image_changed(self, *_) -> None:
         layer = self.image_layer()
+        self._picked = layer
         info = describe_image(layer) if layer is not None else None
         bands = info is not None and info.n_bands > 1 and not layer.rgb
         for picker in self.band_pickers:

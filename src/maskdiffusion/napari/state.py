@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core.classes import ClassSpec
 from .images import LayerImage
-from .layers import CLASS, SEMANTIC, layer_classes, write_into_layer
+from .layers import CLASS, DRAFT, SEMANTIC, STROKE, layer_classes, write_into_layer
 
 if TYPE_CHECKING:
     from napari.layers import Labels, Layer
@@ -121,8 +121,10 @@ class ImageRun:
             value = next((k for k, own in enumerate(self.layers, start=1) if own is layer), None)
             if value is None:
                 return None
-            shown, expected = current != 0, labels == value
-            painted, released = shown & ~expected, expected & ~shown
+            expected = labels == value
+            confirmed = expected & session.edited[y0:y1, x0:x1]
+            painted = ((current == STROKE) & ~confirmed) | ((current != 0) & ~expected)
+            released = expected & (current == 0)
             new = np.where(painted, value, labels)
         else:
             mapped = lut[np.minimum(current, len(lut) - 1)]
@@ -158,11 +160,13 @@ class ImageRun:
         height, width = session.labels.shape
         y0, y1, x0, x1 = region or (0, height, 0, width)
         labels = session.labels[y0:y1, x0:x1]
+        shade = np.where(session.edited[y0:y1, x0:x1], STROKE, DRAFT).astype(np.uint8)
         changed = 0
         self.writing = True
         try:
             for value, layer in enumerate(self.layers, start=1):
-                changed += write_into_layer(layer, (labels == value).astype(np.uint8), tuple(plane), (y0, y1, x0, x1))
+                changed += write_into_layer(layer, np.where(labels == value, shade, 0).astype(np.uint8), tuple(plane),
+                                            (y0, y1, x0, x1))
             if self.semantic is not None:
                 values = self._semantic_values(session)
                 changed += write_into_layer(self.semantic, values[labels], tuple(plane), (y0, y1, x0, x1))
@@ -267,6 +271,8 @@ class ImageRun:
                 run.redo(current_plane())
 
         layer.events.paint.connect(on_paint)
+        if layer.metadata.get("kind") == CLASS:
+            layer.selected_label = STROKE
         layer.bind_key(_UNDO, undo, overwrite=True)
         layer.bind_key(_REDO, redo, overwrite=True)
 
