@@ -34,13 +34,16 @@ def test_segment_writes_a_georeferenced_class_raster_and_sidecar(image, tmp_path
         assert dst.crs == src.crs and dst.transform == src.transform
         assert (dst.width, dst.height) == (400, 400) and dst.dtypes[0] == "uint8"
         labels = dst.read(1)
-        assert dst.colormap(1)[1][:3] == (60, 180, 75)
-    assert labels.max() <= 2
+        assert dst.nodata == 0
+        cmap = dst.colormap(1)
+        assert cmap[0][3] == 0 and cmap[1][:3] == (230, 25, 75) and cmap[2][:3] == (60, 180, 75)
+    assert set(np.unique(labels)) <= {1, 2, 3}
     meta = json.loads((tmp_path / "seg.classes.json").read_text())
     assert [c["name"] for c in meta["classes"]] == ["tree", "shrub", "sand"]
     assert meta["classes"][1]["prompts"] == ["bush", "shrub"] and meta["classes"][0]["color"] == [230, 25, 75]
     assert meta["model"] == str(Path(tiny_model_dir).resolve()) or meta["model"].endswith("tiny-sd")
     assert meta["parameters"]["tile_size"] == 512 and "version" in meta
+    assert meta["label_values"] == {"0": "unlabelled", "1": "tree", "2": "shrub", "3": "sand"}
     assert np.load(tmp_path / "scores.npy").shape == (3, 400, 400)
     with rasterio.open(tmp_path / "conf.tif") as c:
         assert c.crs is not None and c.dtypes[0] == "float32"
@@ -110,15 +113,36 @@ def test_existing_output_is_kept_unless_overwrite(image, tmp_path, tiny_model_di
 
 
 def test_a_failure_while_writing_leaves_no_partial_output(image, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """Disk full while writing the second output: one line, exit 1, and neither output is left."""
+    import errno
+
     import maskdiffusion.geo.raster_io as rio
 
-    def disk_full(*a, **k):
-        raise RuntimeError("disk full")
+    def disk_full(path, *a, **k):
+        with rio.atomic_output(path) as tmp:
+            tmp.write_bytes(b"half a tiff")
+            raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(rio, "write_raster", disk_full)
     code = run("segment", image, "--classes", "a,b", "--model", tiny_model_dir, "--out", tmp_path / "seg.tif",
                "--confidence", tmp_path / "conf.tif", "--quiet")
-    assert code == 1 and "disk full" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "No space left on device" in err and "conf.tif" in err
+    assert len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["neon.tif"]
+
+
+def test_a_bug_keeps_its_traceback(image, tmp_path, tiny_model_dir, monkeypatch):
+    """An exception that is not one of ours is not dressed up as bad input: it propagates."""
+    import maskdiffusion.geo.raster_io as rio
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(rio, "write_raster", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        run("segment", image, "--classes", "a,b", "--model", tiny_model_dir, "--out", tmp_path / "seg.tif",
+            "--confidence", tmp_path / "conf.tif", "--quiet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["neon.tif"]
 
 
@@ -151,13 +175,14 @@ def test_scribbles_are_kept_and_bad_scribbles_exit_2(image, tmp_path, tiny_model
     from maskdiffusion.geo.raster_io import read_image, write_raster
 
     strokes = np.zeros((400, 400), np.uint8)
-    strokes[100:140, 50:300] = 2  # class index 1
-    strokes[300:320, 200:260] = 3  # class index 2
+    strokes[100:140, 50:300] = 2  # shrub
+    strokes[300:320, 200:260] = 3  # sand
     write_raster(tmp_path / "strokes.tif", strokes)
     assert run("segment", image, "--classes", "tree,shrub,sand", "--model", tiny_model_dir, "--quiet",
                "--scribbles", tmp_path / "strokes.tif", "--out", tmp_path / "seg.tif") == 0
     labels, _ = read_image(tmp_path / "seg.tif")
-    assert (labels[100:140, 50:300] == 1).all() and (labels[300:320, 200:260] == 2).all()
+    assert (labels[100:140, 50:300] == 2).all() and (labels[300:320, 200:260] == 3).all()
+    assert set(np.unique(labels)) <= {1, 2, 3}, "the pixels without strokes are refined into classes"
     write_raster(tmp_path / "rgb.tif", np.zeros((3, 400, 400), np.uint8))
     assert run("segment", image, "--classes", "tree,shrub", "--model", tiny_model_dir, "--quiet",
                "--scribbles", tmp_path / "rgb.tif", "--out", tmp_path / "seg2.tif") == 2

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from maskdiffusion import SegmentParams, iter_segment, segment
+from maskdiffusion import iter_segment, segment
 from maskdiffusion.core.classes import ClassListError, preset_classes
 from maskdiffusion.core.image import InputImageError
 from maskdiffusion.core.params import ParamsError
@@ -32,7 +32,7 @@ def test_one_tile_agrees_with_the_equations(sd, image):
     result = segment(image, "preset:potsdam6", sd, tile_size=256)
     expected, maps = reference_segment(image, POTSDAM, sd.tokenizer, sd.text_encoder, sd.vae, sd.unet)
     assert result.labels.shape == (256, 256)
-    agreement = (result.labels == expected).mean()
+    agreement = (result.labels == expected + 1).mean()  # the reference gives the argmax, 0-based
     assert agreement >= 0.99, agreement
     assert np.allclose(result.attention, maps, rtol=1e-3, atol=1e-5)
     assert len(np.unique(expected)) > 1, "the check needs more than one class to mean anything"
@@ -48,7 +48,7 @@ def test_result_arrays_and_metadata(sd, image):
     r = segment(image, "road, building=house|roof, tree", sd, tile_size=128, overlap=32, return_scores=True)
     assert r.labels.dtype == np.uint8 and r.labels.shape == image.shape[:2]
     assert r.scores.shape == (3, 256, 256) and r.confidence.shape == (256, 256)
-    assert np.array_equal(r.scores.argmax(0), r.labels)
+    assert np.array_equal(r.labels, r.scores.argmax(0) + 1), "value k is the class whose score is highest"
     top2 = np.sort(r.scores, 0)[-2:]
     assert np.allclose(r.confidence, top2[1] - top2[0], atol=1e-6)
     assert r.attention.shape == (3, 16, 16) and r.attention_stride == 16
@@ -56,6 +56,8 @@ def test_result_arrays_and_metadata(sd, image):
     assert [c["name"] for c in meta["classes"]] == ["road", "building", "tree"]
     assert meta["classes"][1]["prompts"] == ["house", "roof"]
     assert meta["parameters"]["tile_size"] == 128 and meta["model"] == sd.source
+    assert meta["label_values"] == {"0": "unlabelled", "1": "road", "2": "building", "3": "tree"}
+    assert [c["value"] for c in meta["classes"]] == [1, 2, 3]
 
 
 def test_progress_per_tile_and_stop_between_tiles(sd, image):
@@ -86,8 +88,10 @@ def test_more_classes_than_one_prompt_holds(sd):
     names = [f"class {i} of many" for i in range(40)]
     img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     r = segment(img, names, sd)
-    assert len(r.classes) == 40 and r.labels.max() < 40
+    assert len(r.classes) == 40 and r.labels.dtype == np.uint8
+    assert 1 <= r.labels.min() and r.labels.max() <= 40
     assert r.attention.shape[0] == 40
+    assert np.allclose(r.attention.reshape(40, -1).max(1), 1.0), "classes past the first prompt have maps too"
 
 
 @pytest.mark.parametrize("shape, dtype", [((1, 1), np.uint8), ((1, 1, 3), np.float32), ((37, 90, 4), np.uint16), ((20, 30), np.uint8)])
@@ -118,14 +122,28 @@ def test_scale_returns_results_on_the_input_grid(sd, image):
 
 
 def test_unsupervised_clusters_named_by_classes(sd, image):
-    r = segment(image, None, sd, tile_size=128, overlap=32, unsupervised=3)
+    r = segment(image, None, sd, tile_size=128, overlap=32, unsupervised=3, return_scores=True)
     assert [c.name for c in r.classes] == ["cluster 1", "cluster 2", "cluster 3"]
-    assert set(np.unique(r.labels)) <= {0, 1, 2}
+    assert np.array_equal(r.labels, r.scores.argmax(0) + 1), "value j + 1 is the cluster of best score"
+    assert set(np.unique(r.labels)) == {1, 2, 3}, "every cluster takes pixels, none is unlabelled"
     named = segment(image, "road,tree", sd, tile_size=128, overlap=32, unsupervised=3)
-    assert set(named.clusters_to_classes) <= {0, 1}
-    assert all(c.name.split(" ")[0] in ("road", "tree") for c in named.classes)
+    assert all(c.name.split(" ")[0] == ("road", "tree")[k] for c, k in zip(named.classes, named.clusters_to_classes))
     spectral = segment(image, None, sd, unsupervised=2, clustering="spectral", spatial_weight=0.5)
-    assert spectral.labels.shape == (256, 256)
+    assert spectral.labels.shape == (256, 256) and set(np.unique(spectral.labels)) <= {1, 2}
+
+
+def test_clusters_are_the_nearest_centroids_and_named_by_overlap(sd, image):
+    """One tile, every grid cell in the k-means sample: the cells' clusters are a k-means fixed
+    point, and each cluster is named after the class whose attention covers it most."""
+    r = segment(image, "road,tree", sd, tile_size=256, unsupervised=3, keep_features=True)
+    cells = r.grid_scores.argmax(0).ravel()
+    assert set(cells) == {0, 1, 2}
+    f = r.features.astype(np.float32).reshape(r.features.shape[0], -1).T
+    centroids = np.stack([f[cells == j].mean(0) for j in range(3)])
+    nearest = ((f[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+    assert (nearest == cells).mean() > 0.99
+    overlap = np.stack([r.attention.reshape(2, -1)[:, cells == j].mean(1) for j in range(3)])
+    assert np.array_equal(r.clusters_to_classes, overlap.argmax(1))
 
 
 @pytest.mark.parametrize("classes, kwargs, error, message", [
@@ -158,4 +176,4 @@ def test_kept_features_reproduce_the_assignment(sd, image):
     f = torch.from_numpy(r.features.astype(np.float32))
     a = torch.from_numpy(r.attention)
     scores = P.upsample(P.class_scores(f, P.prototypes(a, f)), (256, 256))
-    assert (scores.argmax(0).numpy() == r.labels).mean() > 0.99
+    assert (scores.argmax(0).numpy() + 1 == r.labels).mean() > 0.99

@@ -18,13 +18,16 @@ from maskdiffusion.geo.synthetic import make_potsdam_like_tile
 
 UTM33 = GeoInfo("EPSG:32633", (0.05, 0.0, 366000.0, 0.0, -0.05, 5808000.0))
 CLASSES = ["road", "house", "tree"]
+#: Label values: 1 road, 2 house (with a hole holding a tree), 3 tree.
 LABELS = np.array([
-    [0, 0, 0, 0, 0],
-    [0, 1, 1, 1, 0],
-    [0, 1, 2, 1, 0],
-    [0, 1, 1, 1, 0],
-    [2, 2, 0, 0, 0],
+    [1, 1, 1, 1, 1],
+    [1, 2, 2, 2, 1],
+    [1, 2, 3, 2, 1],
+    [1, 2, 2, 2, 1],
+    [3, 3, 1, 1, 1],
 ], dtype=np.uint8)
+#: The same with unlabelled pixels (0): the top row and the tree in the hole.
+PARTLY = np.where((np.arange(5)[:, None] == 0) | (LABELS == 3) & (np.arange(5)[:, None] == 2), 0, LABELS).astype(np.uint8)
 
 
 def read(path):
@@ -36,25 +39,33 @@ def test_polygons_keep_crs_classes_and_area(tmp_path):
     out = write_polygons(tmp_path / "seg.gpkg", LABELS, CLASSES, UTM33)
     meta, geoms, fields = read(out)
     assert CRS.from_user_input(meta["crs"]).to_epsg() == 32633
-    assert list(fields["class_name"]) == [CLASSES[i] for i in fields["class_index"]]
-    assert sorted(fields["class_index"]) == [0, 1, 2, 2]
+    assert list(fields["class_name"]) == [CLASSES[k - 1] for k in fields["label"]]
+    assert sorted(fields["label"]) == [1, 2, 3, 3]
     np.testing.assert_allclose(fields["area"], shapely.area(geoms))
-    for k in range(3):
-        total = fields["area"][fields["class_index"] == k].sum()
+    for k in (1, 2, 3):
+        total = fields["area"][fields["label"] == k].sum()
         assert total == pytest.approx((LABELS == k).sum() * 0.05 ** 2)
-    house = geoms[list(fields["class_index"]).index(1)]
+    house = geoms[list(fields["label"]).index(2)]
     assert len(house.interiors) == 1
-    road = geoms[list(fields["class_index"]).index(0)]
+    road = geoms[list(fields["label"]).index(1)]
     assert road.bounds == pytest.approx((366000.0, 5808000.0 - 0.25, 366000.25, 5808000.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.gpkg"]
 
 
+def test_unlabelled_pixels_give_no_polygon(tmp_path):
+    _, geoms, fields = read(write_polygons(tmp_path / "part.gpkg", PARTLY, CLASSES))
+    assert sorted(fields["label"]) == [1, 1, 2, 3]  # the road falls in two pieces; no polygon of 0
+    assert sum(fields["area"]) == pytest.approx(np.count_nonzero(PARTLY))
+    covered = rasterio.features.rasterize(zip(geoms, fields["label"]), out_shape=PARTLY.shape, fill=0, dtype="uint8")
+    np.testing.assert_array_equal(covered, PARTLY)
+
+
 def test_polygons_rasterize_back_to_the_labels(tmp_path):
-    labels = make_potsdam_like_tile(128, seed=2)[1].astype(np.uint8)
+    labels = make_potsdam_like_tile(128, seed=2)[1].astype(np.uint8) + 1  # class index -> label value
     out = write_polygons(tmp_path / "tile.gpkg", labels, preset_classes("potsdam6"), UTM33)
     _, geoms, fields = read(out)
     burned = rasterio.features.rasterize(
-        zip(geoms, fields["class_index"]), out_shape=labels.shape, transform=rasterio.Affine(*UTM33.transform),
+        zip(geoms, fields["label"]), out_shape=labels.shape, transform=rasterio.Affine(*UTM33.transform),
         fill=255, dtype="uint8",
     )
     np.testing.assert_array_equal(burned, labels)
@@ -63,10 +74,11 @@ def test_polygons_rasterize_back_to_the_labels(tmp_path):
 def test_dissolved_polygons_and_geojson(tmp_path):
     out = write_polygons(tmp_path / "seg.geojson", LABELS, CLASSES, dissolve=True)
     _, geoms, fields = read(out)
-    assert list(fields["class_index"]) == [0, 1, 2]
+    assert list(fields["label"]) == [1, 2, 3]
+    assert list(fields["class_name"]) == CLASSES
     assert list(fields["color"])[0].startswith("#") and len(fields["color"][0]) == 7
     assert [g.geom_type for g in geoms] == ["MultiPolygon"] * 3
-    assert list(fields["area"]) == [float((LABELS == k).sum()) for k in range(3)]
+    assert list(fields["area"]) == [float((LABELS == k).sum()) for k in (1, 2, 3)]
     with pytest.raises(ValueError, match=r"\.gpkg, \.geojson"):
         write_polygons(tmp_path / "seg.shp", LABELS, CLASSES)
 
@@ -93,12 +105,19 @@ def test_coco_rle_and_polygons(tmp_path):
     coco = json.loads(out.read_text())
     assert coco["images"] == [{"file_name": "tile.tif", "id": 7, "height": 5, "width": 5}]
     assert [c["id"] for c in coco["categories"]] == [1, 2, 3]
+    assert [c["name"] for c in coco["categories"]] == CLASSES
     ann = {a["category_id"]: a for a in coco["annotations"]}
-    for k in range(3):
-        np.testing.assert_array_equal(rle_decode(ann[k + 1]["segmentation"]), LABELS == k)
-        assert ann[k + 1]["area"] == (LABELS == k).sum() and ann[k + 1]["image_id"] == 7
+    assert sorted(ann) == [1, 2, 3]
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(rle_decode(ann[k]["segmentation"]), LABELS == k)
+        assert ann[k]["area"] == (LABELS == k).sum() and ann[k]["image_id"] == 7
     assert ann[2]["bbox"] == [1, 1, 3, 3]
     assert ann[3]["bbox"] == [0, 2, 3, 3]
+
+    part = json.loads(write_coco(tmp_path / "part.json", PARTLY, CLASSES, "tile.tif").read_text())
+    masks = {a["category_id"]: rle_decode(a["segmentation"]) for a in part["annotations"]}
+    assert sorted(masks) == [1, 2, 3], "unlabelled pixels belong to no annotation"
+    assert not np.logical_or.reduce(list(masks.values()))[PARTLY == 0].any()
 
     poly = json.loads(write_coco(tmp_path / "poly.json", LABELS, CLASSES, "tile.tif", mode="polygons").read_text())
     house = next(a for a in poly["annotations"] if a["category_id"] == 2)

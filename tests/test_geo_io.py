@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 from PIL import Image
-from potsdam_fixture import TILE_SIZE, potsdam_tile  # noqa: F401
+from potsdam_fixture import TILE_SIZE
 
 from maskdiffusion.core.classes import ClassSpec, preset_classes
 from maskdiffusion.geo.atomic import atomic_output
@@ -35,7 +35,8 @@ UTM33 = GeoInfo("EPSG:32633", POTSDAM_TRANSFORM)
 
 @pytest.fixture
 def labels():
-    return np.random.default_rng(1).integers(0, 6, (70, 90)).astype(np.uint8)
+    """A label map of the six Potsdam classes (values 1-6) with some unlabelled pixels (0)."""
+    return np.random.default_rng(1).integers(0, 7, (70, 90)).astype(np.uint8)
 
 
 def read_potsdam(path, bands=None):
@@ -101,13 +102,18 @@ def test_write_labels_geotiff_keeps_georeference_colours_and_names(tmp_path, lab
         assert src.dtypes[0] == "uint8"
         assert src.profile["tiled"] and src.block_shapes[0] == (256, 256)
         assert src.compression.name == "deflate"
+        assert src.nodata == 0
         cmap = src.colormap(1)
-        assert [cmap[i][:3] for i in range(6)] == [c.color for c in classes]
+        assert cmap[0][3] == 0, "unlabelled is transparent"
+        assert [cmap[k][:3] for k in range(1, 7)] == [c.color for c in classes]
+        assert all(cmap[k][3] == 255 for k in range(1, 7))
         tags = src.tags()
         assert json.loads(tags["CLASSES"]) == [c.name for c in classes]
-        assert tags["CLASS_1"] == "building"
-        assert json.loads(tags["MASKDIFFUSION_METADATA"]) == {"model": "tiny"}
-        assert "0=impervious surfaces" in src.descriptions[0]
+        assert tags["CLASS_2"] == "building"
+        values = {"0": "unlabelled", **{str(k): c.name for k, c in enumerate(classes, start=1)}}
+        assert json.loads(tags["LABEL_VALUES"]) == values
+        assert json.loads(tags["MASKDIFFUSION_METADATA"]) == {"model": "tiny", "label_values": values}
+        assert "0=unlabelled" in src.descriptions[0] and "1=impervious surfaces" in src.descriptions[0]
     back, geo = read_image(out)
     np.testing.assert_array_equal(back, labels)
     assert geo.crs == "EPSG:32633" and geo.transform == POTSDAM_TRANSFORM
@@ -122,26 +128,31 @@ def test_write_labels_png_palette_round_trip(tmp_path, labels):
     assert geo.transform is None
     with Image.open(out) as im:
         assert im.mode == "P"
-        assert im.getpalette()[:6] == [128, 64, 128, 0, 200, 0]
+        assert im.getpalette()[:9] == [0, 0, 0, 128, 64, 128, 0, 200, 0]
+        assert im.info["transparency"] == 0, "palette entry 0 (unlabelled) is the transparent one"
         assert json.loads(im.info["CLASSES"])[:3] == ["road", "tree", "house"]
 
 
 def test_many_classes_give_uint16_tiff_and_refuse_png(tmp_path):
     classes = [f"c{i}" for i in range(300)]
-    labels = np.arange(300 * 4, dtype=np.int32).reshape(30, 40) % 300
+    labels = np.arange(300 * 4, dtype=np.int32).reshape(30, 40) % 301  # 0 (unlabelled) to 300
     out = write_labels(tmp_path / "many.tif", labels, classes)
     back, _ = read_image(out)
-    assert back.dtype == np.uint16
+    assert back.dtype == np.uint16 and back.max() == 300
     np.testing.assert_array_equal(back, labels)
-    with pytest.raises(ValueError, match="at most 256 classes"):
+    with rasterio.open(out) as src:
+        assert src.nodata == 0
+    with pytest.raises(ValueError, match="at most 255 classes"):
         write_labels(tmp_path / "many.png", labels, classes)
 
 
 def test_write_labels_rejects_bad_input(tmp_path, labels):
     with pytest.raises(ValueError, match=r"\.tif, \.tiff, \.png"):
         write_labels(tmp_path / "seg.jp2", labels, [f"c{i}" for i in range(6)])
-    with pytest.raises(ValueError, match="class indices 0-2"):
+    with pytest.raises(ValueError, match=r"0 \(unlabelled\) to 3"):
         write_labels(tmp_path / "seg.tif", labels, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="integers"):
+        write_labels(tmp_path / "seg.tif", labels.astype(np.float32), [f"c{i}" for i in range(6)])
     with pytest.raises(ValueError, match="2-D"):
         write_labels(tmp_path / "seg.tif", labels[None], [f"c{i}" for i in range(6)])
     assert not list(tmp_path.iterdir())
@@ -152,8 +163,8 @@ def test_isprs_rgb_round_trip(tmp_path, labels):
     rgb, geo = read_image(out)
     assert rgb.shape == (*labels.shape, 3) and geo.crs == "EPSG:32633"
     index, n_off = decode_isprs_labels(rgb)
-    np.testing.assert_array_equal(index, labels)
-    assert n_off == 0
+    np.testing.assert_array_equal(index, labels.astype(np.int16) - 1)  # class index, -1 where unlabelled (black)
+    assert (rgb[labels == 0] == 0).all() and n_off == 0
 
 
 def test_16bit_and_float_rasters_keep_their_type(tmp_path):

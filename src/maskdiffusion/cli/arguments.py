@@ -84,11 +84,17 @@ def add_param_arguments(parser, names: typing.Iterable[str] | None = None) -> No
         parser.add_argument(_flag(f.name), **options)
 
 
-def params_from_args(args, **extra):
-    """The :class:`SegmentParams` of parsed arguments (parameters not offered keep their default)."""
+def params_from_args(args, names: typing.Iterable[str] | None = None, **extra):
+    """The :class:`SegmentParams` of parsed arguments (parameters not offered keep their default).
+
+    ``names`` must be those given to :func:`add_param_arguments` when it offered only some: a
+    command's own option of the same name (``evaluate --unsupervised``) is not a parameter.
+    """
     from ..core.params import SegmentParams, face_fields
 
-    given = {f.name: getattr(args, f.name) for f in face_fields("cli") if hasattr(args, f.name)}
+    names = None if names is None else set(names)
+    given = {f.name: getattr(args, f.name) for f in face_fields("cli")
+             if (names is None or f.name in names) and hasattr(args, f.name)}
     return SegmentParams(**given, **extra)
 
 

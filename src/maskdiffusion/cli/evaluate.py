@@ -9,6 +9,9 @@ from .arguments import add_model_arguments, add_param_arguments, model_source
 
 __all__ = ["add_parser", "run"]
 
+#: The run parameters ``evaluate --images`` offers for its segmentation.
+SEGMENT_PARAMS = ("tile_size", "overlap", "scale", "bands")
+
 
 def add_parser(commands) -> None:
     from ..evaluation import DATASETS
@@ -34,7 +37,7 @@ def add_parser(commands) -> None:
                                     "first (images already segmented there are kept), then score")
     e2e.add_argument("--images", help="an image or a folder of images to segment with the dataset's classes")
     add_model_arguments(e2e)
-    add_param_arguments(e2e, names=("tile_size", "overlap", "scale", "bands"))
+    add_param_arguments(e2e, names=SEGMENT_PARAMS)
     parser.set_defaults(func=run)
 
 
@@ -56,7 +59,7 @@ def _segment_first(args, classes) -> None:
     if Path(args.pred).is_file():
         raise EvaluationError(f"with --images, --pred names the folder for the predictions, not a file: {args.pred}")
     segment_images(args.images, args.pred, dataset_classes(args.dataset, classes), model_source(args.model),
-                   params_from_args(args), device=args.device, dtype=args.dtype)
+                   params_from_args(args, SEGMENT_PARAMS), device=args.device, dtype=args.dtype)
 
 
 def run(args) -> int:

@@ -94,28 +94,42 @@ def run(args) -> int:
 
 
 def _write_outputs(args, result, geo, metadata) -> None:
-    """The label raster, the asked-for exports and the sidecar; on failure none of them stays."""
-    from ..geo.raster_io import write_labels, write_raster, write_sidecar
+    """The label raster, the asked-for exports and the sidecar; on failure none of them stays.
+
+    A file system error (disk full, no permission...) is an :class:`OutputError` (one line,
+    exit status 1).
+    """
+    from ..errors import MaskDiffusionError, OutputError
+    from ..geo.raster_io import sidecar_path, write_labels, write_raster, write_sidecar
 
     written: list[Path] = []
+    target = args.out
     try:
         written.append(write_labels(args.out, result.labels, result.classes, geo, metadata))
         if args.confidence is not None:
+            target = args.confidence
             written.append(write_raster(args.confidence, result.confidence, geo))
         if args.scores is not None:
+            target = args.scores
             written.append(_save_npy(args.scores, result.scores))
         if args.polygons is not None:
             from ..geo.exports import write_polygons
 
+            target = args.polygons
             written.append(write_polygons(args.polygons, result.labels, result.classes, geo))
         if args.coco is not None:
             from ..geo.exports import write_coco
 
+            target = args.coco
             written.append(write_coco(args.coco, result.labels, result.classes, args.image.name))
+        target = sidecar_path(args.out)
         written.append(write_sidecar(args.out, metadata))
-    except BaseException:
+    except BaseException as error:
         for path in written:
             path.unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, MaskDiffusionError):
+            reason = error.strerror or str(error) or type(error).__name__
+            raise OutputError(f"cannot write {target}: {reason}; no output was left") from error
         raise
 
 

@@ -13,7 +13,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import rasterio
@@ -24,7 +24,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from ..core.classes import ClassSpec, as_class_specs
-from ..core.labels import UNLABELLED, UNLABELLED_NAME, is_current, label_dtype, label_values, to_index
+from ..core.labels import UNLABELLED, UNLABELLED_NAME, label_dtype, label_values, to_index
 from .atomic import atomic_output, to_jsonable, write_json
 from ..errors import BadInputError
 
@@ -299,8 +299,8 @@ def read_class_names(path) -> list[str] | None:
     """
     meta = read_label_info(path)
     names = [str(c.get("name")) for c in meta.get("classes", []) if isinstance(c, dict)]
-    if names and not is_current(meta) and names[0] == UNLABELLED_NAME:
-        names = names[1:]
+    if names and names[0] == UNLABELLED_NAME and not isinstance(meta.get("label_values"), Mapping):
+        names = names[1:]  # such an export is current (is_current) but names value 0 too
     return names or None
 
 
