@@ -1,5 +1,5 @@
-"""What one UNet pass leaves behind for MaskDiffusion (SPEC §2.3): an attention processor that
-records cross-attention maps, and hooks that record the input of two resnets.
+"""What one UNet pass leaves behind for MaskDiffusion (``docs/algorithm.md`` §2.3): an attention
+processor that records cross-attention maps, and hooks that record the input of two resnets.
 
 ``capture_unet`` installs both on a UNet for the duration of a ``with`` block and restores the
 UNet's own processors afterwards, so a cached model stays untouched for other users.

@@ -1,4 +1,4 @@
-"""Random-weight Stable Diffusion models with SD 1.x's exact block layout (SPEC §4).
+"""Random-weight Stable Diffusion models with SD 1.x's exact block layout (``docs/algorithm.md`` §5).
 
 ``"tiny"`` is for tests (seconds on a CPU), ``"sd15"`` has SD 1.5's full sizes for benchmarks:
 the cost of a pass is the real one, the masks are meaningless. Both are saved as an ordinary
