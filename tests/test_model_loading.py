@@ -1,4 +1,4 @@
-"""Model loading (SPEC §4): folders, single files, devices, dtypes, the cache and clear errors.
+"""Model loading (``docs/algorithm.md`` §5): sources, single files, devices, dtypes, the cache, clear errors.
 
 Everything runs offline on the tiny random model; single files are made from it with the
 reverse key mapping in ``ldm_layout``.
@@ -12,10 +12,14 @@ import sys
 
 import pytest
 import torch
+from ldm_layout import original_checkpoint
 
 from maskdiffusion.core.params import DEFAULT_MODEL
-from maskdiffusion.model import loading
+from maskdiffusion.errors import BadInputError
+from maskdiffusion.model import loading, single_file
 from maskdiffusion.model.loading import (
+    DeviceError,
+    DTypeError,
     ModelFormatError,
     ModelNotFoundError,
     SDModel,
@@ -24,8 +28,6 @@ from maskdiffusion.model.loading import (
     resolve_device,
     resolve_dtype,
 )
-
-from ldm_layout import original_checkpoint
 
 HAS_ACCELERATOR = torch.cuda.is_available() or torch.backends.mps.is_available()
 
@@ -51,6 +53,8 @@ def _same_weights(a, b):
 
 def test_module_import_does_not_import_torch():
     code = "import sys, maskdiffusion.model.loading; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import sys, maskdiffusion.model.loading; assert 'huggingface_hub' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -87,14 +91,15 @@ def test_cache_per_source_device_and_dtype(tiny, tiny_model_dir):
 def test_auto_device_is_cpu_without_accelerator(tiny, tiny_model_dir):
     assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")
     assert load_model(tiny_model_dir) is tiny
-    with pytest.raises(ValueError, match="CUDA is not available"):
+    with pytest.raises(DeviceError, match="CUDA is not available"):
         resolve_device("cuda")
 
 
 @pytest.mark.parametrize("name", ["gpu", "tpu:0", "cuda:x"])
 def test_unknown_device_is_a_clear_error(name):
-    with pytest.raises(ValueError, match="device"):
+    with pytest.raises(DeviceError, match="device") as err:
         resolve_device(name)
+    assert isinstance(err.value, BadInputError) and len(str(err.value).splitlines()) == 1
 
 
 def test_dtypes():
@@ -103,8 +108,9 @@ def test_dtypes():
     assert resolve_dtype("fp16", "cpu") == resolve_dtype("float16", "cpu") == torch.float16
     assert resolve_dtype("fp32", "cpu") == resolve_dtype("float32", "cpu") == torch.float32
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
-    with pytest.raises(ValueError, match="Unknown dtype"):
+    with pytest.raises(DTypeError, match="Unknown dtype") as err:
         resolve_dtype("int8", "cpu")
+    assert isinstance(err.value, BadInputError)
 
 
 def test_missing_path(tmp_path):
@@ -115,16 +121,21 @@ def test_missing_path(tmp_path):
     assert "--model /path/to/stable-diffusion-v1-4" in message
 
 
-def test_missing_hub_id_offline_names_id_and_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    return tmp_path / "hf" / "hub"
+
+
+def test_missing_hub_id_offline_names_id_and_cache(empty_hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError) as err:
         load_model(None, device="cpu")
     message = str(err.value)
     assert DEFAULT_MODEL in message
-    assert str(tmp_path / "hf" / "hub") in message
+    assert str(empty_hub_cache) in message
     assert "HF_HUB_OFFLINE=1" in message and "--model /path/to/stable-diffusion-v1-4" in message
     assert err.value.__cause__ is not None
     assert len(message.splitlines()) == 1
@@ -230,13 +241,13 @@ def test_single_file_missing_weights(tiny, tiny_model_dir, tmp_path):
 
 
 def test_config_only_for_single_files(tiny_model_dir):
-    with pytest.raises(ValueError, match="config= only applies"):
+    with pytest.raises(BadInputError, match="config= only applies"):
         load_model(tiny_model_dir, device="cpu", config=tiny_model_dir)
 
 
 REAL_SIZES = {  # parameter counts of the released SD 1.x / 2.x components
-    "sd1": dict(unet=859_520_964, vae=83_653_863, text=123_060_480, cross=768),
-    "sd2": dict(unet=865_910_724, vae=83_653_863, text=340_387_840, cross=1024),
+    "sd1": {"unet": 859_520_964, "vae": 83_653_863, "text": 123_060_480, "cross": 768},
+    "sd2": {"unet": 865_910_724, "vae": 83_653_863, "text": 340_387_840, "cross": 1024},
 }
 
 
@@ -245,7 +256,7 @@ def test_bundled_configs_have_real_sd_shapes(family):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    folder = loading.BUNDLED_CONFIGS / family
+    folder = single_file.BUNDLED_CONFIGS / family
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
@@ -258,6 +269,6 @@ def test_bundled_configs_have_real_sd_shapes(family):
     assert tuple(unet.up_blocks[1].resnets[2].conv1.weight.shape[1:2]) == (1920,)
     assert tuple(vae.config.block_out_channels) == (128, 256, 512, 512)
     assert vae.config.scaling_factor == 0.18215
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert (count(unet), count(vae), count(text)) == (real["unet"], real["vae"], real["text"])
-    assert loading._bundled_scheduler_config(family)["beta_schedule"] == "scaled_linear"
+    assert single_file.bundled_scheduler_config(family)["beta_schedule"] == "scaled_linear"

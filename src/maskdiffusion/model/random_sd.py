@@ -12,14 +12,14 @@ from pathlib import Path
 __all__ = ["SIZES", "build_random_sd", "random_model_folder"]
 
 SIZES = {
-    "tiny": dict(
-        unet_channels=(32, 32, 64, 64), norm_groups=8, heads=8, cross_dim=32,
-        vae_channels=(8, 16, 32, 32), text_layers=2, text_heads=4, text_ffn=37,
-    ),
-    "sd15": dict(
-        unet_channels=(320, 640, 1280, 1280), norm_groups=32, heads=8, cross_dim=768,
-        vae_channels=(128, 256, 512, 512), text_layers=12, text_heads=12, text_ffn=3072,
-    ),
+    "tiny": {
+        "unet_channels": (32, 32, 64, 64), "norm_groups": 8, "heads": 8, "cross_dim": 32,
+        "vae_channels": (8, 16, 32, 32), "text_layers": 2, "text_heads": 4, "text_ffn": 37,
+    },
+    "sd15": {
+        "unet_channels": (320, 640, 1280, 1280), "norm_groups": 32, "heads": 8, "cross_dim": 768,
+        "vae_channels": (128, 256, 512, 512), "text_layers": 12, "text_heads": 12, "text_ffn": 3072,
+    },
 }
 
 
@@ -109,7 +109,9 @@ def random_model_folder(source: str) -> Path:
     """The folder of ``random:tiny`` or ``random:sd15``, built in the user cache on first use."""
     size = source.split(":", 1)[1] if source.startswith("random:") else source
     if size not in SIZES:
-        raise ValueError(f"unknown random model {source!r}; use random:tiny or random:sd15")
+        from .sources import ModelNotFoundError
+
+        raise ModelNotFoundError(f"Unknown random model {source!r}: use random:tiny or random:sd15.")
     import platformdirs
 
     folder = Path(platformdirs.user_cache_dir("napari-maskdiffusion")) / f"random-{size}"

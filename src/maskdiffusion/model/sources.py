@@ -1,0 +1,183 @@
+"""Where the weights are: a hub id, a diffusers folder or a single file.
+
+:func:`locate_source` says which of these a source is; :func:`load_diffusers` reads a diffusers
+layout from a folder or from the Hugging Face Hub (its cache first). Every way this can fail
+ends in one line naming the source, the cache folder and how to pass local weights.
+
+torch, diffusers and huggingface_hub are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..core.params import DEFAULT_MODEL
+from ..errors import BadInputError
+
+__all__ = [
+    "ModelFormatError",
+    "ModelNotFoundError",
+    "first_line",
+    "hf_cache_dir",
+    "hub_offline",
+    "load_diffusers",
+    "locate_source",
+]
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
+HOW_TO = (
+    "To use local weights, pass a diffusers folder (with model_index.json) or a .safetensors/.ckpt file, "
+    "e.g. --model /path/to/stable-diffusion-v1-4"
+)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelNotFoundError(BadInputError):
+    """The weights are not where the user said (or not in the Hugging Face cache)."""
+
+
+class ModelFormatError(ModelNotFoundError):
+    """Something is there, but it is not readable Stable Diffusion 1.x/2.x weights."""
+
+
+def locate_source(source: str | os.PathLike | None) -> tuple[str, str]:
+    """``(kind, where)``, kind one of ``"folder"``, ``"file"``, ``"hub"``.
+
+    ``where`` is the resolved path of a file or folder, or the hub id. An existing path wins
+    over a hub id; ``None`` is :data:`~maskdiffusion.core.params.DEFAULT_MODEL`.
+    """
+    text = os.fspath(source) if source is not None else DEFAULT_MODEL
+    path = Path(text).expanduser()
+    if path.exists():
+        path = path.resolve()
+        return ("file" if path.is_file() else "folder"), str(path)
+    looks_like_path = isinstance(source, os.PathLike) or text.lower().endswith(SINGLE_FILE_SUFFIXES)
+    if looks_like_path or not _HUB_ID.match(text):
+        raise ModelNotFoundError(f"Model path '{path.absolute()}' does not exist. {HOW_TO}.")
+    return "hub", text
+
+
+# --- the Hugging Face Hub ---------------------------------------------------------------------------
+
+
+def hf_cache_dir() -> Path:
+    """The hub cache folder, read from the environment now (not when huggingface_hub was imported)."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set, now or when huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+# --- diffusers folders and hub ids ------------------------------------------------------------------
+
+
+def load_diffusers(source: str, hub: bool) -> dict:
+    """The four components and the scheduler config of a diffusers layout (folder or hub id)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if hub:
+        kwargs = {"cache_dir": str(hf_cache_dir())}
+        _check_model_index(_hub_model_index(source, kwargs), source)
+    else:
+        kwargs = {}
+        _check_model_index(Path(source) / "model_index.json", source)
+
+    loaders = {
+        "tokenizer": CLIPTokenizer.from_pretrained,
+        "text_encoder": CLIPTextModel.from_pretrained,
+        "vae": AutoencoderKL.from_pretrained,
+        "unet": UNet2DConditionModel.from_pretrained,
+    }
+    parts = {}
+    for name, load in loaders.items():
+        try:
+            parts[name] = load(source, subfolder=name, **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ModelFormatError(f"Could not load the {name} of '{source}': {first_line(err)}") from err
+    try:
+        parts["scheduler_config"] = dict(DDIMScheduler.load_config(source, subfolder="scheduler", **kwargs))
+    except (OSError, ValueError):
+        from .single_file import bundled_scheduler_config
+
+        parts["scheduler_config"] = bundled_scheduler_config("sd1")
+    return parts
+
+
+def _hub_model_index(repo_id: str, kwargs: dict) -> Path:
+    """Fetch (or find in the cache) ``model_index.json`` of a hub repo; the clear errors live here.
+
+    Sets ``kwargs["local_files_only"]`` for the components that follow (True when downloads
+    are off).
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    reason = "downloads are off (HF_HUB_OFFLINE=1)" if hub_offline() else None
+    kwargs["local_files_only"] = reason is not None
+    try:
+        return Path(hf_hub_download(repo_id, "model_index.json", **kwargs))
+    except RepositoryNotFoundError as err:
+        raise ModelNotFoundError(
+            f"Model '{repo_id}' is neither a local path nor a repository on the Hugging Face Hub "
+            f"(gated or private ones need `hf auth login`). {HOW_TO}."
+        ) from err
+    except LocalEntryNotFoundError as err:
+        missing = err
+    except EntryNotFoundError as err:
+        raise ModelFormatError(
+            f"'{repo_id}' on the Hugging Face Hub is not a diffusers Stable Diffusion repository "
+            f"(no model_index.json). {HOW_TO}."
+        ) from err
+    except Exception as err:  # noqa: BLE001 - every other download failure is told in one line
+        missing = err
+    reason = reason or f"it could not be downloaded ({first_line(missing)})"
+    raise ModelNotFoundError(
+        f"Model '{repo_id}' is neither a local path nor in the Hugging Face cache ({kwargs['cache_dir']}), "
+        f"and {reason}. {HOW_TO}."
+    ) from missing
+
+
+def _check_model_index(index_file: Path, source: str) -> None:
+    import json
+
+    folder = index_file.parent
+    if not index_file.is_file():
+        hint = ""
+        files = sorted(p.name for p in folder.iterdir() if p.suffix in SINGLE_FILE_SUFFIXES)
+        if files:
+            hint = f" It holds {files[0]}: pass that file itself."
+        raise ModelFormatError(
+            f"'{source}' is not a diffusers Stable Diffusion folder: model_index.json is missing.{hint} {HOW_TO}."
+        )
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelFormatError(f"'{index_file}' is not readable JSON: {first_line(err)}") from err
+    missing = [name for name in COMPONENTS if name not in index]
+    if missing:
+        raise ModelFormatError(
+            f"'{source}' is not a Stable Diffusion 1.x/2.x model: model_index.json lists no {', '.join(missing)}."
+        )
+
+
+def first_line(err: BaseException) -> str:
+    """An error's message cut to its first line (at most 300 characters)."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:300]
