@@ -28,6 +28,7 @@ from maskdiffusion.model.loading import (
     resolve_device,
     resolve_dtype,
 )
+from maskdiffusion.model.sources import is_random_source, resolve_source
 
 HAS_ACCELERATOR = torch.cuda.is_available() or torch.backends.mps.is_available()
 
@@ -243,6 +244,22 @@ def test_single_file_missing_weights(tiny, tiny_model_dir, tmp_path):
 def test_config_only_for_single_files(tiny_model_dir):
     with pytest.raises(BadInputError, match="config= only applies"):
         load_model(tiny_model_dir, device="cpu", config=tiny_model_dir)
+
+
+def test_random_source_through_load_model(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "napari-maskdiffusion" / "random-tiny"
+    assert is_random_source("random:tiny") and not is_random_source("someone/tiny-sd")
+    sd = load_model("random:tiny", "cpu", "fp32")
+    assert (folder / "model_index.json").is_file()
+    assert sd.source == "random:tiny" and sd.dtype == torch.float32
+    _same_weights(sd.unet, tiny.unet)
+    assert load_model("random:tiny", "cpu", "fp32") is sd
+    assert resolve_source("random:tiny") == str(folder)
+    assert resolve_source("someone/tiny-sd") == "someone/tiny-sd"
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "scratch folder left behind"
+    with pytest.raises(ModelNotFoundError, match="use random:tiny or random:sd15"):
+        load_model("random:huge", "cpu")
 
 
 REAL_SIZES = {  # parameter counts of the released SD 1.x / 2.x components

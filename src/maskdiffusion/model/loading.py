@@ -1,10 +1,10 @@
 """The frozen Stable Diffusion model the engine runs: loaded once per (source, device, dtype).
 
-:func:`load_model` takes any source :mod:`.sources` understands (hub id, diffusers folder) or a
-single checkpoint file (:mod:`.single_file`), loads only what MaskDiffusion needs (tokenizer,
-text encoder, VAE, UNet, scheduler config: no pipeline, no safety checker) and keeps it until
-:func:`clear_model_cache`. :func:`resolve_device` and :func:`resolve_dtype` choose where and in
-which precision it runs (``docs/algorithm.md`` §5).
+:func:`load_model` takes any source :mod:`.sources` understands (hub id, diffusers folder,
+``random:tiny``/``random:sd15``) or a single checkpoint file (:mod:`.single_file`), loads only
+what MaskDiffusion needs (tokenizer, text encoder, VAE, UNet, scheduler config: no pipeline, no
+safety checker) and keeps it until :func:`clear_model_cache`. :func:`resolve_device` and
+:func:`resolve_dtype` choose where and in which precision it runs (``docs/algorithm.md`` §5).
 
 torch, diffusers and transformers are imported inside the functions: importing this module stays
 cheap for napari's start-up.
@@ -127,8 +127,9 @@ def load_model(
     Parameters
     ----------
     source : str or path, optional
-        A hub id, a diffusers folder or a ``.safetensors``/``.ckpt`` file. Defaults to
-        :data:`~maskdiffusion.core.params.DEFAULT_MODEL`.
+        A hub id, a diffusers folder, a ``.safetensors``/``.ckpt`` file, or ``random:tiny`` /
+        ``random:sd15`` (random weights in SD 1.x's layout, built in the user cache on first
+        use). Defaults to :data:`~maskdiffusion.core.params.DEFAULT_MODEL`.
     device, dtype : str, optional
         See :func:`resolve_device` and :func:`resolve_dtype`.
     config : str or path, optional
@@ -142,14 +143,24 @@ def load_model(
         With one readable line (:class:`ModelFormatError` when the weights are unreadable).
     DeviceError, DTypeError
         For a device or precision that cannot be used here.
+
+    Examples
+    --------
+    >>> sd = load_model("random:tiny", device="cpu", dtype="fp32")  # doctest: +SKIP
+    >>> sd.source, sd.dtype  # doctest: +SKIP
+    ('random:tiny', torch.float32)
+    >>> load_model("random:tiny", device="cpu", dtype="fp32") is sd  # doctest: +SKIP
+    True
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    kind, where = locate_source(source)
+    with _quiet():
+        kind, where = locate_source(source)
     if config is not None and kind != "file":
         raise BadInputError("config= only applies to a single .safetensors/.ckpt file.")
     config_dir = resolve_config(config) if config is not None else None
-    key = (where, str(dev), str(dt), config_dir)
+    name = os.fspath(source) if kind == "random" else where
+    key = (name, where, str(dev), str(dt), config_dir)
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -160,7 +171,7 @@ def load_model(
                 parts = load_diffusers(where, hub=kind == "hub")
             for part in ("text_encoder", "vae", "unet"):
                 parts[part] = parts[part].to(device=dev, dtype=dt).eval().requires_grad_(False)
-        model = SDModel(device=dev, dtype=dt, source=where, **parts)
+        model = SDModel(device=dev, dtype=dt, source=name, **parts)
         _CACHE[key] = model
         return model
 

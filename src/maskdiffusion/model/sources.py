@@ -1,8 +1,10 @@
-"""Where the weights are: a hub id, a diffusers folder or a single file.
+"""Where the weights are: a hub id, a diffusers folder, a single file or ``random:<size>``.
 
 :func:`locate_source` says which of these a source is; :func:`load_diffusers` reads a diffusers
 layout from a folder or from the Hugging Face Hub (its cache first). Every way this can fail
 ends in one line naming the source, the cache folder and how to pass local weights.
+``random:tiny``/``random:sd15`` (:mod:`.random_sd`) resolve to a folder built on first use
+(``docs/algorithm.md`` §5).
 
 torch, diffusers and huggingface_hub are imported inside the functions.
 """
@@ -22,12 +24,15 @@ __all__ = [
     "first_line",
     "hf_cache_dir",
     "hub_offline",
+    "is_random_source",
     "load_diffusers",
     "locate_source",
+    "resolve_source",
 ]
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
+RANDOM_PREFIX = "random:"
 HOW_TO = (
     "To use local weights, pass a diffusers folder (with model_index.json) or a .safetensors/.ckpt file, "
     "e.g. --model /path/to/stable-diffusion-v1-4"
@@ -44,12 +49,31 @@ class ModelFormatError(ModelNotFoundError):
     """Something is there, but it is not readable Stable Diffusion 1.x/2.x weights."""
 
 
-def locate_source(source: str | os.PathLike | None) -> tuple[str, str]:
-    """``(kind, where)``, kind one of ``"folder"``, ``"file"``, ``"hub"``.
+# --- what a source names -------------------------------------------------------------------------
 
-    ``where`` is the resolved path of a file or folder, or the hub id. An existing path wins
-    over a hub id; ``None`` is :data:`~maskdiffusion.core.params.DEFAULT_MODEL`.
+
+def is_random_source(source) -> bool:
+    """Whether ``source`` names a random-weight model (``random:tiny``, ``random:sd15``)."""
+    return isinstance(source, str) and source.startswith(RANDOM_PREFIX)
+
+
+def resolve_source(source):
+    """The folder of a ``random:`` model (built in the user cache on first use), else ``source``."""
+    if not is_random_source(source):
+        return source
+    from .random_sd import random_model_folder
+
+    return str(random_model_folder(source))
+
+
+def locate_source(source: str | os.PathLike | None) -> tuple[str, str]:
+    """``(kind, where)``, kind one of ``"random"``, ``"folder"``, ``"file"``, ``"hub"``.
+
+    ``where`` is the folder of a random model, the resolved path of a file or folder, or the hub
+    id. An existing path wins over a hub id; ``None`` is :data:`~maskdiffusion.core.params.DEFAULT_MODEL`.
     """
+    if is_random_source(source):
+        return "random", resolve_source(source)
     text = os.fspath(source) if source is not None else DEFAULT_MODEL
     path = Path(text).expanduser()
     if path.exists():
