@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from ldm_layout import original_checkpoint
@@ -175,12 +176,66 @@ def test_folder_that_is_not_stable_diffusion(tmp_path):
         load_model(tmp_path, device="cpu")
 
 
-def test_corrupt_single_file(tmp_path):
-    path = tmp_path / "broken.safetensors"
-    path.write_bytes(b"\x00\x01 not really a safetensors file")
-    with pytest.raises(ModelNotFoundError, match="Could not read the checkpoint") as err:
+def _text_file(path):
+    path.write_text("model: stable-diffusion-v1-4\nthis is a text file\n")
+
+
+def _png_file(path):
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+
+
+def _random_bytes(path):
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+def _truncated_safetensors(path, unet):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(("name", "write"), [
+    ("notes.ckpt", _text_file),
+    ("picture.ckpt", _png_file),
+    ("x.safetensors", _random_bytes),
+    ("half.safetensors", "truncated"),
+])
+def test_a_file_that_is_not_a_checkpoint(name, write, tmp_path, tiny):
+    path = tmp_path / name
+    if write == "truncated":
+        _truncated_safetensors(path, tiny.unet)
+    else:
+        write(path)
+    with pytest.raises(ModelFormatError) as err:
         load_model(path, device="cpu")
-    assert str(path) in str(err.value) and err.value.__cause__ is not None
+    resolved = path.resolve()
+    assert str(err.value) == (
+        f"'{resolved}' is not a Stable Diffusion checkpoint (not a readable .safetensors/.ckpt file)"
+    )
+    assert isinstance(err.value, BadInputError) and err.value.__cause__ is not None
+
+
+class _Callback:
+    """Stands for the training objects some .ckpt files pickle beside their weights."""
+
+
+def test_ckpt_with_python_objects_is_not_unpickled(tiny, tmp_path):
+    path = tmp_path / "with-callbacks.ckpt"
+    checkpoint = original_checkpoint(tiny.unet, tiny.vae, tiny.text_encoder, "clip")
+    torch.save({"state_dict": checkpoint, "callbacks": _Callback()}, path)
+    with pytest.raises(ModelFormatError, match="holds pickled Python objects besides tensors") as err:
+        load_model(path, device="cpu")
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_safetensors_file_named_ckpt_is_read_by_content(tiny, tiny_model_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "renamed.ckpt"
+    save_file(original_checkpoint(tiny.unet, tiny.vae, tiny.text_encoder, "clip"), str(path))
+    _same_weights(load_model(path, device="cpu", dtype="fp32", config=tiny_model_dir).unet, tiny.unet)
 
 
 def test_single_file_that_is_not_a_full_model(tmp_path):

@@ -4,12 +4,13 @@
 ``weights_only``); :func:`load_single_file` tells SD 1.x from SD 2.x by the key names and converts
 the weights with diffusers' single-file key mappings against the configs bundled in
 ``configs/`` (or a diffusers-layout ``config`` folder), so no network is needed
-(``docs/algorithm.md`` §5).
+(``docs/algorithm.md`` §5). A file that is not such a checkpoint gives one line saying so.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,9 @@ __all__ = [
 ]
 
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+#: torch.save writes a zip archive; a safetensors header is at most 100 MB.
+_ZIP_MAGIC = b"PK\x03\x04"
+_MAX_HEADER = 100_000_000
 
 
 def resolve_config(config: str | os.PathLike) -> str:
@@ -63,9 +67,18 @@ def load_single_file(path: Path, config_dir: str | None) -> dict:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """The flat state dict of a ``.safetensors`` file or a (tensors-only) pickled ``.ckpt``."""
+    """The flat state dict of a safetensors file or a (tensors-only) pickled checkpoint.
+
+    The format is told by the file's first bytes, not its suffix.
+    """
+    not_checkpoint = f"'{path}' is not a Stable Diffusion checkpoint (not a readable .safetensors/.ckpt file)"
     try:
-        if path.suffix == ".safetensors":
+        with open(path, "rb") as file:
+            head = file.read(9)
+    except OSError as err:
+        raise ModelNotFoundError(f"Could not read '{path}': {err.strerror or first_line(err)}.") from err
+    try:
+        if _is_safetensors(head):
             from safetensors.torch import load_file
 
             checkpoint = load_file(str(path), device="cpu")
@@ -76,13 +89,22 @@ def read_checkpoint(path: Path) -> dict:
         while isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
             checkpoint = checkpoint["state_dict"]
     except Exception as err:
-        raise ModelFormatError(
-            f"Could not read the checkpoint '{path}': {first_line(err)}. "
-            "Is it a complete .safetensors/.ckpt file (a .ckpt must hold tensors only)?"
-        ) from err
-    if not isinstance(checkpoint, dict) or not checkpoint:
+        if head.startswith(_ZIP_MAGIC) and isinstance(err, pickle.UnpicklingError):
+            raise ModelFormatError(
+                f"'{path}' holds pickled Python objects besides tensors, which are not loaded for safety: "
+                "convert it to .safetensors."
+            ) from err
+        raise ModelFormatError(not_checkpoint) from err
+    if not isinstance(checkpoint, dict):
+        raise ModelFormatError(not_checkpoint)
+    if not checkpoint:
         raise ModelFormatError(f"The checkpoint '{path}' holds no weights.")
     return checkpoint
+
+
+def _is_safetensors(head: bytes) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little-endian), then ``{``."""
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < _MAX_HEADER
 
 
 def checkpoint_family(checkpoint: dict, path: Path) -> str:
