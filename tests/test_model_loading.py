@@ -7,8 +7,10 @@ reverse key mapping in ``ldm_layout``.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from ldm_layout import original_checkpoint
 
 from maskdiffusion.core.params import DEFAULT_MODEL
 from maskdiffusion.errors import BadInputError
-from maskdiffusion.model import loading, single_file
+from maskdiffusion.model import loading, single_file, sources
 from maskdiffusion.model.loading import (
     DeviceError,
     DTypeError,
@@ -29,7 +31,7 @@ from maskdiffusion.model.loading import (
     resolve_device,
     resolve_dtype,
 )
-from maskdiffusion.model.sources import is_random_source, resolve_source
+from maskdiffusion.model.sources import hub_reachable, is_random_source, resolve_source
 
 HAS_ACCELERATOR = torch.cuda.is_available() or torch.backends.mps.is_available()
 
@@ -124,6 +126,12 @@ def test_missing_path(tmp_path):
 
 
 @pytest.fixture
+def no_proxy(monkeypatch):
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
 def empty_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
@@ -131,8 +139,23 @@ def empty_hub_cache(tmp_path, monkeypatch):
     return tmp_path / "hf" / "hub"
 
 
+@pytest.fixture
+def closed_hub(monkeypatch, no_proxy):
+    """Downloads allowed, but the Hub is a closed port on this machine: refused at once."""
+    from huggingface_hub import constants
+
+    endpoint = "http://127.0.0.1:9"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    return endpoint
+
+
 def test_missing_hub_id_offline_names_id_and_cache(empty_hub_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(sources, "hub_reachable", lambda *a, **k: pytest.fail("offline: the Hub is not probed"))
     with pytest.raises(ModelNotFoundError) as err:
         load_model(None, device="cpu")
     message = str(err.value)
@@ -141,6 +164,29 @@ def test_missing_hub_id_offline_names_id_and_cache(empty_hub_cache, monkeypatch)
     assert "HF_HUB_OFFLINE=1" in message and "--model /path/to/stable-diffusion-v1-4" in message
     assert err.value.__cause__ is not None
     assert len(message.splitlines()) == 1
+
+
+def test_unreachable_hub_fails_fast_like_offline(empty_hub_cache, closed_hub):
+    from diffusers import UNet2DConditionModel  # noqa: F401 - the time measured is the Hub's, not imports'
+    from transformers import CLIPTextModel  # noqa: F401
+
+    start = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model("someone/not-cached", device="cpu")
+    elapsed = time.perf_counter() - start
+    message = str(err.value)
+    assert elapsed < 10, elapsed
+    assert "'someone/not-cached'" in message and str(empty_hub_cache) in message
+    assert f"(the Hugging Face Hub could not be reached at {closed_hub})" in message
+    assert "--model /path/to/stable-diffusion-v1-4" in message and len(message.splitlines()) == 1
+
+
+def test_hub_reachable_is_a_plain_connection(no_proxy):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert hub_reachable(f"http://127.0.0.1:{server.getsockname()[1]}", timeout=2)
+    assert not hub_reachable("http://127.0.0.1:9", timeout=2)
 
 
 def test_hub_id_loads_from_the_offline_cache(tiny, tiny_model_dir, tmp_path, monkeypatch):

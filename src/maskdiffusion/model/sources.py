@@ -2,9 +2,9 @@
 
 :func:`locate_source` says which of these a source is; :func:`load_diffusers` reads a diffusers
 layout from a folder or from the Hugging Face Hub (its cache first). Every way this can fail
-ends in one line naming the source, the cache folder and how to pass local weights.
-``random:tiny``/``random:sd15`` (:mod:`.random_sd`) resolve to a folder built on first use
-(``docs/algorithm.md`` §5).
+ends in one line naming the source, the cache folder and how to pass local weights. Without a
+network the hub is not waited for: :func:`hub_reachable` answers within seconds and the load
+goes on from the cache alone, as with ``HF_HUB_OFFLINE=1`` (``docs/algorithm.md`` §5).
 
 torch, diffusers and huggingface_hub are imported inside the functions.
 """
@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
 from pathlib import Path
 
 from ..core.params import DEFAULT_MODEL
 from ..errors import BadInputError
 
 __all__ = [
+    "HUB_TIMEOUT_S",
     "ModelFormatError",
     "ModelNotFoundError",
     "first_line",
     "hf_cache_dir",
+    "hub_endpoint",
     "hub_offline",
+    "hub_reachable",
     "is_random_source",
     "load_diffusers",
     "locate_source",
@@ -37,6 +42,8 @@ HOW_TO = (
     "To use local weights, pass a diffusers folder (with model_index.json) or a .safetensors/.ckpt file, "
     "e.g. --model /path/to/stable-diffusion-v1-4"
 )
+#: Seconds to wait for the Hub: the reachability check, and each metadata request after it.
+HUB_TIMEOUT_S = 3.0
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -104,6 +111,53 @@ def hub_offline() -> bool:
     return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def hub_endpoint() -> str:
+    """The Hub address huggingface_hub sends requests to (``HF_ENDPOINT`` as it read it)."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the Hub (or to the proxy in front of it) opens within ``timeout`` s.
+
+    Name lookup has no timeout of its own, so the attempt runs in a daemon thread that is
+    given up on after ``timeout``: a machine without network answers ``False`` in that time.
+    """
+    host, port = _connect_target(endpoint or hub_endpoint())
+    if not host:
+        return False
+    answer: list[bool] = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    probe = threading.Thread(target=connect, name="maskdiffusion-hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(answer) and answer[0]
+
+
+def _connect_target(endpoint: str) -> tuple[str | None, int]:
+    """(host, port) a request to ``endpoint`` connects to first: its proxy, if one is set for it."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    url = urlsplit(endpoint)
+    proxy = None
+    if url.hostname and not proxy_bypass(url.hostname):
+        proxies = getproxies()
+        proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy:
+        target = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        return target.hostname, target.port or 80
+    return url.hostname, url.port or (443 if url.scheme == "https" else 80)
+
+
 # --- diffusers folders and hub ids ------------------------------------------------------------------
 
 
@@ -143,8 +197,8 @@ def load_diffusers(source: str, hub: bool) -> dict:
 def _hub_model_index(repo_id: str, kwargs: dict) -> Path:
     """Fetch (or find in the cache) ``model_index.json`` of a hub repo; the clear errors live here.
 
-    Sets ``kwargs["local_files_only"]`` for the components that follow (True when downloads
-    are off).
+    Sets ``kwargs["local_files_only"]`` for the components that follow: True when downloads
+    are off or the Hub cannot be reached, so they are read from the cache without waiting.
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -153,10 +207,16 @@ def _hub_model_index(repo_id: str, kwargs: dict) -> Path:
         RepositoryNotFoundError,
     )
 
-    reason = "downloads are off (HF_HUB_OFFLINE=1)" if hub_offline() else None
+    if hub_offline():
+        reason = "downloads are off (HF_HUB_OFFLINE=1)"
+    elif not hub_reachable():
+        reason = f"it cannot be downloaded (the Hugging Face Hub could not be reached at {hub_endpoint()})"
+    else:
+        reason = None
     kwargs["local_files_only"] = reason is not None
+    timeout = {} if reason else {"etag_timeout": HUB_TIMEOUT_S}
     try:
-        return Path(hf_hub_download(repo_id, "model_index.json", **kwargs))
+        return Path(hf_hub_download(repo_id, "model_index.json", **kwargs, **timeout))
     except RepositoryNotFoundError as err:
         raise ModelNotFoundError(
             f"Model '{repo_id}' is neither a local path nor a repository on the Hugging Face Hub "
