@@ -27,6 +27,7 @@ from maskdiffusion.model.loading import (
     ModelNotFoundError,
     SDModel,
     clear_model_cache,
+    cpu_has_native_bf16,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -45,7 +46,7 @@ def _fresh_cache():
 
 @pytest.fixture
 def tiny(tiny_model_dir):
-    return load_model(tiny_model_dir, device="cpu")
+    return load_model(tiny_model_dir, device="cpu", dtype="fp32")
 
 
 def _same_weights(a, b):
@@ -72,7 +73,7 @@ def test_folder_loads_frozen_components(tiny, tiny_model_dir):
     assert isinstance(tiny.vae, AutoencoderKL)
     assert isinstance(tiny.unet, UNet2DConditionModel)
     assert tiny.source == str(tiny_model_dir.resolve())
-    assert tiny.device == torch.device("cpu") and tiny.dtype == torch.float32
+    assert tiny.device == torch.device("cpu") and tiny.dtype == torch.float32 and tiny.precision == "fp32"
     for module in (tiny.text_encoder, tiny.vae, tiny.unet):
         assert not module.training
         assert all(not p.requires_grad and p.dtype == torch.float32 and p.device.type == "cpu"
@@ -84,17 +85,17 @@ def test_folder_loads_frozen_components(tiny, tiny_model_dir):
 def test_cache_per_source_device_and_dtype(tiny, tiny_model_dir):
     assert load_model(str(tiny_model_dir), device="cpu", dtype="fp32") is tiny
     half = load_model(tiny_model_dir, device="cpu", dtype="fp16")
-    assert half is not tiny and half.dtype == torch.float16
+    assert half is not tiny and half.dtype == torch.float16 and half.precision == "fp16"
     assert next(half.unet.parameters()).dtype == torch.float16
     assert load_model(tiny_model_dir, device="cpu", dtype="float16") is half
     clear_model_cache()
-    assert load_model(tiny_model_dir, device="cpu") is not tiny
+    assert load_model(tiny_model_dir, device="cpu", dtype="fp32") is not tiny
 
 
 @pytest.mark.skipif(HAS_ACCELERATOR, reason="auto picks the accelerator here")
 def test_auto_device_is_cpu_without_accelerator(tiny, tiny_model_dir):
     assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")
-    assert load_model(tiny_model_dir) is tiny
+    assert load_model(tiny_model_dir, dtype="fp32") is tiny
     with pytest.raises(DeviceError, match="CUDA is not available"):
         resolve_device("cuda")
 
@@ -107,14 +108,31 @@ def test_unknown_device_is_a_clear_error(name):
 
 
 def test_dtypes():
-    assert resolve_dtype(None, "cpu") == torch.float32
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("fp16", "cpu") == resolve_dtype("float16", "cpu") == torch.float16
     assert resolve_dtype("fp32", "cpu") == resolve_dtype("float32", "cpu") == torch.float32
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16
     with pytest.raises(DTypeError, match="Unknown dtype") as err:
         resolve_dtype("int8", "cpu")
     assert isinstance(err.value, BadInputError)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_on_cpu_is_bf16_where_native(native, monkeypatch):
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: native)
+    expected = torch.bfloat16 if native else torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == resolve_dtype(None, "cpu") == expected
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+
+
+def test_cpu_bf16_capability_comes_from_torch():
+    found = torch.cpu.get_capabilities()
+    assert cpu_has_native_bf16() == bool(found.get("avx512_bf16") or found.get("amx_bf16"))
+
+
+def test_bf16_model_on_cpu(tiny_model_dir):
+    sd = load_model(tiny_model_dir, device="cpu", dtype="bf16")
+    assert sd.dtype == torch.bfloat16 and sd.precision == "bf16"
+    assert next(sd.unet.parameters()).dtype == torch.bfloat16
 
 
 def test_missing_path(tmp_path):
@@ -199,7 +217,7 @@ def test_hub_id_loads_from_the_offline_cache(tiny, tiny_model_dir, tmp_path, mon
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    cached = load_model("someone/tiny-sd", device="cpu")
+    cached = load_model("someone/tiny-sd", device="cpu", dtype="fp32")
     assert cached.source == "someone/tiny-sd"
     _same_weights(cached.unet, tiny.unet)
     shutil.rmtree(repo / "snapshots" / commit / "unet")
@@ -298,14 +316,14 @@ def test_single_safetensors_file_equals_folder(tiny, tiny_model_dir, tmp_path):
 
     path = tmp_path / "tiny-sd1.safetensors"
     save_file(original_checkpoint(tiny.unet, tiny.vae, tiny.text_encoder, "clip"), str(path))
-    single = load_model(path, device="cpu", config=tiny_model_dir)
+    single = load_model(path, device="cpu", dtype="fp32", config=tiny_model_dir)
     assert single.source == str(path.resolve())
     for part in ("unet", "vae", "text_encoder"):
         _same_weights(getattr(tiny, part), getattr(single, part))
         assert not getattr(single, part).training
     assert single.tokenizer("impervious surfaces").input_ids == tiny.tokenizer("impervious surfaces").input_ids
     assert single.scheduler_config == tiny.scheduler_config
-    assert load_model(path, device="cpu", config=tiny_model_dir) is single
+    assert load_model(path, device="cpu", dtype="fp32", config=tiny_model_dir) is single
 
 
 def test_single_ckpt_file_with_openclip_text_encoder(tiny, tiny_model_dir, tmp_path):
@@ -315,7 +333,7 @@ def test_single_ckpt_file_with_openclip_text_encoder(tiny, tiny_model_dir, tmp_p
     path = tmp_path / "tiny-sd2.ckpt"
     checkpoint = original_checkpoint(tiny.unet, tiny.vae, tiny.text_encoder, "openclip")
     torch.save({"global_step": 1, "state_dict": checkpoint}, path)
-    single = load_model(path, device="cpu", config=config)
+    single = load_model(path, device="cpu", dtype="fp32", config=config)
     for part in ("unet", "vae", "text_encoder"):
         _same_weights(getattr(tiny, part), getattr(single, part))
     assert single.tokenizer.pad_token == "!"
@@ -353,7 +371,7 @@ def test_random_source_through_load_model(tiny, tmp_path, monkeypatch):
     assert is_random_source("random:tiny") and not is_random_source("someone/tiny-sd")
     sd = load_model("random:tiny", "cpu", "fp32")
     assert (folder / "model_index.json").is_file()
-    assert sd.source == "random:tiny" and sd.dtype == torch.float32
+    assert sd.source == "random:tiny" and sd.precision == "fp32"
     _same_weights(sd.unet, tiny.unet)
     assert load_model("random:tiny", "cpu", "fp32") is sd
     assert resolve_source("random:tiny") == str(folder)

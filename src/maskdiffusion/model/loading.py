@@ -34,6 +34,7 @@ __all__ = [
     "ModelNotFoundError",
     "SDModel",
     "clear_model_cache",
+    "cpu_has_native_bf16",
     "load_model",
     "resolve_device",
     "resolve_dtype",
@@ -44,6 +45,7 @@ _DTYPES = {
     "fp32": "float32", "float32": "float32", "float": "float32",
     "bf16": "bfloat16", "bfloat16": "bfloat16",
 }
+_PRECISION = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 _CACHE: dict[tuple, SDModel] = {}
 _LOCK = threading.Lock()
 
@@ -68,6 +70,12 @@ class SDModel:
     dtype: torch.dtype
     source: str
     scheduler_config: dict = field(repr=False)
+
+    @property
+    def precision(self) -> str:
+        """``"fp16"``, ``"bf16"`` or ``"fp32"``: the dtype the weights run in, for display."""
+        name = str(self.dtype).removeprefix("torch.")
+        return _PRECISION.get(name, name)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -101,15 +109,34 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     raise DeviceError(f"Unsupported device {device!r}: use auto, cpu, cuda, cuda:N or mps.")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX-BF16), as torch detects it."""
+    import torch
+
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        found = capabilities()
+        return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None) -> torch.dtype:
-    """The torch dtype for a name; ``None``/``"auto"``: float16 on cuda/mps, float32 on cpu."""
+    """The torch dtype for a name.
+
+    ``None``/``"auto"``: float16 on cuda/mps; on a cpu bfloat16 where it is native
+    (:func:`cpu_has_native_bf16`), else float32. An explicit ``bf16`` runs on any cpu (slowly
+    without hardware support).
+    """
     import torch
 
     if isinstance(dtype, torch.dtype):
         return dtype
     name = str(dtype if dtype is not None else "auto").strip().lower().removeprefix("torch.")
     if name == "auto":
-        return torch.float16 if resolve_device(device).type in ("cuda", "mps") else torch.float32
+        if resolve_device(device).type in ("cuda", "mps"):
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if name not in _DTYPES:
         raise DTypeError(f"Unknown dtype {dtype!r}: use auto, fp16, fp32 or bf16.")
     return getattr(torch, _DTYPES[name])
@@ -147,8 +174,8 @@ def load_model(
     Examples
     --------
     >>> sd = load_model("random:tiny", device="cpu", dtype="fp32")  # doctest: +SKIP
-    >>> sd.source, sd.dtype  # doctest: +SKIP
-    ('random:tiny', torch.float32)
+    >>> sd.source, sd.precision  # doctest: +SKIP
+    ('random:tiny', 'fp32')
     >>> load_model("random:tiny", device="cpu", dtype="fp32") is sd  # doctest: +SKIP
     True
     """
