@@ -1,5 +1,5 @@
-"""What one UNet pass leaves behind for MaskDiffusion (SPEC §2.3): an attention processor that
-records cross-attention maps, and hooks that record the input of two resnets.
+"""What one UNet pass leaves behind for MaskDiffusion (``docs/algorithm.md`` §2.3): an attention
+processor that records cross-attention maps, and hooks that record the input of two resnets.
 
 ``capture_unet`` installs both on a UNet for the duration of a ``with`` block and restores the
 UNet's own processors afterwards, so a cached model stays untouched for other users.
@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CaptureStore", "CrossAttentionCaptureProcessor", "capture_unet", "StopUNet"]
+from ..errors import BadInputError
+
+__all__ = ["CaptureStore", "CrossAttentionCaptureProcessor", "StopUNet", "capture_unet"]
 
 #: exp() of a larger logit overflows float32; real SD logits stay far below.
 _MAX_LOGIT = 80.0
@@ -128,7 +130,7 @@ def cross_attention_names(unet, blocks: Sequence[str]) -> list[str]:
     """Processor names of the ``attn2`` modules inside the given blocks."""
     names = [n for n in unet.attn_processors if ".attn2." in n and any(n.startswith(b + ".") for b in blocks)]
     if not names:
-        raise ValueError(f"no cross-attention layers found in {list(blocks)}")
+        raise BadInputError(f"no cross-attention layers found in {list(blocks)}")
     return names
 
 
@@ -140,7 +142,7 @@ def capture_unet(unet, attention_blocks: Sequence[str], feature_modules: Sequenc
     modules = dict(unet.named_modules())
     missing = [m for m in feature_modules if m not in modules]
     if missing:
-        raise ValueError(f"UNet has no module {missing[0]!r}")
+        raise BadInputError(f"UNet has no module {missing[0]!r}")
     store = CaptureStore(len(names), feature_modules, mode, stop_early)
     with _unet_lock(unet):
         original = unet.attn_processors

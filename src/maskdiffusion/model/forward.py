@@ -1,4 +1,4 @@
-"""The per-tile forward of MaskDiffusion (SPEC §2.1–2.3): one VAE encode, one UNet pass.
+"""The per-tile forward of MaskDiffusion (``docs/algorithm.md`` §2.1–2.3): one VAE encode, one UNet pass.
 
 No VAE decode, no inversion, no second model: :class:`TileRunner` encodes the prompts once per
 run, then turns each RGB tile into head-averaged token maps and the two feature tensors.

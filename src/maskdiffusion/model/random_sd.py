@@ -1,25 +1,29 @@
-"""Random-weight Stable Diffusion models with SD 1.x's exact block layout (SPEC §4).
+"""Random-weight Stable Diffusion models with SD 1.x's exact block layout (``docs/algorithm.md`` §5).
 
 ``"tiny"`` is for tests (seconds on a CPU), ``"sd15"`` has SD 1.5's full sizes for benchmarks:
 the cost of a pass is the real one, the masks are meaningless. Both are saved as an ordinary
-diffusers folder and loaded by :func:`maskdiffusion.model.loading.load_model` like real weights.
+diffusers folder and loaded by :func:`maskdiffusion.model.loading.load_model` like real weights;
+``load_model("random:tiny")`` builds it on first use (:func:`random_model_folder`).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 __all__ = ["SIZES", "build_random_sd", "random_model_folder"]
 
 SIZES = {
-    "tiny": dict(
-        unet_channels=(32, 32, 64, 64), norm_groups=8, heads=8, cross_dim=32,
-        vae_channels=(8, 16, 32, 32), text_layers=2, text_heads=4, text_ffn=37,
-    ),
-    "sd15": dict(
-        unet_channels=(320, 640, 1280, 1280), norm_groups=32, heads=8, cross_dim=768,
-        vae_channels=(128, 256, 512, 512), text_layers=12, text_heads=12, text_ffn=3072,
-    ),
+    "tiny": {
+        "unet_channels": (32, 32, 64, 64), "norm_groups": 8, "heads": 8, "cross_dim": 32,
+        "vae_channels": (8, 16, 32, 32), "text_layers": 2, "text_heads": 4, "text_ffn": 37,
+    },
+    "sd15": {
+        "unet_channels": (320, 640, 1280, 1280), "norm_groups": 32, "heads": 8, "cross_dim": 768,
+        "vae_channels": (128, 256, 512, 512), "text_layers": 12, "text_heads": 12, "text_ffn": 3072,
+    },
 }
 
 
@@ -106,13 +110,29 @@ def _write_model_index(folder: Path) -> None:
 
 
 def random_model_folder(source: str) -> Path:
-    """The folder of ``random:tiny`` or ``random:sd15``, built in the user cache on first use."""
+    """The folder of ``random:tiny`` or ``random:sd15``, built in the user cache on first use.
+
+    The cache is ``platformdirs.user_cache_dir("napari-maskdiffusion")`` (``$XDG_CACHE_HOME``
+    on Linux). The model is built in a scratch folder beside it and renamed into place, so
+    processes starting together (Dask workers) never read a half-written model.
+    """
     size = source.split(":", 1)[1] if source.startswith("random:") else source
     if size not in SIZES:
-        raise ValueError(f"unknown random model {source!r}; use random:tiny or random:sd15")
+        from .sources import ModelNotFoundError
+
+        raise ModelNotFoundError(f"Unknown random model {source!r}: use random:tiny or random:sd15.")
     import platformdirs
 
     folder = Path(platformdirs.user_cache_dir("napari-maskdiffusion")) / f"random-{size}"
     if not (folder / "model_index.json").exists():
-        build_random_sd(folder, size)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".random-{size}-", dir=folder.parent) as scratch:
+            built = build_random_sd(Path(scratch) / "model", size)
+            if folder.exists() and not (folder / "model_index.json").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                os.rename(built, folder)
+            except OSError:
+                if not (folder / "model_index.json").exists():
+                    raise
     return folder

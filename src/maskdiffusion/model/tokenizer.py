@@ -12,7 +12,7 @@ from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
-__all__ = ["write_clip_tokenizer_files", "build_clip_tokenizer"]
+__all__ = ["build_clip_tokenizer", "write_clip_tokenizer_files"]
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
