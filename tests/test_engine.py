@@ -16,7 +16,7 @@ POTSDAM = [c.name for c in preset_classes("potsdam6")]
 
 @pytest.fixture(scope="module")
 def sd(tiny_model_dir):
-    return load_model(tiny_model_dir, device="cpu")
+    return load_model(tiny_model_dir, device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -377,7 +377,7 @@ def test_random_source_through_load_model(tiny, tmp_path, monkeypatch):
     assert resolve_source("random:tiny") == str(folder)
     assert resolve_source("someone/tiny-sd") == "someone/tiny-sd"
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "scratch folder left behind"
-    with pytest.raises(ModelNotFoundError, match="use random:tiny or random:sd15"):
+    with pytest.raises(BadInputError, match="use random:tiny or random:sd15"):
         load_model("random:huge", "cpu")
 
 

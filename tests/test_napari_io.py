@@ -17,7 +17,7 @@ from napari.components import ViewerModel  # noqa: E402
 
 from maskdiffusion.core.classes import as_class_specs  # noqa: E402
 from maskdiffusion.errors import BadInputError  # noqa: E402
-from maskdiffusion.napari import layers, reader, samples, writers  # noqa: E402
+from maskdiffusion.napari import layers, reader, writers  # noqa: E402
 from maskdiffusion.napari.images import describe_image  # noqa: E402
 
 PLUGIN = "napari-maskdiffusion"

@@ -1,7 +1,6 @@
 """The equations of SPEC §2.4–2.6 on hand-made tensors."""
 
 import numpy as np
-import pytest
 import torch
 
 from maskdiffusion.core import prototypes as P

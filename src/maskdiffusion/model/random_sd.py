@@ -118,9 +118,9 @@ def random_model_folder(source: str) -> Path:
     """
     size = source.split(":", 1)[1] if source.startswith("random:") else source
     if size not in SIZES:
-        from .sources import ModelNotFoundError
+        from ..errors import BadInputError
 
-        raise ModelNotFoundError(f"Unknown random model {source!r}: use random:tiny or random:sd15.")
+        raise BadInputError(f"Unknown random model {source!r}: use random:tiny or random:sd15.")
     import platformdirs
 
     folder = Path(platformdirs.user_cache_dir("napari-maskdiffusion")) / f"random-{size}"

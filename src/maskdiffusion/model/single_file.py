@@ -14,6 +14,7 @@ import pickle
 import tempfile
 from pathlib import Path
 
+from .bundled import BUNDLED_CONFIGS, bundled_scheduler_config
 from .sources import ModelFormatError, ModelNotFoundError, first_line
 
 __all__ = [
@@ -25,7 +26,6 @@ __all__ = [
     "resolve_config",
 ]
 
-BUNDLED_CONFIGS = Path(__file__).parent / "configs"
 #: torch.save writes a zip archive; a safetensors header is at most 100 MB.
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_HEADER = 100_000_000
@@ -198,11 +198,6 @@ def _scheduler_config(config_dir: str, family: str) -> dict:
         return bundled_scheduler_config(family)
 
 
-def bundled_scheduler_config(family: str) -> dict:
-    """The scheduler config bundled for ``"sd1"`` or ``"sd2"``."""
-    import json
-
-    return json.loads((BUNDLED_CONFIGS / family / "scheduler" / "scheduler_config.json").read_text())
 
 
 def _check_fit(expected: dict, state: dict, path: Path, component: str, config_dir: str) -> None:

@@ -188,7 +188,7 @@ def load_diffusers(source: str, hub: bool) -> dict:
     try:
         parts["scheduler_config"] = dict(DDIMScheduler.load_config(source, subfolder="scheduler", **kwargs))
     except (OSError, ValueError):
-        from .single_file import bundled_scheduler_config
+        from .bundled import bundled_scheduler_config
 
         parts["scheduler_config"] = bundled_scheduler_config("sd1")
     return parts
