@@ -8,7 +8,12 @@
    segmenting 1024² and 4096² random images with the tiny model, against the bytes of the input
    and output arrays. Goal: the growth is the arrays, nothing more. Linux only (/proc).
 
-Prints one JSON object. ``--device cuda --dtype fp16`` times the GPU per-tile cost.
+3. Precision: the default precision (``--dtype auto``: bf16 on a CPU with native bf16, fp16 on a
+   GPU) against fp32 in the same run: seconds per tile of each (``tile_s_default``,
+   ``tile_s_fp32``) and the share of pixels whose label agrees (``label_agreement_default_vs_fp32``,
+   on ``--images`` synthetic Potsdam-like tiles).
+
+Prints one JSON object. ``--device cuda`` times the GPU per-tile cost.
 Usage: python benchmarks/bench_engine.py [--repeat 3] [--skip-memory] [--device cpu]
 """
 
@@ -58,6 +63,7 @@ def build_sd15_in_memory(device, dtype):
     ))
     tok = build_clip_tokenizer(tempfile.mkdtemp())
     parts = [m.to(device=device, dtype=dtype).eval().requires_grad_(False) for m in (text, vae, unet)]
+    parts[1:] = [m.to(memory_format=torch.channels_last) for m in parts[1:]]  # as load_model does
     return SDModel(tok, *parts, device=torch.device(device), dtype=dtype, source="random:sd15",
                    scheduler_config={})
 
@@ -92,15 +98,23 @@ def time_it(fn, device, repeat):
     return times
 
 
+def _images(n: int) -> list[np.ndarray]:
+    """A few 512² test images: synthetic Potsdam-like tiles (structure the features can follow)."""
+    from maskdiffusion.geo.synthetic import make_potsdam_like_tile
+
+    return [np.ascontiguousarray(make_potsdam_like_tile(512, seed=s)[0][..., :3]) for s in range(n)]
+
+
 def timing(device: str, dtype_name: str, repeat: int) -> dict:
+    """Seconds per 512² tile at ``dtype_name`` against the bare cost, in one process."""
     import torch
 
     from maskdiffusion import segment
     from maskdiffusion.core.classes import preset_classes
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype_name]
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     sd = build_sd15_in_memory(device, dtype)
-    image = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    image = _images(1)[0]
     prompt = " and ".join(c.prompts[0] for c in preset_classes("potsdam6"))
     run_engine = lambda: segment(image, CLASSES, sd)  # noqa: E731
     run_bare = lambda: bare_cost(sd, image, prompt)  # noqa: E731
@@ -116,6 +130,24 @@ def timing(device: str, dtype_name: str, repeat: int) -> dict:
         "engine_over_bare": round(e / b, 3),
         "bare_seconds": [round(t, 3) for t in bare], "engine_seconds": [round(t, 3) for t in engine],
     }
+
+
+def agreement(device: str, dtype_name: str, n_images: int) -> dict:
+    """Share of pixels whose label at ``dtype_name`` equals the fp32 label, same weights."""
+    import torch
+
+    from maskdiffusion import segment
+
+    images = _images(n_images)
+    labels = {}
+    for name in ("fp32", dtype_name):
+        torch.manual_seed(0)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+        sd = build_sd15_in_memory(device, dtype)
+        labels[name] = [segment(img, CLASSES, sd).labels for img in images]
+        del sd
+    shares = [float((a == b).mean()) for a, b in zip(labels["fp32"], labels[dtype_name])]
+    return {"images": n_images, "per_image": [round(s, 4) for s in shares], "mean": round(float(np.mean(shares)), 4)}
 
 
 # Linux: writing 5 to clear_refs resets the peak (VmHWM), so loading's transient peak is not counted.
@@ -163,17 +195,33 @@ def memory(sides=(1024, 4096)) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16"])
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="the precision timed as the default (default: what --dtype auto picks here)")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--images", type=int, default=3, help="images for the label agreement with fp32")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-timing", action="store_true")
     a = p.parse_args()
     import torch
 
+    from maskdiffusion.model.loading import resolve_dtype
+
     torch.set_grad_enabled(False)
-    out = {}
+    default = a.dtype or {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[
+        resolve_dtype("auto", a.device)]
+    out = {"default_dtype": default, "torch_threads": torch.get_num_threads()}
     if not a.skip_timing:
-        out["timing"] = timing(a.device, a.dtype or ("fp16" if a.device.startswith("cuda") else "fp32"), a.repeat)
+        out["timing_default"] = timing(a.device, default, a.repeat)
+        out["tile_s_default"] = out["timing_default"]["engine_seconds_median"]
+        if default != "fp32":
+            out["timing_fp32"] = timing(a.device, "fp32", a.repeat)
+            out["label_agreement"] = agreement(a.device, default, a.images)
+        else:
+            out["timing_fp32"] = out["timing_default"]
+            out["label_agreement"] = {"images": 0, "mean": 1.0}
+        out["tile_s_fp32"] = out["timing_fp32"]["engine_seconds_median"]
+        out["label_agreement_default_vs_fp32"] = out["label_agreement"]["mean"]
+        out["speedup_default_over_fp32"] = round(out["tile_s_fp32"] / out["tile_s_default"], 2)
     if not a.skip_memory:
         out["memory"] = memory()
     print(json.dumps(out, indent=2))

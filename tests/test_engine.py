@@ -177,3 +177,48 @@ def test_kept_features_reproduce_the_assignment(sd, image):
     a = torch.from_numpy(r.attention)
     scores = P.upsample(P.class_scores(f, P.prototypes(a, f)), (256, 256))
     assert (scores.argmax(0).numpy() + 1 == r.labels).mean() > 0.99
+
+
+def _regions(steps):
+    """Run an iter_segment generator; return its result and the regions its steps carried."""
+    regions = []
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as stop:
+            return stop.value, regions
+        if step.region is not None:
+            regions.append((step.done, step.total, step.region, step.labels, step.final))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_finished_regions_stream_in_and_equal_the_result(sd, scale):
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 255, (500, 300, 3), dtype=np.uint8)
+    result, regions = _regions(iter_segment(image, "road,tree,roof", sd, tile_size=128, overlap=32, scale=scale))
+    assert regions and all(final for *_, final in regions)
+    covered = np.zeros(result.labels.shape, int)
+    for _, _, (y0, y1, x0, x1), labels, _ in regions:
+        assert np.array_equal(labels, result.labels[y0:y1, x0:x1])
+        covered[y0:y1, x0:x1] += 1
+    assert (covered == 1).all(), "every pixel arrives once"
+    from maskdiffusion.core.tiling import tile_grid
+
+    tiles = tile_grid(result.labels.shape if scale == 1 else (250, 150), 128, 32)
+    per_row = sum(t.row == 0 for t in tiles)
+    done, total = regions[0][:2]
+    assert done <= per_row + 1 < total, "the first rows are final after the first row of tiles"
+
+
+def test_image_wide_prototypes_give_a_draft_then_the_final_labels(sd, image):
+    result, regions = _regions(iter_segment(image, "road,tree", sd, tile_size=128, overlap=0, prototypes="image"))
+    drafts = [r for r in regions if not r[4]]
+    finals = [r for r in regions if r[4]]
+    assert len(drafts) == 4 and drafts[0][0] == 1, "one provisional draft per tile in the first pass"
+    assert finals and finals[0][0] > 4, "final labels only in the second pass"
+    for _, _, (y0, y1, x0, x1), labels, _ in finals:
+        assert np.array_equal(labels, result.labels[y0:y1, x0:x1])
+
+
+def test_confidence_only_when_asked(sd, image):
+    assert segment(image, "road,tree", sd, tile_size=128, return_confidence=False).confidence is None

@@ -116,7 +116,7 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     layout = layout_prompts(specs, sd.tokenizer)
     runner = TileRunner(sd, params, layout.input_ids)
     n_out = params.unsupervised or len(specs)
-    out = _Outputs(source.shape, n_out, params.return_scores)
+    out = _Outputs(source.shape, source.input_shape, n_out, params.return_scores, params.return_confidence)
     blender = RowBlender(source.shape, n_out, params.tile_size, params.overlap, out.write_rows)
     attention = GridAccumulator(source.shape, len(specs))
     grid_scores = GridAccumulator(source.shape, n_out) if keep_features else None
@@ -135,13 +135,24 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
         if grid_scores is not None:
             grid_scores.add(tile, scores.float().cpu().numpy(), params.overlap)
 
+    def step(done: int, stage: str, tile: Tile, draft=None) -> Progress:
+        """The progress after ``tile``, with the rows finished meanwhile (or the tile's draft)."""
+        message = f"tile {tile.index + 1} of {len(tiles)}"
+        if draft is not None:
+            region, labels = _tile_draft(tile, draft, out)
+            return Progress(done, total, stage, message, region, labels, final=False)
+        region, labels = out.take_finished()
+        return Progress(done, total, stage, message, region, labels)
+
     clusters_to_classes = None
     if not shared:
         for tile in tiles:
             maps, feats = capture(tile)
             blend(tile, class_scores(feats, prototypes(maps, feats)))
             attention.add(tile, maps.cpu().numpy())
-            yield Progress(tile.index + 1, total, "features", f"tile {tile.index + 1} of {len(tiles)}")
+            if tile is tiles[-1]:
+                blender.finish()
+            yield step(tile.index + 1, "features", tile)
     else:
         with _FeatureCache(len(tiles)) as cache:
             num = den = None
@@ -149,10 +160,12 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
                 maps, feats = capture(tile)
                 cache.put(tile.index, feats, maps)
                 attention.add(tile, maps.cpu().numpy())
+                draft = None
                 if specs:
                     n, d = prototype_sums(maps, feats)
                     num, den = (n, d) if num is None else (num + n, den + d)
-                yield Progress(tile.index + 1, total, "features", f"tile {tile.index + 1} of {len(tiles)}")
+                    draft = class_scores(feats, prototypes(maps, feats)) if not params.unsupervised else None
+                yield step(tile.index + 1, "features", tile, draft)
             if params.unsupervised:
                 centers, clusters_to_classes = _fit_clusters(cache, tiles, source.shape, params, len(specs))
                 assign = partial(cluster_scores, centroids=torch.from_numpy(centers).to(sd.device))
@@ -160,9 +173,11 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
                 assign = partial(class_scores, protos=num / den.clamp_min(1e-12)[:, None])
             for tile in tiles:
                 blend(tile, assign(cache.features(tile.index).to(sd.device)))
-                yield Progress(len(tiles) + tile.index + 1, total, "assign", f"tile {tile.index + 1} of {len(tiles)}")
+                if tile is tiles[-1]:
+                    blender.finish()
+                yield step(len(tiles) + tile.index + 1, "assign", tile)
     blender.finish()
-    labels, confidence, scores = out.on_input_grid(source.input_shape)
+    labels, confidence, scores = out.on_input_grid()
     classes = specs if not params.unsupervised else _cluster_specs(clusters_to_classes, specs)
     return SegmentationResult(
         labels=labels,
@@ -192,35 +207,81 @@ def _paste_grid(grid, tile: Tile, feats, shape):
 
 class _Outputs:
     """The output arrays, filled band by band from blended scores (labels 1-based, see
-    :mod:`maskdiffusion.core.labels`)."""
+    :mod:`maskdiffusion.core.labels`), and the rows finished since they were last taken.
 
-    def __init__(self, shape, n_classes: int, keep_scores: bool):
-        self.labels = np.zeros(shape, label_dtype(n_classes))
-        self.confidence = np.zeros(shape, np.float32)
+    The scores live on the working grid (the input's times ``scale``); labels are mapped back
+    to the input grid by nearest neighbour as they are finished, so memory holds the arrays
+    asked for and one band, at any scale.
+    """
+
+    def __init__(self, shape, input_shape, n_classes: int, keep_scores: bool, keep_confidence: bool):
+        self.shape, self.input_shape = tuple(shape), tuple(input_shape)
+        self.rows = _nearest(self.input_shape[0], self.shape[0])
+        self.cols = _nearest(self.input_shape[1], self.shape[1])
+        self.labels = np.zeros(self.input_shape, label_dtype(n_classes))
+        self.confidence = np.zeros(shape, np.float32) if keep_confidence else None
         self.scores = np.zeros((n_classes, *shape), np.float32) if keep_scores else None
+        self.finished = (0, 0)
 
     def write_rows(self, y0: int, y1: int, scores: np.ndarray) -> None:
-        np.add(scores.argmax(0), 1, out=self.labels[y0:y1], casting="unsafe")
-        if len(scores) > 1:
-            top2 = np.partition(scores, len(scores) - 2, axis=0)[-2:]
-            self.confidence[y0:y1] = top2[1] - top2[0]
-        else:
-            self.confidence[y0:y1] = 1.0
+        best = (scores.argmax(0) + 1).astype(self.labels.dtype)
+        i0, i1 = np.searchsorted(self.rows, (y0, y1))
+        self.labels[i0:i1] = best[self.rows[i0:i1] - y0][:, self.cols]
+        if self.confidence is not None:
+            if len(scores) > 1:
+                top2 = np.partition(scores, len(scores) - 2, axis=0)[-2:]
+                self.confidence[y0:y1] = top2[1] - top2[0]
+            else:
+                self.confidence[y0:y1] = 1.0
         if self.scores is not None:
             self.scores[:, y0:y1] = scores
+        start = self.finished[0] if self.finished[1] > self.finished[0] else i0
+        self.finished = (start, i1)
 
-    def on_input_grid(self, shape):
-        """The arrays resampled to the input's pixel grid (a no-op at scale 1)."""
-        if tuple(shape) == self.labels.shape:
+    def take_finished(self):
+        """The input-grid rows finished since the last call: (region, labels) or (None, None)."""
+        i0, i1 = self.finished
+        self.finished = (i1, i1)
+        if i1 <= i0:
+            return None, None
+        return (int(i0), int(i1), 0, self.input_shape[1]), self.labels[i0:i1].copy()
+
+    def on_input_grid(self):
+        """Labels, confidence and scores on the input's pixel grid (resampling at scale != 1)."""
+        if self.shape == self.input_shape:
             return self.labels, self.confidence, self.scores
-        from skimage.transform import resize
+        return self.labels, _zoom(self.confidence, self.input_shape), _zoom(self.scores, self.input_shape)
 
-        labels = resize(self.labels, shape, order=0, preserve_range=True, anti_aliasing=False).astype(self.labels.dtype)
-        confidence = resize(self.confidence, shape, order=1, preserve_range=True).astype(np.float32)
-        scores = None
-        if self.scores is not None:
-            scores = np.stack([resize(s, shape, order=1, preserve_range=True).astype(np.float32) for s in self.scores])
-        return labels, confidence, scores
+
+def _nearest(n_input: int, n_working: int) -> np.ndarray:
+    """For each input pixel along an axis, the working-grid pixel under its centre."""
+    return np.minimum(((np.arange(n_input) + 0.5) * n_working / n_input).astype(np.int64), n_working - 1)
+
+
+def _zoom(array: np.ndarray | None, shape) -> np.ndarray | None:
+    """Bilinear resampling (pixel centres aligned) into float32, one band at a time."""
+    if array is None:
+        return None
+    from scipy.ndimage import zoom
+
+    planes = array if array.ndim == 3 else array[None]
+    out = np.empty((len(planes), *shape), np.float32)
+    factors = (shape[0] / planes.shape[1], shape[1] / planes.shape[2])
+    for plane, target in zip(planes, out):
+        zoom(plane, factors, output=target, order=1, mode="nearest", grid_mode=True)
+    return out if array.ndim == 3 else out[0]
+
+
+def _tile_draft(tile: Tile, scores, out: _Outputs):
+    """A provisional label map of one tile from its own prototypes, on the input grid."""
+    h, w = min(tile.h, out.shape[0] - tile.y), min(tile.w, out.shape[1] - tile.x)
+    from .core.prototypes import upsample
+
+    best = (upsample(scores, (tile.h, tile.w))[:, :h, :w].argmax(0) + 1).cpu().numpy().astype(out.labels.dtype)
+    i0, i1 = np.searchsorted(out.rows, (tile.y, tile.y + h))
+    j0, j1 = np.searchsorted(out.cols, (tile.x, tile.x + w))
+    labels = best[out.rows[i0:i1] - tile.y][:, out.cols[j0:j1] - tile.x]
+    return (int(i0), int(i1), int(j0), int(j1)), labels
 
 
 class _FeatureCache:

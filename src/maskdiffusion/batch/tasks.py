@@ -99,7 +99,7 @@ def segment_tile(job: TileJob, config: BatchConfig) -> dict:
     with _tile_record(job, config) as record:
         model = worker_model(config)
         image, geo = read_image(job.input)
-        result = segment(image, list(config.classes), model, config.params)
+        result = segment(image, list(config.classes), model, config.params, return_confidence=False)
         _write_output(job, result.labels, result.classes, geo, _metadata(job, config, result.metadata(), geo))
     return record
 
@@ -156,7 +156,7 @@ def _compute_cache(job: TileJob, config: BatchConfig) -> dict:
     model = worker_model(config)
     image, geo = read_image(job.input)
     params = config.params.replace(prototypes="tile")
-    result = segment(image, list(config.classes), model, params, keep_features=True)
+    result = segment(image, list(config.classes), model, params, keep_features=True, return_confidence=False)
     from ..core.prototypes import prototype_sums
 
     num, den = (s.numpy() for s in prototype_sums(result.attention, result.features))

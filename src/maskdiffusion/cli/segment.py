@@ -72,7 +72,8 @@ def run(args) -> int:
 
     _check_outputs(args)
     classes = classes_from_args(args)
-    params = params_from_args(args, return_scores=args.scores is not None)
+    params = params_from_args(args, return_scores=args.scores is not None,
+                              return_confidence=args.confidence is not None)
     image, geo = read_image(args.image)
     scribbles = _read_scribbles(args.scribbles, image.shape[:2]) if args.scribbles is not None else None
     steps = iter_segment(image, classes, model_source(args.model), params, device=args.device, dtype=args.dtype,

@@ -74,6 +74,7 @@ class SegmentParams:
     bands: tuple[int, ...] | None = _option(None, "0-based bands used as R,G,B, e.g. 3,0,1 for IRRG from RGBIR",
                                             metavar="B,B,B")
     return_scores: bool = field(default=False, metadata={"help": "keep the per-class score maps in the result"})
+    return_confidence: bool = field(default=True, metadata={"help": "compute the confidence map of the result"})
 
     def __post_init__(self):
         if self.tile_size < 64 or self.tile_size % 64:

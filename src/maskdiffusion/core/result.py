@@ -15,12 +15,22 @@ __all__ = ["Progress", "SegmentationResult"]
 
 @dataclass(frozen=True)
 class Progress:
-    """One step of a run: ``done`` of ``total`` steps of ``stage`` ("load", "features", "assign")."""
+    """One step of a run: ``done`` of ``total`` steps of ``stage`` ("load", "features", "assign").
+
+    A step may carry labels finished since the previous one: ``region`` (y0, y1, x0, x1) on the
+    input image's grid and ``labels``, the label map of that region. With ``final`` they equal
+    the end result there (per-tile prototypes: a band of rows is final once every tile that
+    blends into it is done); without, they are a provisional draft (image-wide prototypes and
+    clusters: each tile's own prototypes, before the second pass).
+    """
 
     done: int
     total: int
     stage: str
     message: str = ""
+    region: tuple[int, int, int, int] | None = None
+    labels: np.ndarray | None = field(default=None, repr=False, compare=False)
+    final: bool = True
 
 
 @dataclass
@@ -29,7 +39,8 @@ class SegmentationResult:
 
     labels: (H, W) label map (uint8, uint16 above 255 classes): 0 = unlabelled, value k is
         ``classes[k - 1]`` (:mod:`maskdiffusion.core.labels`).
-    confidence: (H, W) float32 margin between the best and second-best score (0 = unsure).
+    confidence: (H, W) float32 margin between the best and second-best score (0 = unsure), or
+        ``None`` when not asked for (``return_confidence=False``).
     attention: (K, h, w) float32 max-normalised class attention maps on a coarse grid whose cell
         is ``attention_stride`` input pixels (16 at scale 1).
     scores: (K, H, W) float32 blended class scores, when asked for.
@@ -41,7 +52,7 @@ class SegmentationResult:
 
     labels: np.ndarray
     classes: list[ClassSpec]
-    confidence: np.ndarray
+    confidence: np.ndarray | None
     attention: np.ndarray
     attention_stride: float
     params: SegmentParams

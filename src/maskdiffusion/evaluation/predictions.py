@@ -28,7 +28,7 @@ def segment_images(images, pred_dir, classes: Sequence[ClassSpec], model=None, p
         target = pred_dir / f"{path.stem}.tif"
         if not (target.exists() and sidecar_path(target).exists()):
             image, geo = read_image(path)
-            result = segment(image, classes, model, params, device=device, dtype=dtype)
+            result = segment(image, classes, model, params, device=device, dtype=dtype, return_confidence=False)
             meta = dict(result.metadata(), image=str(path), georeference=geo.to_dict())
             write_labels(target, result.labels, result.classes, geo, meta)
             write_sidecar(target, meta)

@@ -45,7 +45,7 @@ class TileRunner:
         """z0 = E(x)·scaling_factor for an (h, w, 3) uint8 tile (x in [-1, 1]); noised if asked."""
         sd, p = self.sd, self.params
         x = torch.from_numpy(np.ascontiguousarray(tile)).to(sd.device).permute(2, 0, 1)[None]
-        x = x.to(sd.dtype) / 127.5 - 1.0
+        x = (x.to(sd.dtype) / 127.5 - 1.0).contiguous(memory_format=torch.channels_last)
         z = sd.vae.encode(x).latent_dist.mean * sd.vae.config.scaling_factor
         if p.noise and p.timestep > 0:
             from diffusers import DDPMScheduler

@@ -198,6 +198,10 @@ def load_model(
                 parts = load_diffusers(where, hub=kind == "hub")
             for part in ("text_encoder", "vae", "unet"):
                 parts[part] = parts[part].to(device=dev, dtype=dt).eval().requires_grad_(False)
+            import torch
+
+            for part in ("vae", "unet"):
+                parts[part] = parts[part].to(memory_format=torch.channels_last)
         model = SDModel(device=dev, dtype=dt, source=name, **parts)
         _CACHE[key] = model
         return model

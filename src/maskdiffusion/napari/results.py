@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Generator, Mapping
 import numpy as np
 
 from .images import LayerImage
-from .layers import CLASS, SEMANTIC, result_layer_data
+from .layers import CLASS, SEMANTIC, result_layer_data, write_into_layer
 from .state import BAND_PIXELS, AnnotatorState, ImageRun
 
 if TYPE_CHECKING:
@@ -48,8 +48,13 @@ def _session_info(image: LayerImage, image_layer, plane) -> dict:
 
 def apply_results(viewer: napari.Viewer, state: AnnotatorState, image_layer: Image, image: LayerImage,
                   results: Mapping[tuple[int, ...], object], *, semantic: bool = False, confidence: bool = False,
-                  current_plane: Callable[[], tuple[int, ...]] = tuple) -> Generator[None, None, Applied]:
-    """Put a run's ``results`` ({plane: result}) into the viewer, one piece per ``next``."""
+                  current_plane: Callable[[], tuple[int, ...]] = tuple,
+                  streamed: list | None = None) -> Generator[None, None, Applied]:
+    """Put a run's ``results`` ({plane: result}) into the viewer, one piece per ``next``.
+
+    ``streamed`` are class layers the run already painted while it ran (:mod:`.live_labels`),
+    in class order: they are taken as the run's layers and given its final labels.
+    """
     from ..session import Session
 
     first = next(iter(results.values()))
@@ -78,10 +83,17 @@ def apply_results(viewer: napari.Viewer, state: AnnotatorState, image_layer: Ima
                 for plane, result in results.items()}
     run = ImageRun(image, sessions=sessions)
     applied = Applied(run)
+    streamed = list(streamed or [])
     for data, kwargs, layer_type in result_layer_data(image, results, semantic=semantic, confidence=confidence):
-        layer = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-        applied.added.append(layer)
         kind = kwargs["metadata"].get("kind")
+        if kind == CLASS and streamed:
+            layer = streamed.pop(0)
+            layer.metadata = kwargs["metadata"]
+            for plane in results:
+                write_into_layer(layer, data[plane], tuple(plane))
+        else:
+            layer = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+        applied.added.append(layer)
         if kind == CLASS:
             run.layers.append(layer)
         elif kind == SEMANTIC:

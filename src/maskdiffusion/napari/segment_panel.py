@@ -274,8 +274,10 @@ class SegmentPanel(QWidget):
 
         self.settings.classes = class_line(classes)
         save_settings(self.settings)
-        self._progress = {"layer": layer, "image": image, "planes": planes, "start": None,
+        self._progress = {"layer": layer, "image": image, "planes": planes, "start": None, "classes": classes,
+                          "unsupervised": bool(params.unsupervised),
                           "semantic": self.semantic_check.isChecked(), "confidence": self.confidence_check.isChecked()}
+        params = params.replace(return_confidence=self.confidence_check.isChecked())
         self._steps = segment_planes(partial(read_plane, layer, image), planes, classes, self.state.model, params)
         self._worker = worker = create_worker(lambda: (yield from self._steps), _start_thread=False,
                                               _ignore_errors=True)
@@ -308,6 +310,8 @@ class SegmentPanel(QWidget):
             return
         if item.stage == "load" or item.total <= 0:
             return
+        if item.region is not None and job["classes"] and not job["unsupervised"]:
+            self._show_region(job, item)
         plane, n_planes = job.get("plane", 0), job.get("planes_total", 1)
         done, total = plane * item.total + item.done, n_planes * item.total
         if job["start"] is None:
@@ -321,16 +325,28 @@ class SegmentPanel(QWidget):
             text += f", {_time_left(elapsed / finished * (total - done))}"
         self.status.setText(text)
 
+    def _show_region(self, job: dict, step) -> None:
+        """Paint a region the engine finished (or drafted) into the class layers as it arrives."""
+        from .live_labels import LiveLabels
+
+        if job.get("live") is None:
+            job["live"] = LiveLabels(self.viewer, self.state, job["layer"], job["image"], job["classes"])
+        job["live"].add(job["planes"][job.get("plane", 0)], step.region, step.labels)
+
     def _on_returned(self, results) -> None:
         from .results import apply_results
 
         job = self._progress
+        live = job.pop("live", None)
         if job.get("layer") not in self.viewer.layers:
+            if live is not None:
+                live.take_back()
             self.status.setText("the image was removed during the run: nothing was added")
             return
+        streamed = live.release() if live is not None else None
         self._applying = apply_results(self.viewer, self.state, job["layer"], job["image"], results,
                                        semantic=job["semantic"], confidence=job["confidence"],
-                                       current_plane=self.current_plane)
+                                       current_plane=self.current_plane, streamed=streamed)
         self.status.setText("adding the layers …")
         QTimer.singleShot(0, self._apply_next)
 
@@ -370,11 +386,18 @@ class SegmentPanel(QWidget):
             show_info("MaskDiffusion updated the layers: Ctrl-Z in a class layer undoes this run")
         self._update_buttons()
 
+    def _take_back(self) -> None:
+        live = self._progress.pop("live", None) if self._progress else None
+        if live is not None:
+            live.take_back()
+
     def _on_error(self, exc: BaseException) -> None:
+        self._take_back()
         self.status.setText("failed (see the notification)")
         report(exc)
 
     def _on_aborted(self) -> None:
+        self._take_back()
         self.status.setText("cancelled: no layer was changed")
 
     def _on_finished(self) -> None:
@@ -391,6 +414,7 @@ class SegmentPanel(QWidget):
             for signal in (worker.yielded, worker.returned, worker.errored, worker.aborted):
                 signal.disconnect()
             worker.quit()
+        self._take_back()
         self._applying = None
 
     # ------------------------------------------------------------------ class files
