@@ -100,7 +100,7 @@ def test_run_gives_one_layer_per_class(annotator, qtbot):
     assert not dock.segment.run_button.isEnabled() and dock.segment.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
     assert dock.segment.status.text().startswith("done: 3 classes, 5 new layers")
-    assert [ly.name for ly in viewer.layers] == ["neon_OSBS_029", "confidence", "semantic map", *CLASSES]
+    assert [ly.name for ly in viewer.layers] == ["neon_OSBS_029", *CLASSES, "confidence", "semantic map"]
     run = dock.state.run_of(viewer.layers["tree"])
     assert run is dock.state.run_of(viewer.layers["neon_OSBS_029"]) and one_class_per_pixel(run)
     assert np.array_equal(viewer.layers["semantic map"].data, run.session(()).labels)
@@ -136,6 +136,44 @@ def test_the_image_in_view_is_the_one_picked(annotator):
     assert dock.segment.image_layer() is viewer.layers["neon_OSBS_029"]
     viewer.layers.selection.active = other
     assert dock.segment.image_layer() is other
+
+
+def test_labels_appear_tile_row_by_tile_row_and_the_end_matches(annotator, qtbot):
+    viewer, dock = annotator
+    dock.segment.parameters["tile_size"].value = 128
+    seen = []
+
+    def look(_):
+        layers_now = [ly for ly in viewer.layers if ly.metadata.get("kind") == "class"]
+        seen.append(sum(int(np.count_nonzero(ly.data)) for ly in layers_now))
+
+    worker = dock.segment.run()
+    worker.yielded.connect(look)
+    qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
+    assert any(0 < n < 400 * 400 for n in seen[:-2]), "a part of the map is on screen before the end"
+    run = dock.state.run_of(viewer.layers["tree"])
+    assert one_class_per_pixel(run) and [ly.name for ly in viewer.layers] == ["neon_OSBS_029", *CLASSES]
+
+
+def test_cancel_after_labels_appeared_takes_them_back(annotator, qtbot):
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    before = [np.array(ly.data) for ly in run.layers]
+    dock.segment.parameters["tile_size"].value = 128
+    dock.segment.set_classes(CLASSES)
+    worker = dock.segment.run()
+    steps = []
+
+    def cancel_late(_):
+        steps.append(1)
+        if len(steps) == 10:
+            dock.segment.cancel()
+
+    worker.yielded.connect(cancel_late)
+    qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
+    qtbot.wait(100)
+    assert "cancelled" in dock.segment.status.text()
+    assert all(np.array_equal(a, ly.data) for a, ly in zip(before, run.layers)) and all(ly.editable for ly in run.layers)
 
 
 def test_cancel_leaves_the_viewer_as_it_was(annotator, qtbot):

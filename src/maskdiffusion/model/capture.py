@@ -102,10 +102,12 @@ class CrossAttentionCaptureProcessor:
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        logits = torch.bmm(query, key.transpose(1, 2)) * attn.scale
+        # the logits in float32 whatever the model's precision: exp() turns bf16's rounding of
+        # a logit into a percent-size error of the class maps (docs/algorithm.md §5)
+        logits = torch.bmm(query.float(), key.float().transpose(1, 2)) * attn.scale
         if attention_mask is not None:
-            logits = logits + attn.prepare_attention_mask(attention_mask, key.shape[1], batch)
-        probs = logits.float().softmax(-1).to(value.dtype)
+            logits = logits + attn.prepare_attention_mask(attention_mask, key.shape[1], batch).float()
+        probs = logits.softmax(-1).to(value.dtype)
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
