@@ -1,4 +1,4 @@
-"""The engine: segment an image from class names, tile by tile (SPEC §2–3).
+"""The engine: segment an image from class names, tile by tile (``docs/algorithm.md`` §2–3).
 
 :func:`iter_segment` is a generator that yields a :class:`Progress` per tile and returns the
 :class:`SegmentationResult`; closing it stops the run between tiles and leaves nothing behind.

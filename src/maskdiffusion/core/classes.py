@@ -33,7 +33,7 @@ class ClassListError(BadInputError):
 class ClassSpec:
     """One class: the name shown to people, the prompt texts given to the model, a colour.
 
-    ``prompts`` defaults to ``(name,)``. Several prompts are averaged (SPEC §3), so a class
+    ``prompts`` defaults to ``(name,)``. Several prompts are averaged (``docs/algorithm.md`` §3), so a class
     named "impervious" can be prompted with ``("road", "pavement")``.
     """
 
@@ -184,7 +184,7 @@ def _specs(rows) -> list[ClassSpec]:
 
 
 PRESETS: dict[str, list[ClassSpec]] = {
-    # ISPRS Potsdam, the colour codes of its labels (SPEC §5).
+    # ISPRS Potsdam, the colour codes of its labels (ISPRS's own colour codes).
     "potsdam6": _specs([
         ("impervious surfaces", "", (255, 255, 255)),
         ("building", "", (0, 0, 255)),

@@ -1,4 +1,4 @@
-"""Unsupervised MaskDiffusion (SPEC §3): clusters of the features f̂ instead of text prototypes.
+"""Unsupervised MaskDiffusion (``docs/algorithm.md`` §3): clusters of the features f̂ instead of text prototypes.
 
 Clustering runs on a sample of grid cells (scikit-learn); every pixel then takes the nearest
 centroid, so the cost does not grow with the image beyond one pass over the features.

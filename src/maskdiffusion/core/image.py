@@ -1,4 +1,4 @@
-"""Any input image as the 8-bit RGB tiles the model sees (SPEC §3).
+"""Any input image as the 8-bit RGB tiles the model sees (``docs/algorithm.md`` §3).
 
 Accepts (H, W) or (H, W, C) arrays of any size, uint8/uint16/int/float/bool, gray, RGB, RGBA or
 multi-band with a band choice. Nothing is converted whole: tiles are cut, stretched to 8 bits and

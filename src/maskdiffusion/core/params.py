@@ -15,7 +15,7 @@ __all__ = ["SegmentParams", "ParamsError", "DEFAULT_MODEL", "CROSS_ATTENTION_LAY
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 
-#: UNet blocks whose cross-attention (``attn2``) maps are captured (SPEC §2.3).
+#: UNet blocks whose cross-attention (``attn2``) maps are captured (``docs/algorithm.md`` §2.3).
 CROSS_ATTENTION_LAYERS = ("down_blocks.2", "mid_block", "up_blocks.1")
 #: Modules whose *input* is captured as features: 1920 ch at S/32 and 960 ch at S/16 for SD 1.x.
 FEATURE_LAYERS = ("up_blocks.1.resnets.2", "up_blocks.2.resnets.2")

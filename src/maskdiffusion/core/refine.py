@@ -334,6 +334,16 @@ def refine(state: RefineState, labels: np.ndarray, edited: np.ndarray, *, prior_
     Returns
     -------
     labels : (H, W) array of ``labels``' dtype, and the margin when ``confidence``.
+
+    Examples
+    --------
+    >>> result = segment(image, "road,tree", "random:tiny", keep_features=True)  # doctest: +SKIP
+    >>> state = RefineState.from_result(result)                                  # doctest: +SKIP
+    >>> strokes = result.labels.copy(); strokes[:20, :20] = 2                     # doctest: +SKIP
+    >>> edited = np.zeros(strokes.shape, bool); edited[:20, :20] = True          # doctest: +SKIP
+    >>> labels = refine(state, strokes, edited)                                  # doctest: +SKIP
+    >>> bool((labels[:20, :20] == 2).all())                                      # doctest: +SKIP
+    True
     """
     labels, edited = check_maps(state, labels, edited)
     scores = refined_scores(state, labels, edited, prior_cells=prior_cells, normalize=normalize)

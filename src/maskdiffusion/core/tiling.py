@@ -1,4 +1,4 @@
-"""Overlapping tiles over a large image and the blending of their scores (SPEC §3).
+"""Overlapping tiles over a large image and the blending of their scores (``docs/algorithm.md`` §3).
 
 Tiles are laid row by row; a :class:`RowBlender` keeps only the rows that a later tile can still
 touch, so memory stays at one band of tiles whatever the image height.
@@ -15,7 +15,7 @@ __all__ = ["Tile", "tile_grid", "tile_starts", "padded_length", "blend_window", 
 
 #: The UNet needs sides divisible by 64 (VAE factor 8 × three UNet downsamplings).
 SIDE_MULTIPLE = 64
-#: Image pixels per cell of the class-map grid (SPEC §2.4: maps live at S/16).
+#: Image pixels per cell of the class-map grid (``docs/algorithm.md`` §2.4: maps live at S/16).
 GRID_STRIDE = 16
 
 

@@ -1,4 +1,4 @@
-"""Prompts and the token span of every class in them (SPEC §2.2 and §3).
+"""Prompts and the token span of every class in them (``docs/algorithm.md`` §2.2 and §3.2).
 
 The prompt is the class prompts joined by " and ". Class k owns every token of its own prompt
 text, so multi-token names ("impervious surfaces" = 3 CLIP tokens) are handled; when the texts

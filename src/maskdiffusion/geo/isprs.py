@@ -23,7 +23,7 @@ __all__ = [
     "tile_id",
 ]
 
-#: Label colour of each Potsdam class (SPEC §5), in the ``potsdam6`` preset order.
+#: Label colour of each Potsdam class (ISPRS's own colour codes), in the ``potsdam6`` preset order.
 ISPRS_COLORS: dict[str, tuple[int, int, int]] = {c.name: c.color for c in preset_classes("potsdam6")}
 
 #: For each ``potsdam6`` class its ``potsdam3`` class: {impervious+car}, {building+clutter},
