@@ -65,7 +65,8 @@ def run_and_wait(dock, qtbot):
 
 
 def wait_refine(dock, qtbot):
-    qtbot.waitUntil(lambda: dock.refine._worker is None and dock.refine._writing is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: dock.refine._worker is None and dock.refine._writing is None
+                    and all(run.pending_writes == 0 for run in dock.state.runs.values()), timeout=TIMEOUT_MS)
 
 
 def one_class_per_pixel(run) -> bool:

@@ -73,8 +73,9 @@ def apply_results(viewer: napari.Viewer, state: AnnotatorState, image_layer: Ima
             height, width = image.shape[-2:]
             rows = max(1, BAND_PIXELS // max(width, 1))
             for y0 in range(0, height, rows):
-                run.write(plane, (y0, min(height, y0 + rows), 0, width))
-                yield
+                for k in range(len(run.all_layers)):
+                    run.write(plane, (y0, min(height, y0 + rows), 0, width), only=k)
+                    yield
         applied.updated = list(run.all_layers)
         applied.replaced_edits = sorted(set(applied.replaced_edits))
         return applied
@@ -89,8 +90,13 @@ def apply_results(viewer: napari.Viewer, state: AnnotatorState, image_layer: Ima
         if kind == CLASS and streamed:
             layer = streamed.pop(0)
             layer.metadata = kwargs["metadata"]
+            height, width = image.shape[-2:]
+            rows = max(1, BAND_PIXELS // max(width, 1))
             for plane in results:
-                write_into_layer(layer, data[plane], tuple(plane))
+                for y0 in range(0, height, rows):
+                    band = (y0, min(height, y0 + rows), 0, width)
+                    write_into_layer(layer, data[(*plane, slice(band[0], band[1]))], tuple(plane), band)
+                    yield
         else:
             layer = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
         applied.added.append(layer)

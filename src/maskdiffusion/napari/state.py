@@ -33,7 +33,7 @@ __all__ = ["AnnotatorState", "ImageRun", "next_turn", "stroke_region"]
 Region = tuple[int, int, int, int]
 _UNDO, _REDO = "Control-Z", "Control-Shift-Z"
 #: Pixels written into the layers per event-loop turn when a whole map changes.
-BAND_PIXELS = 1 << 21
+BAND_PIXELS = 1 << 20
 
 
 def next_turn(callback: Callable[[], None]) -> None:
@@ -154,8 +154,9 @@ class ImageRun:
         """Take the changes of every layer of the run (bottom to top, so the top one wins)."""
         return sum(self.sync(layer, plane) for layer in self.all_layers)
 
-    def write(self, plane: tuple[int, ...] = (), region: Region | None = None) -> int:
-        """Show the plane's session map in every layer of the run (only pixels that differ)."""
+    def write(self, plane: tuple[int, ...] = (), region: Region | None = None, only: int | None = None) -> int:
+        """Show the plane's session map in every layer of the run (only pixels that differ), or
+        in the ``only``-th one (0-based; the semantic map is the last)."""
         session = self.sessions[tuple(plane)]
         height, width = session.labels.shape
         y0, y1, x0, x1 = region or (0, height, 0, width)
@@ -165,9 +166,10 @@ class ImageRun:
         self.writing = True
         try:
             for value, layer in enumerate(self.layers, start=1):
-                changed += write_into_layer(layer, np.where(labels == value, shade, 0).astype(np.uint8), tuple(plane),
-                                            (y0, y1, x0, x1))
-            if self.semantic is not None:
+                if only is None or only == value - 1:
+                    changed += write_into_layer(layer, np.where(labels == value, shade, 0).astype(np.uint8),
+                                                tuple(plane), (y0, y1, x0, x1))
+            if self.semantic is not None and (only is None or only == len(self.layers)):
                 values = self._semantic_values(session)
                 changed += write_into_layer(self.semantic, values[labels], tuple(plane), (y0, y1, x0, x1))
         finally:
@@ -184,9 +186,9 @@ class ImageRun:
 
     def write_soon(self, plane: tuple[int, ...] = (), changed: np.ndarray | None = None,
                    then: Callable[[], None] | None = None) -> None:
-        """Show the map a band of rows per event-loop turn (only the rows holding ``changed``
-        flat pixel indices, when given), then call ``then``: a 6000² map never freezes the
-        interface for the whole of it."""
+        """Show the map one layer's band of rows per event-loop turn (only the rows holding
+        ``changed`` flat pixel indices, when given), then call ``then``: a 6000² map never
+        freezes the interface for the whole of it."""
         session = self.sessions[tuple(plane)]
         height, width = session.labels.shape
         y0, y1 = 0, height
@@ -196,17 +198,18 @@ class ImageRun:
             else:
                 y0, y1 = int(changed.min()) // width, int(changed.max()) // width + 1
         rows = max(1, BAND_PIXELS // max(width, 1))
-        bands = iter(range(y0, y1, rows))
+        pieces = iter([(start, k) for start in range(y0, y1, rows) for k in range(len(self.all_layers))])
         self.pending_writes += 1
 
         def step():
-            start = next(bands, None)
-            if start is None:
+            piece = next(pieces, None)
+            if piece is None:
                 self.pending_writes -= 1
                 if then is not None:
                     then()
                 return
-            self.write(plane, (start, min(y1, start + rows), 0, width))
+            start, k = piece
+            self.write(plane, (start, min(y1, start + rows), 0, width), only=k)
             self.defer(step)
 
         step()
