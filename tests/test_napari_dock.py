@@ -101,7 +101,7 @@ def test_run_gives_one_layer_per_class(annotator, qtbot):
     assert not dock.segment.run_button.isEnabled() and dock.segment.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
     assert dock.segment.status.text().startswith("done: 3 classes, 5 new layers")
-    assert [ly.name for ly in viewer.layers] == ["neon_OSBS_029", *CLASSES, "confidence", "semantic map"]
+    assert [ly.name for ly in viewer.layers] == ["neon_OSBS_029", *CLASSES, "semantic map", "confidence"]
     run = dock.state.run_of(viewer.layers["tree"])
     assert run is dock.state.run_of(viewer.layers["neon_OSBS_029"]) and one_class_per_pixel(run)
     assert np.array_equal(viewer.layers["semantic map"].data, run.session(()).labels)

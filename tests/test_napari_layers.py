@@ -109,9 +109,9 @@ def test_one_class_layer_per_class_with_colour_and_metadata():
                                      metadata={"georeference": {"crs": "EPSG:32633"}}))
     labels = stripes()
     out = layers.result_layer_data(image, {(): fake_result(labels)}, semantic=True, confidence=True)
-    assert [(kw["name"], t) for _, kw, t in out] == [("confidence", "image"), ("semantic map", "labels"),
-                                                      ("road", "labels"), ("tree", "labels"), ("building", "labels")]
-    for k, (data, kw, _) in enumerate(out[2:], start=1):
+    assert [(kw["name"], t) for _, kw, t in out] == [("road", "labels"), ("tree", "labels"), ("building", "labels"),
+                                                      ("semantic map", "labels"), ("confidence", "image")]
+    for k, (data, kw, _) in enumerate(out[:3], start=1):
         spec = CLASSES[k - 1]
         assert data.dtype == np.uint8 and np.array_equal(data, labels == k)
         assert np.allclose(kw["colormap"].map(np.array([1]))[0][:3] * 255, spec.color, atol=1)
@@ -121,7 +121,7 @@ def test_one_class_layer_per_class_with_colour_and_metadata():
         assert md["prompts"] == list(spec.prompts) and md["parameters"]["tile_size"] == 128
         assert md["georeference"] == {"crs": "EPSG:32633"} and md["model"] == "tiny-test-model"
         assert kw["scale"] == (0.5, 0.5) and kw["translate"] == (10, 20)
-    assert np.array_equal(out[1][0], labels)
+    assert np.array_equal(out[3][0], labels)
 
 
 def test_write_into_layer_outside_napari_history_changes_only_what_differs():

@@ -139,7 +139,7 @@ def semantic_layer_data(data: np.ndarray, classes: Sequence[ClassSpec], metadata
 
 def result_layer_data(image: LayerImage, results: Mapping[tuple[int, ...], SegmentationResult], *,
                       semantic: bool = False, confidence: bool = False) -> list[LayerDataTuple]:
-    """One class layer per class (and optionally the semantic map and the confidence).
+    """One class layer per class, then optionally the semantic map and the confidence.
 
     ``results`` maps plane indices of ``image`` to their result; planes not run stay 0.
     """
@@ -147,6 +147,16 @@ def result_layer_data(image: LayerImage, results: Mapping[tuple[int, ...], Segme
     classes = first.classes
     base = base_metadata(image, first.metadata())
     out: list[LayerDataTuple] = []
+    for k, spec in enumerate(classes, start=1):
+        data = np.zeros(image.shape, np.uint8)
+        for plane, r in results.items():
+            data[plane] = (r.labels == k) * DRAFT
+        out.append(class_layer_data(data, spec, k, base, image.scale, image.translate))
+    if semantic:
+        sem = np.zeros(image.shape, label_dtype(len(classes)))
+        for plane, r in results.items():
+            sem[plane] = r.labels
+        out.append(semantic_layer_data(sem, classes, {**base, "merge_rule": "argmax of the class scores"}, image))
     if confidence:
         conf = np.zeros(image.shape, np.float32)
         for plane, r in results.items():
@@ -154,16 +164,6 @@ def result_layer_data(image: LayerImage, results: Mapping[tuple[int, ...], Segme
         out.append((conf, {"name": "confidence", "colormap": "magma", "opacity": 0.7, "blending": "translucent",
                            "metadata": {**base, "kind": CONFIDENCE}, "scale": image.scale,
                            "translate": image.translate}, "image"))
-    if semantic:
-        sem = np.zeros(image.shape, label_dtype(len(classes)))
-        for plane, r in results.items():
-            sem[plane] = r.labels
-        out.append(semantic_layer_data(sem, classes, {**base, "merge_rule": "argmax of the class scores"}, image))
-    for k, spec in enumerate(classes, start=1):
-        data = np.zeros(image.shape, np.uint8)
-        for plane, r in results.items():
-            data[plane] = r.labels == k
-        out.append(class_layer_data(data, spec, k, base, image.scale, image.translate))
     return out
 
 
