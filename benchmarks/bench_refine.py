@@ -54,7 +54,7 @@ def synthetic_run(size: int, seed: int = 0):
 
 
 def strokes(labels: np.ndarray, n: int, radius: int, seed: int = 1) -> np.ndarray:
-    """``labels`` with ``n`` dabs of another class painted on it."""
+    """``labels`` (values 1..K) with ``n`` dabs of another class painted on it."""
     rng = np.random.default_rng(seed)
     out = labels.copy()
     H, W = labels.shape
@@ -63,7 +63,7 @@ def strokes(labels: np.ndarray, n: int, radius: int, seed: int = 1) -> np.ndarra
         yy, xx = np.ogrid[-radius: radius + 1, -radius: radius + 1]
         disk = yy**2 + xx**2 <= radius**2
         window = out[y - radius: y + radius + 1, x - radius: x + radius + 1]
-        window[disk] = (window[radius, radius] + 1 + i % (K - 1)) % K
+        window[disk] = (window[radius, radius] + i % (K - 1)) % K + 1
     return out
 
 
@@ -72,8 +72,8 @@ def _dims(text: str):
 
 
 def bench(size: int, repeat: int, dims_options) -> dict:
-    from maskdiffusion.core import refine as R
     from maskdiffusion.core.classes import preset_classes
+    from maskdiffusion.core.refine import assign, refined_scores
     from maskdiffusion.core.params import SegmentParams
     from maskdiffusion.core.result import SegmentationResult
     from maskdiffusion.session import Session
@@ -81,7 +81,7 @@ def bench(size: int, repeat: int, dims_options) -> dict:
     t = time.perf_counter()
     feats, attention, regions = synthetic_run(size)
     made_s = time.perf_counter() - t
-    labels = np.kron(regions, np.ones((STRIDE, STRIDE), np.uint8))[:size, :size].astype(np.uint8)
+    labels = np.kron(regions + 1, np.ones((STRIDE, STRIDE), np.uint8))[:size, :size].astype(np.uint8)
     result = SegmentationResult(labels=labels, classes=preset_classes("potsdam6"),
                                 confidence=np.zeros(labels.shape, np.float32), attention=attention,
                                 attention_stride=float(STRIDE), params=SegmentParams(), features=feats)
@@ -99,14 +99,15 @@ def bench(size: int, repeat: int, dims_options) -> dict:
             session.history.clear()
             session.labels[:] = labels
             session.edited[:] = False
+            session.edit(painted)
             t = time.perf_counter()
-            session.refine(painted)
+            session.refine()
             times.append(time.perf_counter() - t)
         state = session.state
-        scores = R.refined_scores(state, session.labels, session.edited)
+        scores = refined_scores(state, session.labels, session.edited)
         for _ in range(repeat):
             t = time.perf_counter()
-            R.assign(scores, state.shape, state.stride, labels=session.labels, fixed=session.edited, confidence=True)
+            assign(scores, state.shape, state.stride, labels=session.labels, fixed=session.edited, confidence=True)
             conf_times.append(time.perf_counter() - t)
         out["runs"].append({
             "dims_option": dims,

@@ -26,8 +26,9 @@ MARKS = (0, 1, 5, 20)
 
 
 def largest_wrong_region(pred: np.ndarray, truth: np.ndarray, edited: np.ndarray) -> np.ndarray:
-    """The biggest connected region of one true class that the prediction gets wrong."""
-    wrong = (pred != truth) & ~edited
+    """The biggest connected region of one true class (0-based ``truth``) that the label map
+    ``pred`` (1-based) gets wrong."""
+    wrong = (pred != truth + 1) & ~edited
     best, best_size = None, 0
     for c in np.unique(truth[wrong]):
         regions, n = ndimage.label(wrong & (truth == c))
@@ -52,8 +53,8 @@ def stroke(region: np.ndarray, radius: int) -> np.ndarray:
 def miou(pred: np.ndarray, truth: np.ndarray, names) -> float:
     from maskdiffusion.core.metrics import confusion_matrix, scores_from_confusion
 
-    pred = np.where((pred >= 0) & (pred < len(names)), pred, 0)
-    return scores_from_confusion(confusion_matrix(pred, truth, len(names)), names)["miou"]
+    index = np.clip(pred.astype(np.int64) - 1, 0, len(names) - 1)
+    return scores_from_confusion(confusion_matrix(index, truth, len(names)), names)["miou"]
 
 
 def run(size: int, seed: int, n_strokes: int, radius: int, model: str | None) -> dict:
@@ -82,10 +83,11 @@ def run(size: int, seed: int, n_strokes: int, radius: int, model: str | None) ->
         if region is None:
             break
         dab = stroke(region, radius)
-        current[dab] = truth[dab]
-        pasted[dab] = truth[dab]
+        current[dab] = truth[dab] + 1
+        pasted[dab] = truth[dab] + 1
+        session.edit(current)
         t = time.perf_counter()
-        current = session.refine(current).copy()
+        current = session.refine().copy()
         times.append(time.perf_counter() - t)
         refined_curve.append(miou(current, truth, names))
         pasted_curve.append(miou(pasted, truth, names))
