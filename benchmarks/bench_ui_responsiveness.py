@@ -180,12 +180,14 @@ def main(argv=None) -> dict:
             app.processEvents()
             start = time.perf_counter()
             stats = phase(app, ticks, dock.refine.refine,
-                          lambda: dock.refine._worker is None and dock.refine._writing is None, args.timeout)
+                          lambda: dock.refine._worker is None and dock.refine._writing is None and not run.busy,
+                          args.timeout)
             timings.append(round(time.perf_counter() - start, 2))
             result[f"refine_{name}"] = stats
         gc.collect()
         after_refine = rss_mb()
-        result["undo"] = phase(app, ticks, lambda: run.undo(()), lambda: run.pending_writes == 0, args.timeout)
+        result["undo"] = phase(app, ticks, lambda: run.undo(()), lambda: not run.busy and run.pending_writes == 0,
+                               args.timeout)
         gc.collect()
         after_undo = rss_mb()
         session = run.session(())

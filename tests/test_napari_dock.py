@@ -66,7 +66,8 @@ def run_and_wait(dock, qtbot):
 
 def wait_refine(dock, qtbot):
     qtbot.waitUntil(lambda: dock.refine._worker is None and dock.refine._writing is None
-                    and all(run.pending_writes == 0 for run in dock.state.runs.values()), timeout=TIMEOUT_MS)
+                    and all(run.pending_writes == 0 and not run.busy for run in dock.state.runs.values()),
+                    timeout=TIMEOUT_MS)
 
 
 def one_class_per_pixel(run) -> bool:
@@ -226,11 +227,11 @@ def test_ctrl_z_in_any_layer_in_any_order_keeps_one_class_per_pixel(annotator, q
     for name in ("ground", "tree", "road"):
         viewer.layers.selection.active = viewer.layers[name]
         press(viewer, qtbot, Qt.Key_Z, Qt.ControlModifier)
-        qtbot.waitUntil(lambda: run.pending_writes == 0, timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: not run.busy and run.pending_writes == 0, timeout=TIMEOUT_MS)
         assert one_class_per_pixel(run)
     assert np.array_equal(session.labels, draft) and not session.edited.any()
     press(viewer, qtbot, Qt.Key_Z, Qt.ControlModifier | Qt.ShiftModifier)
-    qtbot.waitUntil(lambda: run.pending_writes == 0, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not run.busy and run.pending_writes == 0, timeout=TIMEOUT_MS)
     assert session.edited.sum() > 0 and one_class_per_pixel(run)
     dock.refine.refine()
     wait_refine(dock, qtbot)
@@ -257,8 +258,9 @@ def test_run_again_replaces_the_map_as_one_undo_step_and_names_the_strokes(annot
     assert run_and_wait(dock, qtbot) is run
     assert [ly.name for ly in viewer.layers].count("tree") == 1 and viewer.layers["tree"] is tree
     assert "your strokes in tree were replaced" in dock.segment.status.text()
-    assert run.undo(()) and np.array_equal(run.session(()).labels, with_stroke)
-    qtbot.waitUntil(lambda: run.pending_writes == 0, timeout=TIMEOUT_MS)
+    assert run.undo(())
+    qtbot.waitUntil(lambda: not run.busy and run.pending_writes == 0, timeout=TIMEOUT_MS)
+    assert np.array_equal(run.session(()).labels, with_stroke)
     assert one_class_per_pixel(run)
 
 
@@ -411,7 +413,7 @@ def test_class_by_example_remove_and_undo_keep_layers_in_step(annotator, qtbot):
     assert [ly.name for ly in run.layers] == ["tree", "road", "shadow"] and "ground" not in viewer.layers
     assert one_class_per_pixel(run)
     dock.refine._step(type(run).undo)
-    qtbot.waitUntil(lambda: run.pending_writes == 0, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not run.busy and run.pending_writes == 0, timeout=TIMEOUT_MS)
     assert [ly.name for ly in run.layers] == [*CLASSES, "shadow"] and one_class_per_pixel(run)
 
 

@@ -51,11 +51,6 @@ __all__ = ["RefinePanel"]
 CONFIDENCE_NAME = "unsure (refine)"
 
 
-def _propose(session, labels, edited):
-    """Worker: the refined map of a snapshot (the cache is built on first use)."""
-    return session.propose_refinement(labels, edited)
-
-
 class RefinePanel(QWidget):
     """Refine the class layers of a run from the annotator's strokes."""
 
@@ -195,6 +190,7 @@ class RefinePanel(QWidget):
         self.run_combo.blockSignals(False)
         for run in runs:
             run.on_change = self._on_run_change
+            run.background = self._background
         self.refresh()
 
     def refresh(self) -> None:
@@ -248,10 +244,23 @@ class RefinePanel(QWidget):
             self.status.setText("nothing to learn from: paint a few strokes in the class layers first")
             return None
         self.status.setText("refining …" if session.prepared else "building the refinement cache, then refining …")
-        snapshot = (session.labels.copy(), session.edited.copy())
-        worker = create_worker(_propose, session, *snapshot, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda proposal: self._accept(run, plane, session, *proposal))
-        return self._start(worker)
+
+        def work():
+            session.accept_refinement(*session.propose_refinement())
+            return session.history[-1].changed
+
+        def then(changed):
+            self._write_in_bands(run, plane, f"refined from {int(session.edited.sum())} painted pixels: "
+                                             f"{len(changed)} pixels changed", changed)
+
+        run.in_background(work, then)
+        return self._worker
+
+    def _background(self, work, then) -> None:
+        """Run ``work`` on a worker thread, then ``then(result)`` on the interface's thread."""
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(then)
+        self._start(worker)
 
     def _start(self, worker):
         self._worker = worker
@@ -262,18 +271,17 @@ class RefinePanel(QWidget):
         return worker
 
     def _on_error(self, exc: BaseException) -> None:
+        for run in self.runs():
+            if run.busy:
+                run.busy = False
+                for layer in run.all_layers:
+                    layer.editable = True
         self.status.setText("failed (see the notification)")
         report(exc)
 
     def _on_worker_finished(self) -> None:
         self._worker = None
         self.refresh()
-
-    def _accept(self, run: ImageRun, plane, session, labels: np.ndarray, margin: np.ndarray,
-                changed: np.ndarray) -> None:
-        session.accept_refinement(labels, margin, changed)
-        self._write_in_bands(run, plane, f"refined from {int(session.edited.sum())} painted pixels: "
-                                         f"{len(session.history[-1].changed)} pixels changed", changed)
 
     def _write_in_bands(self, run: ImageRun, plane, message: str, changed: np.ndarray | None = None) -> None:
         """Show the session's map in the layers a band of rows per event-loop turn."""

@@ -68,6 +68,8 @@ class ImageRun:
     on_change: called after every session step made from the layers (a stroke, an undo), and
         with "classes" before an undo or redo changes the classes (so their layers exist first).
     defer: how band writes wait for the next turn of the event loop.
+    background: how heavy session work (undo of a 6000² refinement, a refinement) runs off the
+        interface's thread: ``background(work, then)``; ``None`` runs it in place.
     """
 
     image: LayerImage
@@ -79,6 +81,8 @@ class ImageRun:
     writing: bool = False
     pending_writes: int = 0
     defer: Callable[[Callable[[], None]], None] = next_turn
+    background: Callable[[Callable, Callable], None] | None = None
+    busy: bool = False
 
     @property
     def classes(self) -> tuple[ClassSpec, ...]:
@@ -138,7 +142,7 @@ class ImageRun:
     def sync(self, layer: Labels, plane: tuple[int, ...] = (), region: Region | None = None) -> int:
         """Take a stroke from ``layer`` into the plane's session (one undo step) and show it in
         every layer of the run; returns the number of pixels painted."""
-        if self.writing or tuple(plane) not in self.sessions:
+        if self.writing or self.busy or tuple(plane) not in self.sessions:
             return 0
         found = self.read_strokes(layer, plane, region)
         if found is None:
@@ -216,18 +220,40 @@ class ImageRun:
 
     def _step(self, plane: tuple[int, ...], method: str) -> bool:
         session = self.sessions.get(tuple(plane))
-        if session is None or getattr(session, method)() is None:
+        if session is None or self.busy or not (session.history if method == "undo" else session.future):
             return False
-        step = session.future[-1] if method == "undo" else session.history[-1]
-        if step.classes_before != step.classes_after and self.on_change is not None:
-            self.on_change(self, "classes")
+        step = session.history[-1] if method == "undo" else session.future[-1]
 
-        def done():
-            if self.on_change is not None:
-                self.on_change(self, method)
+        def done(_=None):
+            if step.classes_before != step.classes_after and self.on_change is not None:
+                self.on_change(self, "classes")
 
-        self.write_soon(plane, step.changed, done)
+            def written():
+                if self.on_change is not None:
+                    self.on_change(self, method)
+
+            self.write_soon(plane, step.changed, written)
+
+        self.in_background(getattr(session, method), done)
         return True
+
+    def in_background(self, work: Callable, then: Callable) -> None:
+        """Run ``work`` off the interface's thread (the dock sets :attr:`background`), with the
+        run busy meanwhile: no stroke is taken and no undo starts until ``then`` has run."""
+        if self.background is None:
+            then(work())
+            return
+        self.busy = True
+        for layer in self.all_layers:
+            layer.editable = False
+
+        def finish(result):
+            self.busy = False
+            for layer in self.all_layers:
+                layer.editable = True
+            then(result)
+
+        self.background(work, finish)
 
     def undo(self, plane: tuple[int, ...] = ()) -> bool:
         """Undo the plane's last session step in every layer at once."""
