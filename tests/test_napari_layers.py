@@ -108,7 +108,7 @@ def test_one_class_layer_per_class_with_colour_and_metadata():
     image = describe_image(rgb_layer(scale=(0.5, 0.5), translate=(10, 20), name="ortho",
                                      metadata={"georeference": {"crs": "EPSG:32633"}}))
     labels = stripes()
-    out = layers.result_layer_data(image, {(): fake_result(labels)}, semantic=True, confidence=True)
+    out = list(layers.result_layer_data(image, {(): fake_result(labels)}, semantic=True, confidence=True))
     assert [(kw["name"], t) for _, kw, t in out] == [("road", "labels"), ("tree", "labels"), ("building", "labels"),
                                                       ("semantic map", "labels"), ("confidence", "image")]
     for k, (data, kw, _) in enumerate(out[:3], start=1):

@@ -52,7 +52,7 @@ class _Step:
         dense = len(changed) * 32 > size
         if dense:
             mask = np.zeros(size, bool)
-            mask[changed] = True
+            _put(mask, changed, True)
             where = np.packbits(mask)
         else:
             where = changed
@@ -68,6 +68,25 @@ class _Step:
     @property
     def nbytes(self) -> int:
         return self.where.nbytes + self.before.nbytes + self.after.nbytes + self.flipped.nbytes
+
+
+#: Pixels one fancy-indexing call touches: a session step of a 6000² map is done in pieces, so a
+#: worker thread doing it never holds the interpreter for long (the interface stays fluid).
+CHUNK = 1 << 22
+
+
+def _take(flat: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``flat[index]``, a chunk of indices at a time."""
+    if len(index) <= CHUNK:
+        return flat[index]
+    return np.concatenate([flat[index[i:i + CHUNK]] for i in range(0, len(index), CHUNK)])
+
+
+def _put(flat: np.ndarray, index: np.ndarray, values) -> None:
+    """``flat[index] = values``, a chunk of indices at a time."""
+    values = np.asarray(values)
+    for i in range(0, len(index), CHUNK):
+        flat[index[i:i + CHUNK]] = values if values.ndim == 0 else values[i:i + CHUNK]
 
 
 def _flat_index(mask: np.ndarray) -> np.ndarray:
@@ -191,10 +210,10 @@ class Session:
         if order is not None:
             changed, after = changed[order], after[order]
         changed, flipped = _index_dtype(changed, labels.size), _index_dtype(flipped, labels.size)
-        step = _Step.of(what, changed, labels.size, before=labels[changed].copy(),
+        step = _Step.of(what, changed, labels.size, before=_take(labels, changed),
                         after=after.astype(self.labels.dtype), flipped=flipped, state_before=self.state,
                         state_after=state_after, classes_before=tuple(self.classes), classes_after=classes_after)
-        labels[changed] = step.after
+        _put(labels, changed, step.after)
         edited[flipped] = ~edited[flipped]
         self.state, self.class_list = state_after, classes_after
         self.history.append(step)
@@ -211,11 +230,11 @@ class Session:
         changed = _flat_index(self.labels.reshape(-1) != new)
         flipped = (_flat_index(self.edited.reshape(-1) != np.asarray(new_edited, bool).reshape(-1))
                    if new_edited is not None else np.empty(0, np.int32))
-        return self._record(what, changed, new[changed], flipped, new_state)
+        return self._record(what, changed, _take(new, changed), flipped, new_state)
 
     def _apply(self, step: _Step, undoing: bool) -> None:
         flat = self.labels.reshape(-1)
-        flat[step.changed] = step.before if undoing else step.after
+        _put(flat, step.changed, step.before if undoing else step.after)
         edited = self.edited.reshape(-1)
         edited[step.flipped] = ~edited[step.flipped]
         self.state = step.state_before if undoing else step.state_after
@@ -309,10 +328,10 @@ class Session:
         flat_new = np.asarray(new_labels).reshape(-1)
         if changed is None:
             changed = _flat_index(self.labels.reshape(-1) != flat_new)
-        changed = changed[~self.edited.reshape(-1)[changed]]
+        changed = changed[~_take(self.edited.reshape(-1), changed)]
         if margin is not None:
             self.margin = margin
-        return self._record("refine", changed, flat_new[changed], np.empty(0, np.int32))
+        return self._record("refine", changed, _take(flat_new, changed), np.empty(0, np.int32))
 
     def refine(self) -> np.ndarray:
         """Reassign every pixel the annotator did not set, learning from the strokes; one undo

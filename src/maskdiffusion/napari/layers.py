@@ -138,33 +138,32 @@ def semantic_layer_data(data: np.ndarray, classes: Sequence[ClassSpec], metadata
 
 
 def result_layer_data(image: LayerImage, results: Mapping[tuple[int, ...], SegmentationResult], *,
-                      semantic: bool = False, confidence: bool = False) -> list[LayerDataTuple]:
-    """One class layer per class, then optionally the semantic map and the confidence.
+                      semantic: bool = False, confidence: bool = False) -> Iterator[LayerDataTuple]:
+    """One class layer per class, then optionally the semantic map and the confidence, built one
+    at a time as they are taken (a 6000² layer's array is built in the turn that adds it).
 
     ``results`` maps plane indices of ``image`` to their result; planes not run stay 0.
     """
     first = next(iter(results.values()))
     classes = first.classes
     base = base_metadata(image, first.metadata())
-    out: list[LayerDataTuple] = []
     for k, spec in enumerate(classes, start=1):
         data = np.zeros(image.shape, np.uint8)
         for plane, r in results.items():
             data[plane] = (r.labels == k) * DRAFT
-        out.append(class_layer_data(data, spec, k, base, image.scale, image.translate))
+        yield class_layer_data(data, spec, k, base, image.scale, image.translate)
     if semantic:
         sem = np.zeros(image.shape, label_dtype(len(classes)))
         for plane, r in results.items():
             sem[plane] = r.labels
-        out.append(semantic_layer_data(sem, classes, {**base, "merge_rule": "argmax of the class scores"}, image))
+        yield semantic_layer_data(sem, classes, {**base, "merge_rule": "argmax of the class scores"}, image)
     if confidence:
         conf = np.zeros(image.shape, np.float32)
         for plane, r in results.items():
             conf[plane] = r.confidence
-        out.append((conf, {"name": "confidence", "colormap": "magma", "opacity": 0.7, "blending": "translucent",
-                           "metadata": {**base, "kind": CONFIDENCE}, "scale": image.scale,
-                           "translate": image.translate}, "image"))
-    return out
+        yield (conf, {"name": "confidence", "colormap": "magma", "opacity": 0.7, "blending": "translucent",
+                      "metadata": {**base, "kind": CONFIDENCE}, "scale": image.scale,
+                      "translate": image.translate}, "image")
 
 
 # --------------------------------------------------------------------------- layers -> classes
