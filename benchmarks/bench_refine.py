@@ -73,8 +73,8 @@ def _dims(text: str):
 
 def bench(size: int, repeat: int, dims_options) -> dict:
     from maskdiffusion.core.classes import preset_classes
-    from maskdiffusion.core.refine import assign, refined_scores
     from maskdiffusion.core.params import SegmentParams
+    from maskdiffusion.core.refine import assign, refined_scores
     from maskdiffusion.core.result import SegmentationResult
     from maskdiffusion.session import Session
 

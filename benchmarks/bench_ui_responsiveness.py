@@ -105,10 +105,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     model = args.model or ("tiny" if args.size > 1024 else "sd15")
 
+    import napari
     import numpy as np
     import torch
 
-    import napari
     from maskdiffusion.geo.synthetic import make_potsdam_like_tile
     from maskdiffusion.model.random_sd import build_random_sd
     from maskdiffusion.napari.dock import AnnotatorDock

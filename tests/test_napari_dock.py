@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from maskdiffusion.napari import layers  # noqa: E402
+from maskdiffusion.napari import layers
 
 pytestmark = [
     pytest.mark.gui,
@@ -175,7 +175,8 @@ def test_cancel_after_labels_appeared_takes_them_back(annotator, qtbot):
     qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
     qtbot.wait(100)
     assert "cancelled" in dock.segment.status.text()
-    assert all(np.array_equal(a, ly.data) for a, ly in zip(before, run.layers)) and all(ly.editable for ly in run.layers)
+    assert all(np.array_equal(a, ly.data) for a, ly in zip(before, run.layers))
+    assert all(ly.editable for ly in run.layers)
 
 
 def test_cancel_leaves_the_viewer_as_it_was(annotator, qtbot):

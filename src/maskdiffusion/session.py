@@ -9,16 +9,16 @@ or redoes any of these. Session bundles (``.mdsession`` folders) are :mod:`.sess
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
 from .core.class_edits import add_class, merge_classes, remove_class, rename_class
+from .core.classes import ClassSpec
 from .core.confidence import grid_margin
 from .core.labels import label_dtype
 from .core.refine import PRIOR_CELLS, RefineState, assign, refined_scores
-from .core.classes import ClassSpec
 from .errors import BadInputError
 
 __all__ = ["Session"]

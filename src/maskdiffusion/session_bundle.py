@@ -183,7 +183,8 @@ def load_session(path: str | Path) -> Session:
     except (KeyError, TypeError, ValueError) as e:
         detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
         raise SessionError(f"session {folder} is inconsistent: {detail}") from None
-    session = Session(labels.astype(label_dtype(len(classes)), copy=False), edited, state, dict(index.get("image") or {}),
+    session = Session(labels.astype(label_dtype(len(classes)), copy=False), edited, state,
+                      dict(index.get("image") or {}),
                       dict(index.get("parameters") or {}), str(index.get("model") or ""),
                       float(refine.get("prior_cells", PRIOR_CELLS)), bool(refine.get("normalize", False)),
                       class_list=classes)

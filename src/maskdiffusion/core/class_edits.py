@@ -6,8 +6,8 @@ Classes are addressed by their 0-based position in ``state.classes``; label maps
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 

@@ -3,7 +3,7 @@ region for the annotator to look at."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -26,7 +26,7 @@ array([-1,  0,  2])
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 

@@ -6,10 +6,10 @@ All functions take and return float32 ``torch`` tensors on any device, without b
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from .tokens import TokenSpan
 
@@ -28,7 +28,7 @@ def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of (C, h, w) to ``size`` with ``align_corners=False``."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    return functional.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def class_maps(token_maps: torch.Tensor, spans: Sequence[Sequence[TokenSpan]], eps: float = 1e-12) -> torch.Tensor:
@@ -50,9 +50,9 @@ def class_maps(token_maps: torch.Tensor, spans: Sequence[Sequence[TokenSpan]], e
 def normalize_features(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
     """f̂: each feature map L2-normalised over channels, coarse resized to fine, concatenated,
     normalised again. (C1, h1, w1), (C2, h2, w2) -> (C1 + C2, h2, w2)."""
-    coarse = F.normalize(coarse, dim=0)
-    fine = F.normalize(fine, dim=0)
-    return F.normalize(torch.cat([upsample(coarse, fine.shape[-2:]), fine]), dim=0)
+    coarse = functional.normalize(coarse, dim=0)
+    fine = functional.normalize(fine, dim=0)
+    return functional.normalize(torch.cat([upsample(coarse, fine.shape[-2:]), fine]), dim=0)
 
 
 def prototype_sums(maps, feats, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:

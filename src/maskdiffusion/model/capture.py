@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from ..errors import BadInputError
 
@@ -62,7 +62,7 @@ class CaptureStore:
         maps = logits.clamp_max(_MAX_LOGIT).exp() if self.mode == "exp" else logits.softmax(-1)
         maps = maps.reshape(batch, heads, h, w, -1).sum(1).permute(0, 3, 1, 2)
         if (h, w) != self.grid_hw:
-            maps = F.interpolate(maps, size=self.grid_hw, mode="bilinear", align_corners=False)
+            maps = functional.interpolate(maps, size=self.grid_hw, mode="bilinear", align_corners=False)
         self.token_sum = maps if self.token_sum is None else self.token_sum + maps
         self.heads += heads
         self.attention_calls += 1
@@ -83,7 +83,8 @@ class CrossAttentionCaptureProcessor:
     def __init__(self, store: CaptureStore):
         self.store = store
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)

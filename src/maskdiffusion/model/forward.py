@@ -60,7 +60,8 @@ class TileRunner:
         """Capture one (h, w, 3) uint8 tile; h and w are multiples of 64."""
         p = self.params
         h, w = tile.shape[:2]
-        with torch.inference_mode(), capture_unet(self.sd.unet, p.cross_attention_layers, p.feature_layers, p.attention) as store:
+        capture = capture_unet(self.sd.unet, p.cross_attention_layers, p.feature_layers, p.attention)
+        with torch.inference_mode(), capture as store:
             z = self.latents(tile)
             store.reset(tuple(z.shape[-2:]), (h // GRID_STRIDE, w // GRID_STRIDE))
             batch = self.embeddings.shape[0]

@@ -100,7 +100,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             raise DeviceError(f"Device {device!r} asked for, but CUDA is not available here: use auto or cpu.")
         index = torch.cuda.current_device() if dev.index is None else dev.index
         if index >= torch.cuda.device_count():
-            raise DeviceError(f"Device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist.")
+            raise DeviceError(f"Device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) "
+                              "exist.")
         return torch.device("cuda", index)
     if dev.type == "mps":
         if not _mps_available():

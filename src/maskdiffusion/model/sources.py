@@ -229,7 +229,7 @@ def _hub_model_index(repo_id: str, kwargs: dict) -> Path:
             f"'{repo_id}' on the Hugging Face Hub is not a diffusers Stable Diffusion repository "
             f"(no model_index.json). {HOW_TO}."
         ) from err
-    except Exception as err:  # noqa: BLE001 - every other download failure is told in one line
+    except Exception as err:
         missing = err
     reason = reason or f"it could not be downloaded ({first_line(missing)})"
     raise ModelNotFoundError(

@@ -55,6 +55,7 @@ def build_clip_tokenizer(folder: str | Path, pad_token: str = "<|endoftext|>"):
     from transformers import CLIPTokenizer
 
     folder = write_clip_tokenizer_files(folder)
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token, model_max_length=77)
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token,
+                        model_max_length=77)
     tok.save_pretrained(folder)
     return tok

@@ -6,8 +6,9 @@ layer napari's own reader opened, from the file it came from (``layer.source.pat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 

@@ -18,8 +18,9 @@ commands at the end.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -324,7 +325,8 @@ def _add_or_update(viewer: napari.Viewer, layer_data: LayerDataTuple) -> Layer:
     data, kwargs, layer_type = layer_data
     meta = kwargs.get("metadata", {})
     for layer in viewer.layers:
-        if (isinstance(layer, Labels) and layer.name == kwargs["name"] and layer.metadata.get("kind") == meta.get("kind")
+        if (isinstance(layer, Labels) and layer.name == kwargs["name"]
+                and layer.metadata.get("kind") == meta.get("kind")
                 and tuple(layer.data.shape) == tuple(data.shape)):
             for plane in np.ndindex(*data.shape[:-2]):
                 write_into_layer(layer, data[plane], plane, history=True)

@@ -16,7 +16,8 @@ are written into the layers a band of rows per event-loop turn.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.qt.threading import create_worker

@@ -8,8 +8,9 @@ for the whole of it. It returns an :class:`Applied` summary. Qt-free.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Generator, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 

@@ -7,9 +7,9 @@ widgets) and stop between tiles when the worker is quit. torch is imported here,
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 __all__ = ["PlaneStarted", "load", "segment_planes", "spare_one_core"]
 

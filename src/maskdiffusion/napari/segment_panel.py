@@ -365,7 +365,7 @@ class SegmentPanel(QWidget):
             self._applying = None
             self._finish(stop.value)
             return
-        except Exception as e:  # noqa: BLE001 - reported, and the dock stays usable
+        except Exception as e:
             self._applying = None
             self._update_buttons()
             report(e)

@@ -206,7 +206,7 @@ def write_bundle(path: str, layer_data: list[tuple]) -> list[str]:
     tmp.mkdir()
     try:
         semantic = np.zeros(entries[0][1].shape, label_dtype(len(entries)))
-        for k, (spec, mask, meta) in enumerate(entries, start=1):
+        for k, (spec, mask, _) in enumerate(entries, start=1):
             name = f"{k:02d}_{safe_filename(spec.name)}.tif"
             raster_io.write_labels(tmp / name, mask.astype(np.uint8), [spec], geo,
                                    _export_metadata({**common, "kind": CLASS}, [spec]))
