@@ -17,7 +17,7 @@ import numpy as np
 from ..core.classes import ClassSpec
 from .images import LayerImage
 from .layers import DRAFT, SOFTWARE, class_layer_data, write_into_layer
-from .state import AnnotatorState, ImageRun, next_turn
+from .state import BAND_PIXELS, AnnotatorState, ImageRun, next_turn
 
 if TYPE_CHECKING:
     import napari
@@ -51,7 +51,12 @@ class LiveLabels:
         if not self.active:
             return
         self.touched.append((tuple(plane), region))
-        self.queue += [(tuple(plane), region, labels, k) for k in range(1, len(self.classes) + 1)]
+        y0, y1, x0, x1 = region
+        rows = max(1, BAND_PIXELS // max(x1 - x0, 1))
+        for start in range(y0, y1, rows):
+            stop = min(y1, start + rows)
+            band = labels[start - y0:stop - y0]
+            self.queue += [(tuple(plane), (start, stop, x0, x1), band, k) for k in range(1, len(self.classes) + 1)]
         self._schedule()
 
     def _schedule(self) -> None:
