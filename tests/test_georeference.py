@@ -138,3 +138,19 @@ def test_a_palette_image_is_segmented_as_its_colours(tmp_path, tiny_model_dir):
     assert run("segment", tmp_path / "rgb.png", "--out", tmp_path / "labels.png", *common) == 0
     values, _ = read_image(tmp_path / "labels.png")
     assert values.ndim == 2 and set(np.unique(values)) <= {1, 2}
+
+
+def test_scribbles_leave_nodata_pixels_unlabelled(image, tmp_path, tiny_model_dir):
+    """Refinement from strokes reassigns every pixel without a stroke, but not nodata ones."""
+    from maskdiffusion.geo.raster_io import write_raster
+
+    nodata = _nodata_of(image)
+    strokes = np.zeros((400, 400), np.uint8)
+    strokes[100:140, 50:300] = 2
+    write_raster(tmp_path / "strokes.tif", strokes)
+    assert run("segment", image, "--classes", "tree,sand", "--model", tiny_model_dir, "--quiet", "--scribbles",
+               tmp_path / "strokes.tif", "--out", tmp_path / "seg.tif", "--confidence", tmp_path / "conf.tif") == 0
+    labels, _ = read_image(tmp_path / "seg.tif")
+    confidence, _ = read_image(tmp_path / "conf.tif")
+    assert (labels[nodata & (strokes == 0)] == 0).all() and (labels[~nodata] > 0).all()
+    assert np.isnan(confidence[nodata & (strokes == 0)]).all()

@@ -127,7 +127,7 @@ def run(args) -> int:
     if scribbles is not None:
         from ..core.scribbles import apply_scribbles
 
-        result = apply_scribbles(result, scribbles)
+        result = _nodata_unlabelled(apply_scribbles(result, scribbles), valid, scribbles)
     metadata = dict(result.metadata(), image=str(args.image), georeference=geo.to_dict())
     if args.scribbles is not None:
         metadata["scribbles"] = str(args.scribbles)
@@ -136,6 +136,18 @@ def run(args) -> int:
         size = f"{result.labels.shape[1]}x{result.labels.shape[0]} px"
         print(f"wrote {args.out} ({size}): {_class_fractions(result)}", file=sys.stderr)
     return 0
+
+
+def _nodata_unlabelled(result, valid, scribbles):
+    """The refined result with the image's nodata pixels unlabelled again, as the engine left
+    them (refinement reassigns every pixel without a stroke), their confidence NaN; painted
+    pixels keep their stroke's class."""
+    if valid is not None:
+        unpainted = ~valid & (scribbles == 0)
+        result.labels[unpainted] = 0
+        if result.confidence is not None:
+            result.confidence[unpainted] = float("nan")
+    return result
 
 
 def _notes(args, image, geo, params) -> None:
