@@ -190,9 +190,10 @@ def test_files_batch_did_not_write_are_not_replaced(tiles, cluster, tiny_model_d
     notes = out / f"{stems[1]}.classes.json"
     notes.write_text('{"my": "notes"}')
     args = run_args(tiles, out, tiny_model_dir, "--scheduler", cluster)
-    assert batch(*args) == 1
+    assert batch(*[a for a in args if a != "--quiet"]) == 1
     records = status_of(out)
     err = capsys.readouterr().err
+    assert "3 input(s), 0 finished before, 3 to do, 2 refused (files batch did not write)" in err
     for path in (mine, notes):
         reason = f"{path} exists and was not written by maskdiffusion batch; pass --overwrite to replace it"
         stem = path.name.split(".")[0]

@@ -35,6 +35,7 @@ from .jobs import (
     foreign_output,
     is_finished,
     plan_jobs,
+    previous_records,
 )
 from .tasks import assign_tile, segment_tile, shared_labels, tile_features, warm_up, worker_model
 
@@ -54,6 +55,7 @@ __all__ = [
     "foreign_output",
     "is_finished",
     "plan_jobs",
+    "previous_records",
     "process",
     "segment_tile",
     "shared_labels",

@@ -7,7 +7,6 @@ prototypes it runs two passes and reduces the prototype sums in between.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -30,6 +29,7 @@ from .jobs import (
     digest,
     foreign_output,
     is_finished,
+    previous_records,
     remove_temporaries,
 )
 from .tasks import assign_tile, one_line, segment_tile, tile_features
@@ -98,7 +98,7 @@ def process(client, jobs: Sequence[TileJob], config: BatchConfig, report: BatchR
     jobs = list(jobs)
     out_dir = jobs[0].output.parent if jobs else Path(".")
     report = report or BatchReport(out_dir, config)
-    previous = _previous_records(out_dir)
+    previous = previous_records(out_dir)
     remove_temporaries(jobs)
     if overwrite:
         _forget_shared_work(jobs)
@@ -129,15 +129,6 @@ def process(client, jobs: Sequence[TileJob], config: BatchConfig, report: BatchR
     finally:
         report.save()
     return report
-
-
-def _previous_records(out_dir: Path) -> dict[str, dict]:
-    """The tiles of the last ``batch_status.json`` in ``out_dir`` ({} if there is none or it is unreadable)."""
-    try:
-        tiles = json.loads((out_dir / STATUS_FILE).read_text(encoding="utf-8")).get("tiles")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return tiles if isinstance(tiles, dict) else {}
 
 
 def _forget_shared_work(jobs: Sequence[TileJob]) -> None:

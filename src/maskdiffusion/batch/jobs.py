@@ -23,7 +23,8 @@ from ..core.params import DEFAULT_MODEL, SegmentParams
 from ..errors import BadInputError
 
 __all__ = ["BatchConfig", "BatchInputError", "TileJob", "check_out_dir", "expand_inputs", "foreign_output",
-           "is_finished", "plan_jobs", "written_files", "CACHE_DIR", "IMAGE_SUFFIXES", "PROTOTYPES_FILE", "STATUS_FILE"]
+           "is_finished", "plan_jobs", "previous_records", "written_files",
+           "CACHE_DIR", "IMAGE_SUFFIXES", "PROTOTYPES_FILE", "STATUS_FILE"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 STATUS_FILE = "batch_status.json"
@@ -189,6 +190,15 @@ def foreign_output(job: TileJob, record: dict | None = None) -> Path | None:
             continue
         return path
     return None
+
+
+def previous_records(out_dir: Path) -> dict[str, dict]:
+    """The tiles of the last ``batch_status.json`` in ``out_dir`` ({} if there is none or it is unreadable)."""
+    try:
+        tiles = json.loads((out_dir / STATUS_FILE).read_text(encoding="utf-8")).get("tiles")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return tiles if isinstance(tiles, dict) else {}
 
 
 def written_files(job: TileJob) -> dict[str, list[int]]:

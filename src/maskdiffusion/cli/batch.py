@@ -17,8 +17,10 @@ from ..batch import (
     check_out_dir,
     dask_client,
     expand_inputs,
+    foreign_output,
     is_finished,
     plan_jobs,
+    previous_records,
     process,
 )
 from ..geo.atomic import make_folder
@@ -94,13 +96,15 @@ def run(args) -> int:
     report = BatchReport(out_dir, config)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     todo = [j for j in jobs if args.overwrite or not is_finished(j)]
-    stale = sum(j.output.exists() or j.sidecar.exists() for j in todo)
+    previous = previous_records(out_dir)
+    refused = [] if args.overwrite else [j for j in todo if foreign_output(j, previous.get(j.stem)) is not None]
+    stale = sum(j.output.exists() or j.sidecar.exists() for j in todo if j not in refused)
     note = (" (--overwrite)" if args.overwrite
             else f" ({stale} replacing outputs of other settings or of an unfinished run)")
     say(f"maskdiffusion batch: {len(jobs)} input(s), {len(jobs) - len(todo)} finished before, {len(todo)} to do"
-        + (note if stale else ""))
+        + (note if stale else "") + (f", {len(refused)} refused (files batch did not write)" if refused else ""))
     try:
-        if todo:
+        if len(todo) > len(refused):
             with dask_client(args.scheduler, args.workers or 1) as client:
                 process(client, jobs, config, report, progress=not args.quiet, overwrite=args.overwrite)
         else:
