@@ -7,6 +7,10 @@
 2. Memory: peak resident memory of a fresh process (after loading and one warm-up tile) while
    segmenting 1024² and 4096² random images with the tiny model, against the bytes of the input
    and output arrays. Goal: the growth is the arrays, nothing more. Linux only (/proc).
+   At ``--scale`` 0.1 and 0.5 (``memory_at_scale``): a 12000² random GeoTIFF read, segmented
+   (labels only, as ``segment`` without ``--confidence``) and its labels written, in a fresh
+   process; the peak growth over the bytes of the input and label arrays, after each stage.
+   Goal: ≤ 1.3.
 
 3. Precision: the default precision (``--dtype auto``: bf16 on a CPU with native bf16, fp16 on a
    GPU) against fp32 in the same run: seconds per tile of each (``tile_s_default``,
@@ -14,7 +18,8 @@
    on ``--images`` synthetic Potsdam-like tiles).
 
 Prints one JSON object. ``--device cuda`` times the GPU per-tile cost.
-Usage: python benchmarks/bench_engine.py [--repeat 3] [--skip-memory] [--device cpu]
+Usage: python benchmarks/bench_engine.py [--repeat 3] [--skip-memory] [--skip-scale-memory] [--side 12000]
+       [--device cpu]
 """
 
 from __future__ import annotations
@@ -192,6 +197,71 @@ def memory(sides=(1024, 4096)) -> dict:
     }
 
 
+# The whole of ``maskdiffusion segment IMAGE --scale S --out seg.tif`` without its argument parsing:
+# read_input, segment (labels only), write_labels; the peak after each stage (VmHWM, reset once).
+_SCALE_MEMORY_CHILD = """
+import sys, numpy as np
+from maskdiffusion import segment
+from maskdiffusion.geo.raster_io import read_input, write_labels
+from maskdiffusion.model.loading import load_model
+def kb(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field))
+path, model, scale, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+sd = load_model(model, device="cpu")
+segment(np.zeros((512, 512, 3), np.uint8), "road,tree", sd, return_confidence=False)  # a full tile, warm
+open("/proc/self/clear_refs", "w").write("5")
+base = kb("VmRSS:")
+image, geo, valid = read_input(path)
+read = kb("VmHWM:")
+r = segment(image, "road,building,tree", sd, scale=scale, return_confidence=False, valid=valid)
+segmented = kb("VmHWM:")
+write_labels(out, r.labels, r.classes, geo, r.metadata())
+written = kb("VmHWM:")
+print(base * 1024, read * 1024, segmented * 1024, written * 1024, image.nbytes, r.labels.nbytes)
+"""
+
+
+def _random_geotiff(path: str, side: int) -> None:
+    """A side² RGB uint8 GeoTIFF of noise, written in bands of rows (never whole in memory)."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(0)
+    profile = {"driver": "GTiff", "width": side, "height": side, "count": 3, "dtype": "uint8", "tiled": True,
+               "crs": "EPSG:32633", "transform": from_origin(366000, 5808000, 0.05, 0.05)}
+    with rasterio.open(path, "w", **profile) as dst:
+        for y in range(0, side, 1024):
+            h = min(1024, side - y)
+            dst.write(rng.integers(0, 256, (3, h, side), dtype=np.uint8), window=Window(0, y, side, h))
+
+
+def memory_at_scale(side: int = 12000, scales=(0.1, 0.5)) -> dict:
+    """Peak growth over the input and label bytes of read + segment + write at each scale."""
+    import tempfile
+
+    from maskdiffusion.model.random_sd import build_random_sd
+
+    folder = tempfile.mkdtemp()
+    model = build_random_sd(folder + "/tiny", "tiny")
+    image = f"{folder}/random_{side}.tif"
+    _random_geotiff(image, side)
+    rows = {}
+    for scale in scales:
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", _SCALE_MEMORY_CHILD, image, str(model), str(scale),
+                              f"{folder}/seg.tif"], capture_output=True, text=True, check=True).stdout.split()
+        base, read, segmented, written, image_bytes, label_bytes = map(int, out[-6:])
+        arrays = image_bytes + label_bytes
+        rows[str(scale)] = {
+            "side": side, "seconds": round(time.perf_counter() - start, 1), "arrays_mb": round(arrays / 2**20, 1),
+            "peak_over_arrays_read": round((read - base) / arrays, 3),
+            "peak_over_arrays_segment": round((segmented - base) / arrays, 3),
+            "peak_over_arrays": round((written - base) / arrays, 3),
+        }
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
@@ -200,6 +270,8 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--images", type=int, default=3, help="images for the label agreement with fp32")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-scale-memory", action="store_true")
+    p.add_argument("--side", type=int, default=12000, help="image side of the memory-at-scale scenario")
     p.add_argument("--skip-timing", action="store_true")
     a = p.parse_args()
     import torch
@@ -224,6 +296,8 @@ def main():
         out["speedup_default_over_fp32"] = round(out["tile_s_fp32"] / out["tile_s_default"], 2)
     if not a.skip_memory:
         out["memory"] = memory()
+    if not a.skip_scale_memory:
+        out["memory_at_scale"] = memory_at_scale(a.side)
     print(json.dumps(out, indent=2))
 
 

@@ -10,8 +10,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_process import start_cli
 from maskdiffusion import cli
 from maskdiffusion.batch import (
     BatchConfig,
@@ -40,11 +39,6 @@ def batch(*argv) -> int:
     """``maskdiffusion batch ARGV`` in this process, exit status from the CLI's own error handling."""
     return cli.main(["batch", *map(str, argv)])
 
-
-#: ``python -m maskdiffusion`` for runs in a subprocess.
-#: SIGINT gets Python's handler back: a shell may start test runs with it ignored.
-CLI_MAIN = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "from maskdiffusion.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +121,14 @@ def test_a_corrupt_input_is_recorded_and_the_others_go_on(tiles, cluster, tiny_m
     assert "1 done, 0 skipped (finished before), 1 failed" in err and "failed broken.tif" in err
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "Ctrl-C", "SIGTERM"])
 def test_kill_midway_then_resume(how, cluster, tiny_model_dir, tmp_path):
     """Stop a whole run (driver, its local cluster, its worker) after its first output; resume it.
 
     SIGKILL leaves whatever was half-written; Ctrl-C (SIGINT to the process group, as a terminal
-    sends it) must shut the cluster down cleanly with exit status 130.
+    sends it) and SIGTERM (``docker stop``, Slurm) must shut the cluster down cleanly with exit
+    status 130 and 143. The resumed run leaves no temporary or broken file and gives the same
+    outputs as a clean run.
     """
     src = tmp_path / "in"
     for i in range(4):
@@ -142,8 +138,7 @@ def test_kill_midway_then_resume(how, cluster, tiny_model_dir, tmp_path):
             "--tile-size", 128, "--workers", 1, "--threads", 1]
     log = tmp_path / "stderr.txt"
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", CLI_MAIN, "batch", *map(str, args)], start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = start_cli("batch", *args, stderr=err)
         try:
             deadline = time.monotonic() + 120
             while not list(out.glob("*.classes.json")) and proc.poll() is None and time.monotonic() < deadline:
@@ -156,24 +151,82 @@ def test_kill_midway_then_resume(how, cluster, tiny_model_dir, tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
     assert 1 <= at_stop < 4, "stopped midway"
     assert _wait_until_gone(proc.pid), "no worker process outlives the run"
-    if how == signal.SIGINT:
+    if how != signal.SIGKILL:
         text = log.read_text()
-        assert rc == 130 and "rerun the same command" in text and "Traceback" not in text
+        assert rc == 128 + how and "rerun the same command" in text and "Traceback" not in text, text
 
     stems = sorted(p.stem for p in src.glob("*_RGBIR.tif"))
     finished = {s for s in stems if (out / f"{s}.classes.json").exists()}
-    broken = next((s for s in stems if s not in finished), stems[-1])
-    (out / f".{broken}.0123456789ab.tmp.tif").write_bytes(b"half a tiff")
-    (out / f"{broken}.tif").write_bytes(b"an output whose sidecar never came or is stale")
+    assert all((out / f"{s}.tif").exists() for s in finished), "no sidecar without its labels"
+    unfinished = next((s for s in stems if s not in finished), stems[-1])
+    (out / f".{unfinished}.0123456789ab.tmp.tif").write_bytes(b"half a tiff")
+    lost = sorted(finished)[0]
+    (out / f"{lost}.classes.json").unlink()  # labels of ours whose sidecar never came (as older versions left)
     assert batch(*args[:-4], "--scheduler", cluster, "--quiet") == 0
 
     records = status_of(out)
-    assert sum(r["status"] == "skipped" for r in records.values()) == len(finished - {broken})
-    assert sum(r["status"] == "done" for r in records.values()) == 4 - len(finished - {broken})
+    assert sum(r["status"] == "skipped" for r in records.values()) == len(finished - {lost})
+    assert sum(r["status"] == "done" for r in records.values()) == 4 - len(finished - {lost})
     assert not list(out.glob(".*tmp*")), "no temporary files left"
+    clean = tmp_path / "clean"
+    assert batch(*args[:-4], "--out-dir", clean, "--scheduler", cluster, "--quiet") == 0
     for stem in stems:
         labels, geo = read_image(out / f"{stem}.tif")
-        assert labels.shape == (256, 256) and geo.transform is not None
+        expected, clean_geo = read_image(clean / f"{stem}.tif")
+        assert labels.shape == (256, 256) and geo.transform == clean_geo.transform
+        assert np.array_equal(labels, expected), f"{stem}: the resumed run equals a clean run"
+        sidecars = [json.loads((d / f"{stem}.classes.json").read_text()) for d in (out, clean)]
+        assert sidecars[0]["batch"] == sidecars[1]["batch"] and sidecars[0]["classes"] == sidecars[1]["classes"]
+
+
+def test_files_batch_did_not_write_are_not_replaced(tiles, cluster, tiny_model_dir, tmp_path, capsys):
+    """A user's file at an output path fails that tile, with the reason, and is left as it was;
+    --overwrite replaces it. A file the status records as batch's own is redone."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stems = sorted(p.stem for p in tiles.glob("*_RGBIR.tif"))
+    mine = out / f"{stems[0]}.tif"
+    mine.write_bytes(b"my own map")
+    notes = out / f"{stems[1]}.classes.json"
+    notes.write_text('{"my": "notes"}')
+    args = run_args(tiles, out, tiny_model_dir, "--scheduler", cluster)
+    assert batch(*[a for a in args if a != "--quiet"]) == 1
+    records = status_of(out)
+    err = capsys.readouterr().err
+    assert "3 input(s), 0 finished before, 3 to do, 2 refused (files batch did not write)" in err
+    for path in (mine, notes):
+        reason = f"{path} exists and was not written by maskdiffusion batch; pass --overwrite to replace it"
+        stem = path.name.split(".")[0]
+        assert records[stem] == {"input": str(tiles / f"{stem}.tif"), "output": str(out / f"{stem}.tif"),
+                                 "status": "failed", "reason": reason}
+        assert f"failed {stem}.tif: {reason}" in err
+    assert mine.read_bytes() == b"my own map" and notes.read_text() == '{"my": "notes"}'
+    assert not (out / f"{stems[1]}.tif").exists() and records[stems[2]]["status"] == "done"
+
+    ours = out / f"{stems[2]}.tif"
+    stamp = ours.stat()
+    ours.write_bytes(b"\0" * stamp.st_size)  # ours, broken in place: same size and time as the status says
+    os.utime(ours, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert batch(*args) == 1
+    assert status_of(out)[stems[2]]["status"] == "done" and read_image(ours)[0].shape == (192, 192)
+
+    assert batch(*args, "--overwrite") == 0
+    assert {r["status"] for r in status_of(out).values()} == {"done"}
+    assert read_image(mine)[0].shape == (128, 128)
+
+
+def test_out_dir_that_is_an_input_folder_is_refused(tiles, tmp_path, capsys):
+    """Item 14: the outputs would replace the inputs (or be taken for inputs on a rerun)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted(tiles.glob("*_RGBIR.tif"))[:1]:
+        (src / p.name).write_bytes(p.read_bytes())
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    for out_dir in (src, tmp_path):
+        assert batch(src / "*.tif", "--out-dir", out_dir, "--classes", CLASSES, "--model", tmp_path / "none") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"is or contains the input folder {src.resolve()}" in err, err
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
 
 
 def _wait_until_gone(pgid: int, timeout: float = 20) -> bool:
@@ -253,7 +306,8 @@ def test_inputs_from_files_folders_and_globs(tiles, tmp_path):
     (tmp_path / "a" / "x.tif").write_bytes(b"")
     (tmp_path / "x.png").write_bytes(b"")
     with pytest.raises(BatchInputError, match="both write x.tif"):
-        plan_jobs(expand_inputs([tmp_path / "a" / "x.tif", tmp_path / "x.png"]), tmp_path, BatchConfig((), SegmentParams()))
+        plan_jobs(expand_inputs([tmp_path / "a" / "x.tif", tmp_path / "x.png"]), tmp_path,
+                  BatchConfig((), SegmentParams()))
 
 
 def test_outputs_in_the_input_folder_are_not_taken_for_inputs(tmp_path):

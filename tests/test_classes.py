@@ -2,6 +2,7 @@
 import pytest
 
 from maskdiffusion.core.classes import (
+    EMPTY_NAME,
     ClassListError,
     ClassSpec,
     as_class_specs,
@@ -62,3 +63,31 @@ def test_class_file_errors(tmp_path):
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ClassListError, match="no classes"):
         read_class_file(tmp_path / "empty.txt")
+
+
+@pytest.mark.parametrize("text", ["a,,b", ",,,", "a,b,", "a, =road, b", " , a"])
+def test_an_empty_name_anywhere_is_rejected_not_dropped(text):
+    with pytest.raises(ClassListError) as error:
+        parse_class_list(text)
+    assert str(error.value) == EMPTY_NAME
+
+
+@pytest.mark.parametrize("name, content", [
+    ("c.txt", "road\n= pavement | asphalt\ntree\n"),
+    ("c.txt", "road\n ; #ff0000\n"),
+    ("c.json", '{"classes": [{"name": "road"}, {"name": " "}]}'),
+    ("c.json", '[{"name": "road"}, {"name": "", "prompts": ["x"]}]'),
+])
+def test_an_empty_name_in_a_class_file_is_rejected_alike(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ClassListError) as error:
+        read_class_file(tmp_path / name)
+    assert str(error.value) == EMPTY_NAME
+
+
+@pytest.mark.parametrize("classes", ["a,,b", ",,,", "tree,"])
+def test_cli_rejects_an_empty_class_name_with_one_line(tmp_path, capsys, classes):
+    from maskdiffusion.cli import main
+
+    code = main(["segment", str(tmp_path / "none.tif"), "--classes", classes, "--out", str(tmp_path / "s.tif")])
+    assert code == 2 and capsys.readouterr().err.strip() == f"maskdiffusion segment: error: {EMPTY_NAME}"

@@ -37,7 +37,9 @@ def test_segment_writes_a_georeferenced_class_raster_and_sidecar(image, tmp_path
         assert dst.nodata == 0
         cmap = dst.colormap(1)
         assert cmap[0][3] == 0 and cmap[1][:3] == (230, 25, 75) and cmap[2][:3] == (60, 180, 75)
-    assert set(np.unique(labels)) <= {1, 2, 3}
+        nodata = (src.read() == src.nodata).all(axis=0)
+    assert nodata.any(), "the NEON sample has nodata pixels"
+    assert (labels[nodata] == 0).all() and set(np.unique(labels[~nodata])) <= {1, 2, 3}
     meta = json.loads((tmp_path / "seg.classes.json").read_text())
     assert [c["name"] for c in meta["classes"]] == ["tree", "shrub", "sand"]
     assert meta["classes"][1]["prompts"] == ["bush", "shrub"] and meta["classes"][0]["color"] == [230, 25, 75]
@@ -108,7 +110,8 @@ def test_existing_output_is_kept_unless_overwrite(image, tmp_path, tiny_model_di
     out.write_bytes(b"my earlier work")
     assert run("segment", image, "--classes", "a,b", "--model", tiny_model_dir, "--out", out) == 2
     assert out.read_bytes() == b"my earlier work" and "--overwrite" in capsys.readouterr().err
-    assert run("segment", image, "--classes", "a,b", "--model", tiny_model_dir, "--out", out, "--overwrite", "--quiet") == 0
+    assert run("segment", image, "--classes", "a,b", "--model", tiny_model_dir, "--out", out, "--overwrite",
+               "--quiet") == 0
     assert out.read_bytes()[:2] in (b"II", b"MM")
 
 
@@ -182,8 +185,54 @@ def test_scribbles_are_kept_and_bad_scribbles_exit_2(image, tmp_path, tiny_model
                "--scribbles", tmp_path / "strokes.tif", "--out", tmp_path / "seg.tif") == 0
     labels, _ = read_image(tmp_path / "seg.tif")
     assert (labels[100:140, 50:300] == 2).all() and (labels[300:320, 200:260] == 3).all()
-    assert set(np.unique(labels)) <= {1, 2, 3}, "the pixels without strokes are refined into classes"
+    with rasterio.open(image) as src:
+        nodata = (src.read() == src.nodata).all(axis=0) & (strokes == 0)
+    assert set(np.unique(labels[~nodata])) <= {1, 2, 3}, "the pixels without strokes are refined into classes"
+    assert (labels[nodata] == 0).all(), "except those without data"
     write_raster(tmp_path / "rgb.tif", np.zeros((3, 400, 400), np.uint8))
     assert run("segment", image, "--classes", "tree,shrub", "--model", tiny_model_dir, "--quiet",
                "--scribbles", tmp_path / "rgb.tif", "--out", tmp_path / "seg2.tif") == 2
     assert "one-band" in capsys.readouterr().err and not (tmp_path / "seg2.tif").exists()
+
+
+def test_unsupervised_zero_says_what_k_must_be(image, tmp_path, capsys):
+    assert run("segment", image, "--unsupervised", 0, "--out", tmp_path / "seg.tif") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "maskdiffusion segment: error: unsupervised K must be between 2 and 256, got 0"
+
+
+def test_fp16_on_a_cpu_says_so_in_one_line(image, tmp_path, capsys):
+    assert run("segment", image, "--classes", "a,b", "--dtype", "fp16", "--device", "cpu",
+               "--model", tmp_path / "no-model", "--out", tmp_path / "seg.tif") == 2
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: fp16 on a CPU runs about 3x slower than bf16 or fp32; --dtype auto picks bf16 where "
+                     "the CPU has it, else fp32"]
+
+
+def test_the_bands_used_are_said_and_recorded(tmp_path, tiny_model_dir, capsys):
+    """A 2-band image is seen as band 0 in gray: one line says so, the sidecar records it."""
+    from maskdiffusion.geo.raster_io import write_raster
+
+    two = write_raster(tmp_path / "two.tif", np.random.default_rng(0).integers(0, 4000, (2, 128, 128), np.uint16))
+    assert run("segment", two, "--classes", "a,b", "--model", tiny_model_dir, "--quiet", "--tile-size", 128,
+               "--out", tmp_path / "seg.tif") == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "note: two.tif has 2 bands; using band 0 as gray (choose with --bands)"]
+    assert json.loads((tmp_path / "seg.classes.json").read_text())["bands_used"] == [0, 0, 0]
+    assert run("segment", two, "--classes", "a,b", "--model", tiny_model_dir, "--quiet", "--tile-size", 128,
+               "--bands", "1", "--out", tmp_path / "seg1.tif") == 0
+    assert capsys.readouterr().err == ""
+    assert json.loads((tmp_path / "seg1.classes.json").read_text())["bands_used"] == [1, 1, 1]
+
+
+def test_a_warning_is_one_line_on_stderr(tmp_path):
+    """A Python warning (here: a Potsdam tile without CRS) reads as one line, not file:line: source."""
+    from cli_process import run_cli
+    from maskdiffusion.geo.synthetic import write_potsdam_like
+
+    tile = next(p for p in write_potsdam_like(tmp_path, size=64).values() if str(p).endswith("_RGBIR.tif"))
+    r = run_cli("segment", tile, "--classes", "a,b", "--model", tmp_path / "no-model", "--out", tmp_path / "s.tif")
+    warned = [line for line in r.stderr.splitlines() if ": warning: " in line or "Warning" in line]
+    assert warned == [f"maskdiffusion segment: warning: {tile.name}: no CRS in the file or beside it; ISPRS Potsdam "
+                      "tile name, assuming EPSG:32633 (UTM 33N)"], r.stderr
+    assert "UserWarning" not in r.stderr and "read_input" not in r.stderr

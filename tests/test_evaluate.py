@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskdiffusion.core.classes import preset_classes
 from maskdiffusion.cli import main
+from maskdiffusion.core.classes import preset_classes
 from maskdiffusion.core.labels import from_index
 from maskdiffusion.evaluation import EvaluationError, evaluate_pairs, find_pairs
 from maskdiffusion.geo.isprs import POTSDAM6_TO_3, boundary_mask
@@ -82,8 +82,8 @@ def test_potsdam3_merges_classes(dataset):
     pairs, _, _ = find_pairs(dataset["pred"], dataset["labels"], "potsdam3")
     assert evaluate_pairs(pairs, "potsdam3")["miou"] == 1.0
     pred = {n: POTSDAM6_TO_3[np.where(t == 3, 2, t)] for n, t in dataset["truth"].items()}
-    arrays = [(from_index(pred[n], 3), from_index(np.where(dataset["truth"][n] >= 0, POTSDAM6_TO_3[dataset["truth"][n]], -1), 3))
-              for n in TILES]
+    truth3 = {n: np.where(t >= 0, POTSDAM6_TO_3[t], -1) for n, t in dataset["truth"].items()}
+    arrays = [(from_index(pred[n], 3), from_index(truth3[n], 3)) for n in TILES]
     report = evaluate_pairs(arrays, "index", classes=preset_classes("potsdam3"))
     assert report["miou"] == 1.0
     report = evaluate_pairs([(from_index(pred["top_potsdam_2_11"], 3), dataset["data"] / "potsdam_2_11_label.tif")],
@@ -223,5 +223,61 @@ def test_end_to_end_from_images(tmp_path, tiny_model_dir):
         c.name.lower() for c in preset_classes("potsdam3")]
     assert 0 <= report["miou"] <= 1
     before = [p.stat().st_mtime_ns for p in preds]
-    assert main(args) == 0
+    assert main(args + ["--overwrite"]) == 0
     assert [p.stat().st_mtime_ns for p in preds] == before
+
+
+def _report_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_an_existing_report_is_kept_unless_overwrite(dataset, tmp_path, capsys):
+    args = ["--pred", str(dataset["pred"]), "--labels", str(dataset["labels"]), "--out", str(tmp_path / "r")]
+    assert run(args) == 0
+    (tmp_path / "r.md").write_text("my notes")
+    before = _report_files(tmp_path)
+    capsys.readouterr()
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"maskdiffusion evaluate: error: {tmp_path / 'r.json'} exists; pass --overwrite to replace it"
+    assert _report_files(tmp_path) == before
+    assert run(args + ["--overwrite"]) == 0
+    assert (tmp_path / "r.md").read_text().startswith("# Evaluation")
+
+
+def test_labels_without_a_class_colour_are_an_error(dataset, tmp_path, capsys):
+    """A ground truth none of whose pixels has a class colour is bad input, not an mIoU of '–'."""
+    from maskdiffusion.geo.raster_io import write_raster
+
+    wrong = write_raster(tmp_path / "top_potsdam_2_10_label.tif", np.full((3, SIZE, SIZE), 7, np.uint8))
+    code = run(["--pred", str(dataset["pred"] / "top_potsdam_2_10_RGBIR.tif"), "--labels", str(wrong),
+                "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "no pixel has the colour of a potsdam6 class" in err, err
+    assert not list(tmp_path.glob("r*"))
+
+
+def test_unlabelled_index_ground_truth_is_an_error(tmp_path, capsys):
+    labels = np.zeros((16, 16), np.uint8)
+    write_labels(tmp_path / "truth.tif", labels, ["a", "b"])
+    write_labels(tmp_path / "pred.tif", labels + 1, ["a", "b"])
+    code = run(["--pred", str(tmp_path / "pred.tif"), "--labels", str(tmp_path / "truth.tif"), "--dataset", "index",
+                "--classes", "a,b", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no ground-truth pixel in the labels belongs to a class" in err, err
+
+
+def test_a_full_disk_leaves_the_earlier_report_whole(dataset, tmp_path):
+    """Item 9: a disk that fills up while the report is written leaves no part of a new report;
+    the earlier one (--overwrite) is byte-identical, and no temporary file is left."""
+    from cli_process import error_lines, run_cli
+
+    args = ["evaluate", "--pred", dataset["pred"], "--labels", dataset["labels"], "--out", tmp_path / "r"]
+    assert run([str(a) for a in args[1:]]) == 0
+    before = _report_files(tmp_path)
+    largest = max(before, key=lambda n: len(before[n]))
+    limit = (sorted(map(len, before.values()))[-2] + len(before[largest])) // 2
+    r = run_cli(*args, "--overwrite", file_size=limit)
+    lines = error_lines(r.stderr)
+    assert r.returncode == 1 and len(lines) == 1 and largest in lines[0] and "File too large" in lines[0], r.stderr
+    assert _report_files(tmp_path) == before

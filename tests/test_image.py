@@ -64,3 +64,19 @@ def test_scale_resamples_tiles_lazily():
     t = src.tile(0, 0, 200, 120)
     assert t[0, 0, 0] == 0 and t[0, 119, 0] == 255 and t[0, 58, 0] == 0 and t[0, 61, 0] == 255
     assert t[0, 59, 0] == 64  # bilinear: 29.25 between 0 and 255
+
+
+def test_a_tile_at_a_small_scale_costs_its_own_pixels_not_the_window():
+    """Item 7: at scale 0.1 a 256² tile covers a 2560² input window; only the input pixels next
+    to the tile's pixel centres are read (no uint8 and float copies of the whole window)."""
+    import tracemalloc
+
+    img = np.random.default_rng(0).integers(0, 256, (4000, 4000, 3), dtype=np.uint8)
+    src = ImageSource(img, scale=0.1)
+    tracemalloc.start()
+    tile = src.tile(0, 0, 256, 256)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert tile.shape == (256, 256, 3)
+    window = 2560 * 2560 * 3
+    assert peak < window, f"{peak / 2**20:.1f} MB for a tile of {tile.nbytes / 2**20:.1f} MB"

@@ -56,3 +56,25 @@ def test_a_prompt_longer_than_one_clip_prompt_is_rejected(tokenizer):
 def test_no_classes_gives_an_empty_prompt(tokenizer):
     layout = layout_prompts([], tokenizer)
     assert layout.input_ids[0][:2] == (49406, 49407) and layout.spans == ()
+
+
+@pytest.mark.parametrize("classes, code", [
+    (",".join(f"class number {i}" for i in range(40)), 0),
+    ("road,tree=" + " ".join(["tall green tree"] * 30), 2),
+])
+def test_long_class_lists_reach_the_user_without_the_tokenizers_warning(tmp_path, tiny_model_dir, classes, code):
+    """Item 12: 40 classes (several prompts' worth) run; a single prompt text longer than one CLIP
+    prompt is one line of ours. Neither shows transformers' 'Token indices sequence length' text
+    (nor a Python warning) on the stderr a user reads."""
+    import shutil
+    from pathlib import Path
+
+    from cli_process import run_cli
+
+    image = shutil.copy(Path(__file__).parents[1] / "sample_data" / "neon_OSBS_029.tif", tmp_path / "neon.tif")
+    r = run_cli("segment", image, "--classes", classes, "--model", tiny_model_dir, "--quiet", "--out",
+                tmp_path / "seg.tif")
+    assert r.returncode == code, r.stderr
+    assert "Token indices" not in r.stderr and "indexing errors" not in r.stderr and "Warning" not in r.stderr, r.stderr
+    if code:
+        assert len(r.stderr.strip().splitlines()) == 1 and "more than the 75 of one prompt" in r.stderr, r.stderr

@@ -27,7 +27,7 @@ __all__ = ["drain", "iter_segment", "segment"]
 
 def segment(image, classes=None, model=None, params: SegmentParams | None = None, *, device: str | None = "auto",
             dtype: str | None = None, progress: Callable[[Progress], None] | None = None,
-            keep_features: bool = False, **overrides) -> SegmentationResult:
+            keep_features: bool = False, valid: np.ndarray | None = None, **overrides) -> SegmentationResult:
     """Segment ``image`` into ``classes`` with a frozen Stable Diffusion model.
 
     Parameters
@@ -45,13 +45,16 @@ def segment(image, classes=None, model=None, params: SegmentParams | None = None
         Called with each :class:`Progress`.
     keep_features : bool
         Keep the features f̂ on the class-map grid (``result.features``) for refinement.
+    valid : (H, W) bool array, optional
+        False where the image holds no data (its nodata): those pixels stay unlabelled (0),
+        their confidence and scores NaN, and they do not count in the contrast stretch.
 
     Returns
     -------
     SegmentationResult
     """
     steps = iter_segment(image, classes, model, params, device=device, dtype=dtype, keep_features=keep_features,
-                         **overrides)
+                         valid=valid, **overrides)
     return drain(steps, progress)
 
 
@@ -74,18 +77,18 @@ def drain(steps: Generator[Progress, None, SegmentationResult],
 
 def iter_segment(image, classes=None, model=None, params: SegmentParams | None = None, *,
                  device: str | None = "auto", dtype: str | None = None, keep_features: bool = False,
-                 **overrides) -> Generator[Progress, None, SegmentationResult]:
+                 valid: np.ndarray | None = None, **overrides) -> Generator[Progress, None, SegmentationResult]:
     """Like :func:`segment`, as a generator of :class:`Progress` returning the result.
 
     ``keep_features`` keeps f̂ on the class-map grid in ``result.features`` (float16) and the
     blended scores on that grid in ``result.grid_scores``, for refinement without another
-    model call.
+    model call. ``valid`` is as in :func:`segment`.
     Bad input raises before the first yield: ``ClassListError``, ``ParamsError`` and
     ``InputImageError`` (all ``ValueError``) with one clear message.
     """
     params = (params or SegmentParams()).replace(**overrides) if overrides else (params or SegmentParams())
     specs = _class_specs(classes, params)
-    source = ImageSource(image, params.bands, params.scale)
+    source = ImageSource(image, params.bands, params.scale, valid=valid)
     return _run(source, specs, model, params, device, dtype, keep_features)
 
 
@@ -116,7 +119,8 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     layout = layout_prompts(specs, sd.tokenizer)
     runner = TileRunner(sd, params, layout.input_ids)
     n_out = params.unsupervised or len(specs)
-    out = _Outputs(source.shape, source.input_shape, n_out, params.return_scores, params.return_confidence)
+    out = _Outputs(source.shape, source.input_shape, n_out, params.return_scores, params.return_confidence,
+                   source.valid)
     blender = RowBlender(source.shape, n_out, params.tile_size, params.overlap, out.write_rows)
     attention = GridAccumulator(source.shape, len(specs))
     grid_scores = GridAccumulator(source.shape, n_out) if keep_features else None
@@ -192,6 +196,7 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
         prompt_classes=list(specs) if params.unsupervised else [],
         features=features,
         grid_scores=None if grid_scores is None else grid_scores.result(),
+        bands=source.bands,
     )
 
 
@@ -211,11 +216,13 @@ class _Outputs:
 
     The scores live on the working grid (the input's times ``scale``); labels are mapped back
     to the input grid by nearest neighbour as they are finished, so memory holds the arrays
-    asked for and one band, at any scale.
+    asked for and one band, at any scale. Pixels that are not ``valid`` stay unlabelled.
     """
 
-    def __init__(self, shape, input_shape, n_classes: int, keep_scores: bool, keep_confidence: bool):
+    def __init__(self, shape, input_shape, n_classes: int, keep_scores: bool, keep_confidence: bool,
+                 valid: np.ndarray | None = None):
         self.shape, self.input_shape = tuple(shape), tuple(input_shape)
+        self.valid = valid
         self.rows = _nearest(self.input_shape[0], self.shape[0])
         self.cols = _nearest(self.input_shape[1], self.shape[1])
         self.labels = np.zeros(self.input_shape, label_dtype(n_classes))
@@ -227,6 +234,8 @@ class _Outputs:
         best = (scores.argmax(0) + 1).astype(self.labels.dtype)
         i0, i1 = np.searchsorted(self.rows, (y0, y1))
         self.labels[i0:i1] = best[self.rows[i0:i1] - y0][:, self.cols]
+        if self.valid is not None:
+            self.labels[i0:i1][~self.valid[i0:i1]] = 0
         if self.confidence is not None:
             if len(scores) > 1:
                 top2 = np.partition(scores, len(scores) - 2, axis=0)[-2:]
@@ -247,10 +256,15 @@ class _Outputs:
         return (int(i0), int(i1), 0, self.input_shape[1]), self.labels[i0:i1].copy()
 
     def on_input_grid(self):
-        """Labels, confidence and scores on the input's pixel grid (resampling at scale != 1)."""
-        if self.shape == self.input_shape:
-            return self.labels, self.confidence, self.scores
-        return self.labels, _zoom(self.confidence, self.input_shape), _zoom(self.scores, self.input_shape)
+        """Labels, confidence and scores on the input's pixel grid (resampling at scale != 1);
+        NaN where the input holds no data."""
+        confidence, scores = self.confidence, self.scores
+        if self.shape != self.input_shape:
+            confidence, scores = _zoom(confidence, self.input_shape), _zoom(scores, self.input_shape)
+        if self.valid is not None:
+            for array in (a for a in (confidence, scores) if a is not None):
+                array[..., ~self.valid] = np.nan
+        return self.labels, confidence, scores
 
 
 def _nearest(n_input: int, n_working: int) -> np.ndarray:
@@ -281,6 +295,8 @@ def _tile_draft(tile: Tile, scores, out: _Outputs):
     i0, i1 = np.searchsorted(out.rows, (tile.y, tile.y + h))
     j0, j1 = np.searchsorted(out.cols, (tile.x, tile.x + w))
     labels = best[out.rows[i0:i1] - tile.y][:, out.cols[j0:j1] - tile.x]
+    if out.valid is not None:
+        labels[~out.valid[i0:i1, j0:j1]] = 0
     return (int(i0), int(i1), int(j0), int(j1)), labels
 
 

@@ -3,7 +3,8 @@
 The command line prints ``str(error)`` on one line and exits with ``error.exit_code``; the
 napari dock shows it as one notification. Anything else that escapes is a bug and keeps its
 traceback. Bad input subclasses :class:`ValueError` as well, so plain Python callers can keep
-catching ``ValueError``.
+catching ``ValueError``. :class:`RunInterrupted` is the exception: it is a
+:class:`KeyboardInterrupt`, as Ctrl-C's is, so that no ``except Exception`` swallows a stop.
 
 =====================  =========  ==============================================================
 class                  exit code  meaning
@@ -37,8 +38,9 @@ class OutputError(MaskDiffusionError, OSError):
     exit_code = 1
 
 
-class RunInterrupted(MaskDiffusionError):
-    """The run was stopped by a signal; ``exit_code`` is 128 + the signal number."""
+class RunInterrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGTERM from ``docker stop`` or Slurm, say), handled as
+    Ctrl-C is: ``exit_code`` is 128 + the signal number."""
 
     def __init__(self, message: str = "interrupted", exit_code: int = 130):
         super().__init__(message)

@@ -30,9 +30,12 @@ from .jobs import (
     BatchConfig,
     BatchInputError,
     TileJob,
+    check_out_dir,
     expand_inputs,
+    foreign_output,
     is_finished,
     plan_jobs,
+    previous_records,
 )
 from .tasks import assign_tile, segment_tile, shared_labels, tile_features, warm_up, worker_model
 
@@ -46,10 +49,13 @@ __all__ = [
     "BatchReport",
     "TileJob",
     "assign_tile",
+    "check_out_dir",
     "dask_client",
     "expand_inputs",
+    "foreign_output",
     "is_finished",
     "plan_jobs",
+    "previous_records",
     "process",
     "segment_tile",
     "shared_labels",

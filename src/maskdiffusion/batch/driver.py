@@ -12,15 +12,27 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .jobs import CACHE_DIR, PROTOTYPES_FILE, STATUS_FILE, BatchConfig, BatchInputError, TileJob, digest, is_finished, remove_temporaries
-from .tasks import one_line, assign_tile, segment_tile, tile_features
+from .jobs import (
+    CACHE_DIR,
+    PROTOTYPES_FILE,
+    STATUS_FILE,
+    BatchConfig,
+    BatchInputError,
+    TileJob,
+    digest,
+    foreign_output,
+    is_finished,
+    previous_records,
+    remove_temporaries,
+)
+from .tasks import assign_tile, one_line, segment_tile, tile_features
 
 __all__ = ["BatchReport", "dask_client", "process"]
 
@@ -78,20 +90,35 @@ class BatchReport:
 
 def process(client, jobs: Sequence[TileJob], config: BatchConfig, report: BatchReport | None = None,
             progress: bool = True, overwrite: bool = False) -> BatchReport:
-    """Run ``jobs`` on ``client``'s cluster: skip finished ones, redo the rest, record everything."""
+    """Run ``jobs`` on ``client``'s cluster: skip finished ones, redo the rest, record everything.
+
+    Without ``overwrite`` a tile whose output path holds a file batch did not write fails (with
+    the reason) and the file is left alone.
+    """
     jobs = list(jobs)
     out_dir = jobs[0].output.parent if jobs else Path(".")
     report = report or BatchReport(out_dir, config)
+    previous = previous_records(out_dir)
     remove_temporaries(jobs)
     if overwrite:
         _forget_shared_work(jobs)
     pending = []
     for job in jobs:
-        if not overwrite and is_finished(job):
-            report.set(job, status="skipped")
+        written = previous.get(job.stem, {}).get("written")
+        if overwrite:
+            foreign = None
+        elif is_finished(job):
+            report.set(job, status="skipped", written=written)
+            continue
         else:
-            report.set(job, status="pending")
-            pending.append(job)
+            foreign = foreign_output(job, previous.get(job.stem))
+        if foreign is not None:
+            reason = f"{foreign} exists and was not written by maskdiffusion batch; pass --overwrite to replace it"
+            report.set(job, status="failed", reason=reason)
+            print(f"failed {job.input.name}: {reason}", file=sys.stderr)
+            continue
+        report.set(job, status="pending", written=written)
+        pending.append(job)
     report.save()
     try:
         if config.shared:
@@ -132,7 +159,7 @@ def _gather(client, futures: dict, report: BatchReport, progress: bool, stage: s
                     record = fut.result()
                 except ModelNotFoundError:
                     raise
-                except Exception as e:  # noqa: BLE001 - e.g. KilledWorker: the tile failed, not the run
+                except Exception as e:
                     record = {"status": "failed", "reason": one_line(e)}
                 report.set(job, **record)
                 if on_done is not None and record["status"] == "done":
@@ -166,7 +193,8 @@ def _run_shared(client, jobs, pending, config: BatchConfig, report: BatchReport,
             report.set(job, status="pending")
         else:
             job.cache().unlink(missing_ok=True)
-            report.set(job, status="skipped")
+            if report.tiles[job.stem]["status"] != "failed":
+                report.set(job, status="skipped")
         sums.append((record["num"], record["den"]))
 
     first = pending if saved is not None else jobs

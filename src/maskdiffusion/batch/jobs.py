@@ -2,6 +2,8 @@
 
 An output counts as finished only when the label raster and its sidecar both exist and carry
 the fingerprint of this run's settings and of the input file (size and modification time).
+A file at an output path that batch did not write (no fingerprint, not the file the status
+records) is never replaced without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..core.classes import ClassSpec
 from ..core.params import DEFAULT_MODEL, SegmentParams
 from ..errors import BadInputError
 
-__all__ = ["BatchConfig", "BatchInputError", "TileJob", "expand_inputs", "is_finished", "plan_jobs",
+__all__ = ["BatchConfig", "BatchInputError", "TileJob", "check_out_dir", "expand_inputs", "foreign_output",
+           "is_finished", "plan_jobs", "previous_records", "written_files",
            "CACHE_DIR", "IMAGE_SUFFIXES", "PROTOTYPES_FILE", "STATUS_FILE"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -109,6 +112,32 @@ def expand_inputs(items: Sequence[str | os.PathLike], exclude: Path | None = Non
     return list(found)
 
 
+def check_out_dir(items: Sequence[str | os.PathLike], out_dir: Path) -> None:
+    """Refuse an output folder that is, or contains, a folder the inputs come from: its outputs
+    (``<stem>.tif``) would replace input files there, and a rerun would take them for inputs."""
+    out_dir = out_dir.resolve()
+    for item in items:
+        folder = _input_folder(os.fspath(item)).resolve()
+        if folder == out_dir or out_dir in folder.parents:
+            raise BatchInputError(f"--out-dir {out_dir} is or contains the input folder {folder}: the outputs would "
+                                  "replace input files there; choose another --out-dir")
+
+
+def _input_folder(text: str) -> Path:
+    """The folder an input item takes files from: the folder itself, a file's, a pattern's fixed part."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or not _GLOB_CHARS.search(text):
+        return path.parent
+    fixed = []
+    for part in path.parts:
+        if _GLOB_CHARS.search(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
 def _input_signature(path: Path) -> dict:
     st = path.stat()
     return {"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -141,21 +170,62 @@ def plan_jobs(inputs: Sequence[Path], out_dir: Path, config: BatchConfig) -> lis
 
 def is_finished(job: TileJob) -> bool:
     """Output and sidecar both readable, and both made from this input with this run's settings."""
+    return _stored_fingerprint(job.sidecar) == job.fingerprint == _stored_fingerprint(job.output)
+
+
+def foreign_output(job: TileJob, record: dict | None = None) -> Path | None:
+    """The first of the job's output files that exists and was not written by batch, else ``None``.
+
+    Batch's own files carry a batch fingerprint (any run's: other settings are redone), or are
+    the very files ``record`` (the tile's entry in the last ``batch_status.json``) says it
+    wrote, same size and modification time (a file of ours that no longer reads, say).
+    """
+    written = (record or {}).get("written") or {}
+    for path in (job.output, job.sidecar):
+        if not path.exists() and not path.is_symlink():
+            continue
+        if path.is_file() and _stored_fingerprint(path) is not None:
+            continue
+        if path.is_file() and written.get(path.name) == _file_stamp(path):
+            continue
+        return path
+    return None
+
+
+def previous_records(out_dir: Path) -> dict[str, dict]:
+    """The tiles of the last ``batch_status.json`` in ``out_dir`` ({} if there is none or it is unreadable)."""
+    try:
+        tiles = json.loads((out_dir / STATUS_FILE).read_text(encoding="utf-8")).get("tiles")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return tiles if isinstance(tiles, dict) else {}
+
+
+def written_files(job: TileJob) -> dict[str, list[int]]:
+    """Size and modification time of the job's outputs, as the status file records them."""
+    return {p.name: _file_stamp(p) for p in (job.output, job.sidecar) if p.is_file()}
+
+
+def _file_stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _stored_fingerprint(path: Path) -> str | None:
+    """The batch fingerprint a sidecar or a label raster's tags carry (``None`` if none or unreadable)."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     try:
-        sidecar = json.loads(job.sidecar.read_text(encoding="utf-8"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(job.output) as src:
-                tagged = json.loads(src.tags().get("MASKDIFFUSION_METADATA", "{}"))
+        if path.suffix.lower() == ".json":
+            metadata = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    metadata = json.loads(src.tags().get("MASKDIFFUSION_METADATA", "{}"))
     except (OSError, ValueError, RasterioError):
-        return False
-    return _fingerprint_of(sidecar) == job.fingerprint == _fingerprint_of(tagged)
-
-
-def _fingerprint_of(metadata) -> str | None:
+        return None
     batch = metadata.get("batch") if isinstance(metadata, dict) else None
     return batch.get("fingerprint") if isinstance(batch, dict) else None
 

@@ -11,15 +11,15 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from ..core.classes import ClassSpec
 from ..core.tiling import GRID_STRIDE
-from .jobs import BatchConfig, TileJob
+from .jobs import BatchConfig, TileJob, written_files
 
 __all__ = ["assign_tile", "segment_tile", "shared_labels", "tile_features", "warm_up", "worker_model"]
 
@@ -54,7 +54,8 @@ def _worker_info(config: BatchConfig) -> dict:
         address = get_worker().address
     except (ImportError, ValueError):
         address = None
-    return {"worker": address, "pid": os.getpid(), "model_loads": _LOADS.get((config.model, config.device, config.dtype), 0)}
+    loads = _LOADS.get((config.model, config.device, config.dtype), 0)
+    return {"worker": address, "pid": os.getpid(), "model_loads": loads}
 
 
 @contextmanager
@@ -73,7 +74,7 @@ def _tile_record(job: TileJob, config: BatchConfig) -> Iterator[dict]:
             yield record
         except ModelNotFoundError:
             raise
-        except Exception as e:  # noqa: BLE001 - any tile's failure is recorded, the batch goes on
+        except Exception as e:
             record.update(status="failed", reason=one_line(e))
     record["seconds"] = round(time.perf_counter() - start, 3)
     record["warnings"] = sorted({str(w.message) for w in caught if not _noise(w)})
@@ -85,22 +86,24 @@ def _noise(w: warnings.WarningMessage) -> bool:
 
 
 def one_line(e: BaseException) -> str:
-    from ..geo.raster_io import ImageReadError
+    """A failure's reason in one line: our errors as they say it, others with their type."""
+    from ..errors import MaskDiffusionError
 
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return text if isinstance(e, ImageReadError) else f"{type(e).__name__}: {text}".rstrip(": ")
+    return text if isinstance(e, MaskDiffusionError) else f"{type(e).__name__}: {text}".rstrip(": ")
 
 
 def segment_tile(job: TileJob, config: BatchConfig) -> dict:
     """Dask task: read, segment and write one tile (per-tile prototypes, one pass)."""
     from ..engine import segment
-    from ..geo.raster_io import read_image
+    from ..geo.raster_io import read_input
 
     with _tile_record(job, config) as record:
         model = worker_model(config)
-        image, geo = read_image(job.input)
-        result = segment(image, list(config.classes), model, config.params, return_confidence=False)
+        image, geo, valid = read_input(job.input)
+        result = segment(image, list(config.classes), model, config.params, return_confidence=False, valid=valid)
         _write_output(job, result.labels, result.classes, geo, _metadata(job, config, result.metadata(), geo))
+        record["written"] = written_files(job)
     return record
 
 
@@ -115,8 +118,9 @@ def tile_features(job: TileJob, config: BatchConfig) -> dict:
 
 
 def assign_tile(job: TileJob, config: BatchConfig, protos: np.ndarray, n_tiles: int) -> dict:
-    """Dask task, shared pass 2: labels from the kept features and the shared prototypes."""
-    from ..geo.raster_io import GeoInfo
+    """Dask task, shared pass 2: labels from the kept features and the shared prototypes
+    (the input's nodata pixels left unlabelled, as in pass 1)."""
+    from ..geo.raster_io import GeoInfo, read_input
 
     with _tile_record(job, config) as record:
         cached = _read_cache(job.cache(), with_features=True)
@@ -126,10 +130,14 @@ def assign_tile(job: TileJob, config: BatchConfig, protos: np.ndarray, n_tiles: 
         grid = np.einsum("kc,chw->khw", protos, cached["features"].astype(np.float32))
         labels = shared_labels(grid, _scaled_shape(cached["shape"], config.params.scale))
         labels = _to_input_grid(labels, tuple(cached["shape"]))
+        valid = read_input(job.input)[2]
+        if valid is not None:
+            labels[~valid] = 0
         classes = [ClassSpec.from_dict(c) for c in meta["classes"]]
         meta["batch"]["prototype_tiles"] = n_tiles
         geo = GeoInfo.from_dict(meta["georeference"])
         _write_output(job, labels, classes, geo, meta)
+        record["written"] = written_files(job)
         job.cache().unlink(missing_ok=True)
     return record
 
@@ -140,23 +148,26 @@ def _metadata(job: TileJob, config: BatchConfig, result_meta: dict, geo) -> dict
 
 
 def _write_output(job: TileJob, labels, classes, geo, metadata: dict) -> None:
-    """Labels then sidecar, each atomic; the old sidecar goes first so a crash leaves no match."""
+    """Labels and sidecar, committed together (:class:`~maskdiffusion.geo.atomic.StagedOutputs`):
+    a failure or a kill leaves the tile's old files as they were, never one without the other."""
+    from ..geo.atomic import StagedOutputs
     from ..geo.raster_io import write_labels, write_sidecar
 
-    job.sidecar.unlink(missing_ok=True)
-    write_labels(job.output, labels, classes, geo, metadata)
-    write_sidecar(job.output, metadata)
+    with StagedOutputs():
+        write_labels(job.output, labels, classes, geo, metadata)
+        write_sidecar(job.output, metadata)
 
 
 def _compute_cache(job: TileJob, config: BatchConfig) -> dict:
     from ..engine import segment
     from ..geo.atomic import atomic_output
-    from ..geo.raster_io import read_image
+    from ..geo.raster_io import read_input
 
     model = worker_model(config)
-    image, geo = read_image(job.input)
+    image, geo, valid = read_input(job.input)
     params = config.params.replace(prototypes="tile")
-    result = segment(image, list(config.classes), model, params, keep_features=True, return_confidence=False)
+    result = segment(image, list(config.classes), model, params, keep_features=True, return_confidence=False,
+                     valid=valid)
     from ..core.prototypes import prototype_sums
 
     num, den = (s.numpy() for s in prototype_sums(result.attention, result.features))

@@ -22,6 +22,7 @@ __all__ = [
     "model_source",
     "params_from_args",
     "parse_bands",
+    "precision_note",
 ]
 
 
@@ -108,7 +109,7 @@ def classes_from_args(args):
         return preset_classes(args.preset)
     if args.classes is not None:
         return as_class_specs(args.classes)
-    if getattr(args, "unsupervised", None):
+    if getattr(args, "unsupervised", None) is not None:
         return []
     raise UsageError("name the classes: --classes 'road,building,tree', --classes-file FILE or --preset NAME")
 
@@ -118,3 +119,14 @@ def model_source(source):
     if source and str(source).startswith("random:"):
         print(f"note: {source} has random weights; its masks are meaningless", file=sys.stderr)
     return source
+
+
+def precision_note(device: str | None, dtype: str | None) -> None:
+    """One line on stderr when fp16 is asked for on a CPU, where it runs about 3x slower."""
+    if dtype != "fp16":
+        return
+    from ..model.loading import resolve_device
+
+    if resolve_device(device).type == "cpu":
+        print("note: fp16 on a CPU runs about 3x slower than bf16 or fp32; --dtype auto picks bf16 where the CPU "
+              "has it, else fp32", file=sys.stderr)

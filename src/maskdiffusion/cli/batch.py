@@ -10,7 +10,20 @@ import os
 import sys
 from pathlib import Path
 
-from ..batch import BatchConfig, BatchInputError, BatchReport, dask_client, expand_inputs, is_finished, plan_jobs, process
+from ..batch import (
+    BatchConfig,
+    BatchInputError,
+    BatchReport,
+    check_out_dir,
+    dask_client,
+    expand_inputs,
+    foreign_output,
+    is_finished,
+    plan_jobs,
+    previous_records,
+    process,
+)
+from ..geo.atomic import make_folder
 from .arguments import (
     add_class_arguments,
     add_model_arguments,
@@ -32,7 +45,8 @@ def add_parser(commands) -> None:
                     "Exit status 0 if every tile is done, 1 if some failed, 2 for bad input.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders (their .tif/.tiff/.png/.jpg files) or quoted glob patterns ('tiles/*_RGB.tif')")
+                   help="image files, folders (their .tif/.tiff/.png/.jpg files) or quoted glob patterns "
+                        "('tiles/*_RGB.tif')")
     p.add_argument("--out-dir", type=Path, required=True, help="output folder (created if missing)")
     add_class_arguments(p)
     add_model_arguments(p)
@@ -75,29 +89,34 @@ def run(args) -> int:
         raise BatchInputError("--workers starts a local cluster; with --scheduler the cluster has its own workers")
     config = config_from_args(args)
     out_dir = args.out_dir.expanduser().resolve()
+    check_out_dir(args.inputs, out_dir)
     inputs = expand_inputs(args.inputs, exclude=out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     jobs = plan_jobs(inputs, out_dir, config)
     report = BatchReport(out_dir, config)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     todo = [j for j in jobs if args.overwrite or not is_finished(j)]
-    stale = sum(j.output.exists() or j.sidecar.exists() for j in todo)
-    note = " (--overwrite)" if args.overwrite else f" ({stale} replacing outputs of other settings or of an unfinished run)"
+    previous = previous_records(out_dir)
+    refused = [] if args.overwrite else [j for j in todo if foreign_output(j, previous.get(j.stem)) is not None]
+    stale = sum(j.output.exists() or j.sidecar.exists() for j in todo if j not in refused)
+    note = (" (--overwrite)" if args.overwrite
+            else f" ({stale} replacing outputs of other settings or of an unfinished run)")
     say(f"maskdiffusion batch: {len(jobs)} input(s), {len(jobs) - len(todo)} finished before, {len(todo)} to do"
-        + (note if stale else ""))
+        + (note if stale else "") + (f", {len(refused)} refused (files batch did not write)" if refused else ""))
     try:
-        if todo:
+        if len(todo) > len(refused):
             with dask_client(args.scheduler, args.workers or 1) as client:
                 process(client, jobs, config, report, progress=not args.quiet, overwrite=args.overwrite)
         else:
             process(None, jobs, config, report, progress=False)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         for job in jobs:
             if report.tiles.get(job.stem, {}).get("status") == "pending" and is_finished(job):
                 report.set(job, status="done")
         report.save()
         say(report.summary())
-        say("interrupted: finished tiles are kept; rerun the same command to go on")
-        return 130
+        print(f"{str(stop) or 'interrupted'}: finished tiles are kept; rerun the same command to go on",
+              file=sys.stderr)
+        return getattr(stop, "exit_code", 130)
     say(report.summary())
     return 1 if report.count("failed") or report.count("pending") else 0

@@ -28,6 +28,7 @@ def add_parser(commands) -> None:
                         help="potsdam6/potsdam3: ISPRS RGB-coded labels; index: label rasters (default potsdam6)")
     parser.add_argument("--classes", help="class names for --dataset index: 'a,b,c', preset:NAME or a class file")
     parser.add_argument("--out", default="evaluation", help="report base name: writes OUT.json, OUT.md, OUT.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report of that name")
     parser.add_argument("--unsupervised", action="store_true",
                         help="predictions are cluster ids: match them to classes (Hungarian), "
                              "over the data set and per image")
@@ -53,20 +54,33 @@ def _classes(value: str | None):
 
 
 def _segment_first(args, classes) -> None:
-    from ..evaluation import EvaluationError, dataset_classes, segment_images
+    from ..evaluation import dataset_classes, segment_images
     from .arguments import params_from_args
 
-    if Path(args.pred).is_file():
-        raise EvaluationError(f"with --images, --pred names the folder for the predictions, not a file: {args.pred}")
     segment_images(args.images, args.pred, dataset_classes(args.dataset, classes), model_source(args.model),
                    params_from_args(args, SEGMENT_PARAMS), device=args.device, dtype=args.dtype)
 
 
+def _prepare_outputs(args) -> None:
+    """The report's files (and with --images the predictions) may be written: no report file
+    exists (without --overwrite), the folders can be made and written. Checked before any
+    scoring or segmentation."""
+    from ..evaluation import EvaluationError, check_report_paths
+    from ..geo.atomic import make_folder
+
+    make_folder(check_report_paths(args.out, args.unsupervised, args.overwrite)["json"].parent)
+    if args.images:
+        if Path(args.pred).is_file():
+            raise EvaluationError(f"with --images, --pred names the folder for the predictions, not a file: "
+                                  f"{args.pred}")
+        make_folder(args.pred)
+
+
 def run(args) -> int:
     """0 on success; bad input raises (one line, exit 2)."""
-    from ..errors import OutputError
     from ..evaluation import evaluate_pairs, find_pairs, format_percent, write_report
 
+    _prepare_outputs(args)
     classes = _classes(args.classes)
     if args.images:
         _segment_first(args, classes)
@@ -80,10 +94,7 @@ def run(args) -> int:
     if report["off_palette_pixels"]:
         print(f"maskdiffusion evaluate: {report['off_palette_pixels']} label pixels of no class colour ignored",
               file=sys.stderr)
-    try:
-        paths = write_report(report, args.out)
-    except OSError as e:
-        raise OutputError(f"cannot write the report {args.out}: {e.strerror or e}") from None
+    paths = write_report(report, args.out)
     print(f"mIoU {format_percent(report['miou'])}  pixel accuracy {format_percent(report['pixel_accuracy'])}  "
           f"({report['n_images']} image(s)) -> {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from .arguments import (
     classes_from_args,
     model_source,
     params_from_args,
+    precision_note,
 )
 
 __all__ = ["add_parser", "run"]
@@ -27,14 +29,16 @@ _SUFFIXES = {
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("segment", help="segment one image", description="Segment IMAGE into the named classes.")
+    parser = commands.add_parser("segment", help="segment one image",
+                                 description="Segment IMAGE into the named classes.")
     parser.add_argument("image", type=Path, help="GeoTIFF, TIFF + world file, PNG or JPEG")
     add_class_arguments(parser)
     add_model_arguments(parser)
     parser.add_argument("--out", type=Path, required=True,
                         help="label raster (0 = unlabelled, k = k-th class): .tif (georeferenced) or palette .png")
     parser.add_argument("--scores", type=Path, help="also save the class scores (K, H, W) as .npy")
-    parser.add_argument("--confidence", type=Path, help="also save the confidence (best minus second-best score) as .tif")
+    parser.add_argument("--confidence", type=Path,
+                        help="also save the confidence (best minus second-best score) as .tif")
     parser.add_argument("--polygons", type=Path, help="also save the classes as polygons: .gpkg or .geojson (CRS kept)")
     parser.add_argument("--coco", type=Path, help="also save the classes as COCO JSON with RLE masks")
     parser.add_argument("--scribbles", type=Path, metavar="LABELS.tif",
@@ -46,9 +50,19 @@ def add_parser(commands) -> None:
     parser.set_defaults(func=run)
 
 
-def _check_outputs(args) -> list[Path]:
-    """Every output path's suffix, folder and existence, before any work."""
+def _outputs(args) -> dict[str, Path]:
+    """Every file the run writes (the sidecar too), by the option that names it."""
     from ..geo.raster_io import sidecar_path
+
+    named = {"--out": args.out, "the sidecar of --out": sidecar_path(args.out)}
+    named.update({f"--{n}": getattr(args, n) for n in _SUFFIXES if n != "out" and getattr(args, n) is not None})
+    return named
+
+
+def _check_outputs(args, n_classes: int) -> None:
+    """Every output's suffix, file name, folder and existence, and the format's class limit,
+    before any work: a run that cannot write its results does not start."""
+    from ..geo.atomic import check_writable
 
     for name, suffixes in _SUFFIXES.items():
         path = getattr(args, name)
@@ -56,34 +70,64 @@ def _check_outputs(args) -> list[Path]:
             raise UsageError(f"--{name} must end in {', '.join(suffixes)}, got {path.name}")
     if args.scribbles is not None and args.scores is not None:
         raise UsageError("--scores and --scribbles together are not supported: the scores are those before refinement")
-    paths = [args.out, sidecar_path(args.out), *(getattr(args, n) for n in _SUFFIXES if n != "out")]
-    paths = [p for p in paths if p is not None]
-    for path in paths:
-        if not path.parent.is_dir():
-            raise UsageError(f"output folder {path.parent} does not exist")
+    outputs = _outputs(args)
+    _refuse_collisions(outputs, {"IMAGE": args.image, "--scribbles": args.scribbles})
+    if args.out.suffix.lower() == ".png" and n_classes > 255:
+        raise UsageError(f"--out {args.out.name}: a palette PNG holds at most 255 classes, this run has {n_classes}; "
+                         "use .tif")
+    for folder in dict.fromkeys(path.parent for path in outputs.values()):
+        check_writable(folder)
+    for path in outputs.values():
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder; name a file")
         if path.exists() and not args.overwrite:
             raise UsageError(f"{path} exists; pass --overwrite to replace it")
-    return paths
+
+
+def _refuse_collisions(outputs: dict[str, Path], inputs: dict[str, Path | None]) -> None:
+    """Two outputs at one path, or an output on an input, even with --overwrite."""
+    seen: dict[str, str] = {}
+    for name, path in outputs.items():
+        for source, given in inputs.items():
+            if given is not None and _same_file(path, given):
+                raise UsageError(f"{name} {path} is the input {source}: it would be replaced by its own "
+                                 f"segmentation; choose another {name}")
+        key = _file_key(path)
+        if key in seen:
+            raise UsageError(f"{name} and {seen[key]} are the same file ({path}); give each output its own")
+        seen[key] = name
+
+
+def _file_key(path: Path) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if _file_key(a) == _file_key(b):
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
 def run(args) -> int:
     from ..engine import drain, iter_segment
-    from ..geo.raster_io import read_image
+    from ..geo.raster_io import read_input
 
-    _check_outputs(args)
     classes = classes_from_args(args)
     params = params_from_args(args, return_scores=args.scores is not None,
                               return_confidence=args.confidence is not None)
-    image, geo = read_image(args.image)
+    _check_outputs(args, params.unsupervised or len(classes))
+    precision_note(args.device, args.dtype)
+    image, geo, valid = read_input(args.image)
+    _notes(args, image, geo, params)
     scribbles = _read_scribbles(args.scribbles, image.shape[:2]) if args.scribbles is not None else None
     steps = iter_segment(image, classes, model_source(args.model), params, device=args.device, dtype=args.dtype,
-                         keep_features=scribbles is not None)
+                         keep_features=scribbles is not None, valid=valid)
     with _ProgressBar(enabled=not args.quiet) as bar:
         result = drain(steps, bar.update)
     if scribbles is not None:
         from ..core.scribbles import apply_scribbles
 
-        result = apply_scribbles(result, scribbles)
+        result = _nodata_unlabelled(apply_scribbles(result, scribbles), valid, scribbles)
     metadata = dict(result.metadata(), image=str(args.image), georeference=geo.to_dict())
     if args.scribbles is not None:
         metadata["scribbles"] = str(args.scribbles)
@@ -94,44 +138,63 @@ def run(args) -> int:
     return 0
 
 
+def _nodata_unlabelled(result, valid, scribbles):
+    """The refined result with the image's nodata pixels unlabelled again, as the engine left
+    them (refinement reassigns every pixel without a stroke), their confidence NaN; painted
+    pixels keep their stroke's class."""
+    if valid is not None:
+        unpainted = ~valid & (scribbles == 0)
+        result.labels[unpainted] = 0
+        if result.confidence is not None:
+            result.confidence[unpainted] = float("nan")
+    return result
+
+
+def _notes(args, image, geo, params) -> None:
+    """One line each on stderr: the bands used when the image is not gray or RGB, and where
+    polygons of an image georeferenced by ground control points are placed."""
+    from ..core.image import choose_bands
+
+    n_bands = 1 if image.ndim == 2 else image.shape[2]
+    if params.bands is None and n_bands not in (1, 3):
+        used = choose_bands(n_bands, None)
+        how = "band 0 as gray" if len(set(used)) == 1 else f"bands {','.join(map(str, used))} as R,G,B"
+        print(f"note: {args.image.name} has {n_bands} bands; using {how} (choose with --bands)", file=sys.stderr)
+    if args.polygons is not None:
+        from ..geo.exports import polygon_placement
+
+        _, note = polygon_placement(geo)
+        if note:
+            print(f"note: {args.image.name}: {note}", file=sys.stderr)
+
+
 def _write_outputs(args, result, geo, metadata) -> None:
-    """The label raster, the asked-for exports and the sidecar; on failure none of them stays.
-
-    A file system error (disk full, no permission...) is an :class:`OutputError` (one line,
-    exit status 1).
+    """The label raster, the asked-for exports and the sidecar, committed together: each is
+    written beside its target and read back, and only when all are good are they renamed
+    into place. Otherwise none is, and the files they would replace are left as they were; a
+    file system error (disk full, no permission...) is an :class:`OutputError` naming the file
+    (one line, exit status 1).
     """
-    from ..errors import MaskDiffusionError, OutputError
-    from ..geo.raster_io import sidecar_path, write_labels, write_raster, write_sidecar
+    import numpy as np
 
-    written: list[Path] = []
-    target = args.out
-    try:
-        written.append(write_labels(args.out, result.labels, result.classes, geo, metadata))
+    from ..geo.atomic import StagedOutputs
+    from ..geo.raster_io import write_labels, write_raster, write_sidecar
+
+    with StagedOutputs():
+        write_labels(args.out, result.labels, result.classes, geo, metadata)
         if args.confidence is not None:
-            target = args.confidence
-            written.append(write_raster(args.confidence, result.confidence, geo))
+            write_raster(args.confidence, result.confidence, geo, nodata=np.nan)
         if args.scores is not None:
-            target = args.scores
-            written.append(_save_npy(args.scores, result.scores))
+            _save_npy(args.scores, result.scores)
         if args.polygons is not None:
             from ..geo.exports import write_polygons
 
-            target = args.polygons
-            written.append(write_polygons(args.polygons, result.labels, result.classes, geo))
+            write_polygons(args.polygons, result.labels, result.classes, geo)
         if args.coco is not None:
             from ..geo.exports import write_coco
 
-            target = args.coco
-            written.append(write_coco(args.coco, result.labels, result.classes, args.image.name))
-        target = sidecar_path(args.out)
-        written.append(write_sidecar(args.out, metadata))
-    except BaseException as error:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if isinstance(error, OSError) and not isinstance(error, MaskDiffusionError):
-            reason = error.strerror or str(error) or type(error).__name__
-            raise OutputError(f"cannot write {target}: {reason}; no output was left") from error
-        raise
+            write_coco(args.coco, result.labels, result.classes, args.image.name)
+        write_sidecar(args.out, metadata)
 
 
 def _read_scribbles(path: Path, shape):
@@ -142,7 +205,8 @@ def _read_scribbles(path: Path, shape):
     if scribbles.ndim != 2:
         raise UsageError(f"--scribbles must be a one-band label raster, {path.name} has {scribbles.shape[2]} bands")
     if scribbles.shape != tuple(shape):
-        raise UsageError(f"--scribbles is {scribbles.shape[1]}x{scribbles.shape[0]} px, the image {shape[1]}x{shape[0]}")
+        raise UsageError(f"--scribbles is {scribbles.shape[1]}x{scribbles.shape[0]} px, "
+                         f"the image {shape[1]}x{shape[0]}")
     return scribbles
 
 
@@ -172,11 +236,20 @@ class _ProgressBar:
 
 
 def _save_npy(path: Path, array) -> Path:
+    """Save ``array`` as .npy, atomically, checked by loading it back plane by plane."""
     import numpy as np
 
+    from ..errors import OutputError
     from ..geo.atomic import atomic_output
 
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+    def reads_back(tmp: Path) -> None:
+        saved = np.load(tmp, mmap_mode="r")
+        same = saved.shape == array.shape and saved.dtype == array.dtype
+        if not (same and all(np.array_equal(s, a, equal_nan=True) for s, a in zip(saved, array))):
+            raise OutputError(f"cannot write {path}: the written file does not read back as written; "
+                              "nothing was written or replaced")
+
+    with atomic_output(path, check=reads_back) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
     return path
 

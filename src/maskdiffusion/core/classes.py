@@ -7,9 +7,10 @@ command line, the napari widget and every export.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+
 from ..errors import BadInputError
 
 __all__ = [
@@ -29,6 +30,10 @@ class ClassListError(BadInputError):
     """A class list that cannot be segmented (empty, blank or duplicate names)."""
 
 
+#: The one message for a class without a name, wherever the list came from.
+EMPTY_NAME = "a class name is empty; name every class, e.g. 'road, building, tree'"
+
+
 @dataclass(frozen=True)
 class ClassSpec:
     """One class: the name shown to people, the prompt texts given to the model, a colour.
@@ -44,7 +49,7 @@ class ClassSpec:
     def __post_init__(self):
         name = " ".join(str(self.name).split())
         if not name:
-            raise ClassListError("a class name is empty")
+            raise ClassListError(EMPTY_NAME)
         prompts = self.prompts
         if isinstance(prompts, str):
             prompts = (prompts,)
@@ -68,7 +73,7 @@ class ClassSpec:
         return {"name": self.name, "prompts": list(self.prompts), "color": list(self.color) if self.color else None}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassSpec":
+    def from_dict(cls, d: dict) -> ClassSpec:
         prompts = d.get("prompts", d.get("prompt", ()))
         if isinstance(prompts, str):
             prompts = [p.strip() for p in prompts.split("|")]
@@ -126,8 +131,12 @@ def as_class_specs(classes: Iterable[ClassSpec | str | dict] | str) -> list[Clas
 
 
 def parse_class_list(text: str) -> list[ClassSpec]:
-    """Parse ``"road, building=house|roof, tree"``: comma-separated, ``name=prompt|prompt``."""
-    items = [t for t in (x.strip() for x in text.split(",")) if t] if text.strip() else []
+    """Parse ``"road, building=house|roof, tree"``: comma-separated, ``name=prompt|prompt``.
+
+    An empty name anywhere (``"a,,b"``, a trailing comma, ``"=prompt"``) is an error, never
+    dropped; a blank text is an empty list, which is an error too.
+    """
+    items = [x.strip() for x in text.split(",")] if text.strip() else []
     specs = []
     for item in items:
         name, _, prompts = item.partition("=")
@@ -156,11 +165,9 @@ def read_class_file(path: str | Path) -> list[ClassSpec]:
         return as_class_specs(data)
     specs = []
     for line in text.splitlines():
-        if line.lstrip().startswith("#"):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         line, _, colour = line.partition(";")
-        if not line.strip():
-            continue
         name, _, prompts = line.partition("=")
         color = _parse_hex(colour.strip()) if colour.strip() else None
         specs.append(ClassSpec(name, tuple(p.strip() for p in prompts.split("|")) if prompts.strip() else (), color))

@@ -48,6 +48,7 @@ class SegmentationResult:
         whose attention overlaps it most (or -1 without class names).
     features: (C, h, w) float16 unit features f̂ on the attention grid, when asked for.
     grid_scores: (K, h, w) float32 class scores averaged over tiles on that grid, with features.
+    bands: the input bands the model saw as R, G, B (0-based; a gray image gives ``(0, 0, 0)``).
     """
 
     labels: np.ndarray
@@ -62,6 +63,7 @@ class SegmentationResult:
     prompt_classes: list[ClassSpec] = field(default_factory=list)
     features: np.ndarray | None = None
     grid_scores: np.ndarray | None = None
+    bands: tuple[int, ...] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -79,6 +81,8 @@ class SegmentationResult:
             "version": __version__,
             "software": "napari-maskdiffusion",
         }
+        if self.bands is not None:
+            meta["bands_used"] = list(self.bands)
         if self.clusters_to_classes is not None:
             meta["clusters_to_classes"] = [int(i) for i in self.clusters_to_classes]
             meta["prompt_classes"] = [c.to_dict() for c in self.prompt_classes]

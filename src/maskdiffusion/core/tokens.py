@@ -7,8 +7,9 @@ exceed the 75 tokens of one CLIP prompt they continue in further prompts (extra 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from functools import partial
 
 from .classes import ClassListError, ClassSpec
 
@@ -45,21 +46,25 @@ def layout_prompts(classes: Sequence[ClassSpec], tokenizer, max_tokens: int = CO
     """Pack the classes' prompt texts into as few prompts as fit, recording token spans.
 
     Checks that tokenizing each joined prompt gives exactly the concatenated per-text tokens,
-    so the spans are right for any tokenizer that splits on spaces.
+    so the spans are right for any tokenizer that splits on spaces. Texts are tokenized
+    without the tokenizer's warning about sequences longer than one prompt: the packing here
+    is what handles them (a text too long for one prompt is a :class:`ClassListError`).
     """
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    sep = tokenizer(SEPARATOR.strip(), add_special_tokens=False).input_ids
+    tokens = partial(_token_ids, tokenizer)
+    sep = tokens(SEPARATOR.strip())
     chunks: list[list[tuple[int, str, list[int]]]] = [[]]
     lengths = [0]
     for k, spec in enumerate(classes):
         for text in spec.prompts:
-            ids = tokenizer(text, add_special_tokens=False).input_ids
+            ids = tokens(text)
             if not ids:
                 raise ClassListError(f"class {spec.name!r}: prompt {text!r} has no tokens")
             if len(ids) > max_tokens:
                 raise ClassListError(
-                    f"class {spec.name!r}: prompt {text!r} is {len(ids)} tokens, more than the {max_tokens} of one prompt"
+                    f"class {spec.name!r}: prompt {text!r} is {len(ids)} tokens, "
+                    f"more than the {max_tokens} of one prompt"
                 )
             extra = len(ids) + (len(sep) if chunks[-1] else 0)
             if lengths[-1] + extra > max_tokens:
@@ -78,7 +83,7 @@ def layout_prompts(classes: Sequence[ClassSpec], tokenizer, max_tokens: int = CO
             spans[k].append(TokenSpan(p, len(ids), len(ids) + len(tok)))
             ids += tok
         text = SEPARATOR.join(t for _, t, _ in chunk)
-        check = tokenizer(text, add_special_tokens=False).input_ids
+        check = tokens(text)
         if check != ids[1:]:
             raise RuntimeError(f"tokenizer does not split {text!r} at spaces; token spans would be wrong")
         ids = ids + [eos]
@@ -86,3 +91,8 @@ def layout_prompts(classes: Sequence[ClassSpec], tokenizer, max_tokens: int = CO
         prompts.append(text)
         all_ids.append(tuple(ids))
     return PromptLayout(tuple(prompts), tuple(all_ids), tuple(tuple(s) for s in spans))
+
+
+def _token_ids(tokenizer, text: str) -> list[int]:
+    """The token ids of ``text`` without special tokens (and without a too-long warning)."""
+    return tokenizer(text, add_special_tokens=False, verbose=False).input_ids

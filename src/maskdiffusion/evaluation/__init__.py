@@ -6,17 +6,19 @@ line face is :mod:`maskdiffusion.cli.evaluate`.
 """
 
 from .predictions import segment_images
-from .report import format_percent, write_report
+from .report import check_report_paths, format_percent, report_paths, write_report
 from .scoring import DATASETS, EvaluationError, dataset_classes, evaluate_pairs, find_pairs, raster_files
 
 __all__ = [
     "DATASETS",
     "EvaluationError",
+    "check_report_paths",
     "dataset_classes",
     "evaluate_pairs",
     "find_pairs",
     "format_percent",
     "raster_files",
+    "report_paths",
     "segment_images",
     "write_report",
 ]

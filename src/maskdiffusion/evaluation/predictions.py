@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..core.classes import ClassSpec
-from ..geo.raster_io import read_image, sidecar_path, write_labels, write_sidecar
+from ..geo.atomic import StagedOutputs
+from ..geo.raster_io import read_input, sidecar_path, write_labels, write_sidecar
 from .scoring import EvaluationError, raster_files
 
 __all__ = ["segment_images"]
@@ -27,10 +28,12 @@ def segment_images(images, pred_dir, classes: Sequence[ClassSpec], model=None, p
     for path in raster_files(images) if images.is_dir() else [images]:
         target = pred_dir / f"{path.stem}.tif"
         if not (target.exists() and sidecar_path(target).exists()):
-            image, geo = read_image(path)
-            result = segment(image, classes, model, params, device=device, dtype=dtype, return_confidence=False)
+            image, geo, valid = read_input(path)
+            result = segment(image, classes, model, params, device=device, dtype=dtype, return_confidence=False,
+                             valid=valid)
             meta = dict(result.metadata(), image=str(path), georeference=geo.to_dict())
-            write_labels(target, result.labels, result.classes, geo, meta)
-            write_sidecar(target, meta)
+            with StagedOutputs():
+                write_labels(target, result.labels, result.classes, geo, meta)
+                write_sidecar(target, meta)
         out.append(target)
     return out

@@ -1,15 +1,17 @@
-"""Evaluation reports: JSON, Markdown and confusion-matrix plots, each written atomically."""
+"""Evaluation reports: JSON, Markdown and confusion-matrix plots, written together or not at all."""
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from ..geo.atomic import atomic_output, write_json
+from ..errors import BadInputError, OutputError
+from ..geo.atomic import StagedOutputs, atomic_output, write_json, write_text
 
-__all__ = ["format_percent", "write_report"]
+__all__ = ["check_report_paths", "format_percent", "report_paths", "write_report"]
 
 
 def format_percent(value) -> str:
@@ -43,7 +45,8 @@ def _markdown(report: dict) -> str:
                   f"**mIoU {format_percent(ev['miou'])}** · pixel accuracy {format_percent(ev['pixel_accuracy'])} · "
                   f"mean class accuracy {format_percent(ev['mean_class_accuracy'])} (%, {ev['n_pixels']} pixels)", "",
                   "| class | IoU | accuracy |", "|---|---:|---:|"]
-        lines += [f"| {c} | {format_percent(ev['iou'][c])} | {format_percent(ev['class_accuracy'][c])} |" for c in names]
+        lines += [f"| {c} | {format_percent(ev['iou'][c])} | {format_percent(ev['class_accuracy'][c])} |"
+                  for c in names]
         if "cluster_to_class" in ev:
             lines += ["", "| cluster | class |", "|---:|---|"]
             lines += [f"| {k} | {names[c] if c >= 0 else '(unmatched)'} |"
@@ -76,34 +79,66 @@ def _plot_confusion(path: Path, ev: dict, names: list[str]) -> Path:
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("prediction")
     ax.set_ylabel("truth")
-    ax.set_title(f"{ev['title']}\nmIoU {format_percent(ev['miou'])}, accuracy {format_percent(ev['pixel_accuracy'])}", fontsize=9)
+    ax.set_title(f"{ev['title']}\nmIoU {format_percent(ev['miou'])}, accuracy {format_percent(ev['pixel_accuracy'])}",
+                 fontsize=9)
     if len(cols) <= 30:
         for (r, c), v in np.ndenumerate(share):
             ax.text(c, r, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
                     color="white" if v > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
-    with atomic_output(path) as tmp:
+    with atomic_output(path, check=partial(_png_reads_back, target=path)) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     return path
 
 
-def write_report(report: dict, out) -> dict[str, Path]:
-    """Write ``OUT.json``, ``OUT.md`` and the confusion-matrix plot ``OUT.png``
-    (plus ``OUT_per_image.png`` for unsupervised predictions)."""
+def _png_reads_back(tmp: Path, target: Path) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(tmp) as image:
+            image.load()
+    except (OSError, UnidentifiedImageError):
+        raise OutputError(f"cannot write {target}: the written file does not read back as written; "
+                          "nothing was written or replaced") from None
+
+
+def report_paths(out, unsupervised: bool = False) -> dict[str, Path]:
+    """The files a report ``OUT`` consists of: ``OUT.json``, ``OUT.md``, ``OUT.png`` (and
+    ``OUT_per_image.png`` for unsupervised predictions); a suffix on ``OUT`` is dropped."""
     out = Path(out)
     if out.suffix.lower() in (".json", ".md", ".png"):
         out = out.with_suffix("")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": write_json(out.with_name(out.name + ".json"), report)}
-    md = out.with_name(out.name + ".md")
-    with atomic_output(md) as tmp:
-        tmp.write_text(_markdown(report), encoding="utf-8")
-    paths["markdown"] = md
+    paths = {"json": out.with_name(out.name + ".json"), "markdown": out.with_name(out.name + ".md"),
+             "plot": out.with_name(out.name + ".png")}
+    if unsupervised:
+        paths["plot_per_image"] = out.with_name(out.name + "_per_image.png")
+    return paths
+
+
+def check_report_paths(out, unsupervised: bool = False, overwrite: bool = False) -> dict[str, Path]:
+    """The report's paths, refused before any work when one exists (without ``overwrite``)."""
+    paths = report_paths(out, unsupervised)
+    for path in paths.values():
+        if path.is_dir():
+            raise BadInputError(f"{path} is a folder; name the report with --out")
+        if path.exists() and not overwrite:
+            raise BadInputError(f"{path} exists; pass --overwrite to replace it")
+    return paths
+
+
+def write_report(report: dict, out) -> dict[str, Path]:
+    """Write ``OUT.json``, ``OUT.md`` and the confusion-matrix plot ``OUT.png`` (plus
+    ``OUT_per_image.png`` for unsupervised predictions), all of them or, on failure, none:
+    an older report there stays as it was."""
     evaluations = report["evaluations"]
+    paths = report_paths(out, "hungarian_per_image" in evaluations)
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
     main = next(iter(evaluations))
-    paths["plot"] = _plot_confusion(out.with_name(out.name + ".png"), evaluations[main], report["classes"])
-    if "hungarian_per_image" in evaluations:
-        paths["plot_per_image"] = _plot_confusion(out.with_name(out.name + "_per_image.png"),
-                                                  evaluations["hungarian_per_image"], report["classes"])
+    with StagedOutputs():
+        write_json(paths["json"], report)
+        write_text(paths["markdown"], _markdown(report))
+        _plot_confusion(paths["plot"], evaluations[main], report["classes"])
+        if "plot_per_image" in paths:
+            _plot_confusion(paths["plot_per_image"], evaluations["hungarian_per_image"], report["classes"])
     return paths

@@ -12,8 +12,8 @@ algorithm, once over the whole data set and once per image.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -134,6 +134,9 @@ def _read_target(item, dataset: str, n_classes: int, ignore_index: int) -> tuple
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             index, n_off = decode_isprs_labels(image[..., :3])
+        if index.size and not (index >= 0).any():
+            raise EvaluationError(f"{name}: no pixel has the colour of a {dataset} class ({n_off} pixels of other "
+                                  f"colours); is it a {dataset} label file?")
         if dataset == "potsdam3":
             index = map_labels(index, POTSDAM6_TO_3)
         return index, n_off, name
@@ -261,6 +264,8 @@ def evaluate_pairs(pairs: Iterable[tuple], dataset: str = "potsdam6", classes=No
             per_image_total = per_image_total + _with_unlabelled(remap_confusion(cm, mapping), unlabelled)
         images.append(_image_entry(pred_name, label_name, cm, names, n_off, unlabelled, mapping))
 
+    if not total.sum() and not unlabelled_total.sum():
+        raise EvaluationError("no ground-truth pixel in the labels belongs to a class: nothing to score")
     report = {"dataset": dataset, "classes": names, "unsupervised": unsupervised, "n_images": len(images),
               "ignore_index": ignore_index, "off_palette_pixels": n_off_total,
               "unlabelled_predictions": int(unlabelled_total.sum())}

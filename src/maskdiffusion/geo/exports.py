@@ -1,28 +1,32 @@
 """Export label maps as vector polygons (GeoPackage, GeoJSON) and as COCO JSON.
 
 Polygons follow pixel edges exactly (:func:`rasterio.features.shapes`) and are placed with
-the image's transform and CRS, so they overlay the source image in a GIS.
+the image's transform and CRS, so they overlay the source image in a GIS; an image
+georeferenced by ground control points only gets the affine transform fitted to them.
 """
 
 from __future__ import annotations
 
+import io
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyogrio
 import shapely
+from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.features import shapes
-from rasterio.transform import Affine
+from rasterio.transform import Affine, from_gcps
 
 from ..core.classes import ClassSpec, as_class_specs
 from ..core.labels import UNLABELLED
+from ..errors import BadInputError, OutputError
 from .atomic import atomic_output, write_json
 from .raster_io import GeoInfo
-from ..errors import BadInputError
 
-__all__ = ["label_polygons", "rle_decode", "rle_encode", "write_coco", "write_polygons"]
+__all__ = ["label_polygons", "polygon_placement", "rle_decode", "rle_encode", "write_coco", "write_polygons"]
 
 _VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON"}
 
@@ -52,6 +56,28 @@ def label_polygons(labels: np.ndarray, transform: Affine | None = None,
     return polygons, np.asarray(values, dtype=np.int64)
 
 
+def polygon_placement(geo: GeoInfo | None) -> tuple[Affine | None, str | None]:
+    """The transform that places polygons in map coordinates, and a note when it is not the file's own.
+
+    The image's affine transform when it has one; for an image georeferenced only by ground
+    control points, the affine transform fitted to them (:func:`rasterio.transform.from_gcps`),
+    with a note saying so; ``None`` (pixel coordinates) otherwise, with a note saying why when
+    the image has GCPs that cannot be used.
+    """
+    if geo is None:
+        return None, None
+    if geo.transform is not None:
+        return Affine(*geo.transform[:6]), None
+    if not geo.gcps:
+        return None, None
+    if len(geo.gcps) < 3:
+        return None, (f"polygons are in pixel coordinates: the image has {len(geo.gcps)} ground control "
+                      "point(s), at least 3 are needed to fit a transform")
+    transform = from_gcps([GroundControlPoint(*g) for g in geo.gcps])
+    return transform, (f"polygons are placed with the affine transform fitted to the image's {len(geo.gcps)} "
+                       "ground control points (the label rasters keep the points themselves)")
+
+
 def write_polygons(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: GeoInfo | None = None,
                    dissolve: bool = False, connectivity: int = 4, layer: str = "segmentation") -> Path:
     """Write the label map as polygons with their class: GeoPackage (``.gpkg``) or ``.geojson``.
@@ -59,16 +85,18 @@ def write_polygons(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: 
     One feature per connected region of a class (``dissolve=True``: one MultiPolygon per
     class) with fields ``label`` (the label value k), ``class_name``, ``color`` (``#rrggbb``)
     and ``area`` (map units, or pixels without a transform); unlabelled pixels (0) give no
-    feature. The CRS of ``geo`` is kept. Atomic.
+    feature. The CRS of ``geo`` is kept; polygons are placed by :func:`polygon_placement`.
+    Atomic: written in memory, then to disk, checked by reading its feature count back.
     """
     path = Path(path)
     try:
         driver = _VECTOR_DRIVERS[path.suffix.lower()]
     except KeyError:
-        raise BadInputError(f"cannot write {path}: unsupported suffix; use one of {', '.join(_VECTOR_DRIVERS)}") from None
+        suffixes = ", ".join(_VECTOR_DRIVERS)
+        raise BadInputError(f"cannot write {path}: unsupported suffix; use one of {suffixes}") from None
     classes = as_class_specs(classes)
     labels = _class_array(labels, len(classes))
-    transform = Affine(*geo.transform[:6]) if geo is not None and geo.transform is not None else None
+    transform, _ = polygon_placement(geo)
     polygons, values = label_polygons(labels, transform, connectivity)
     keep = values != UNLABELLED
     polygons, values = [p for p, k in zip(polygons, keep) if k], values[keep]
@@ -83,11 +111,26 @@ def write_polygons(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: 
         "color": np.array(["#{:02x}{:02x}{:02x}".format(*classes[v - 1].color) for v in values], dtype=object),
         "area": shapely.area(geometry).astype(np.float64),
     }
-    crs = CRS.from_user_input(geo.crs).to_wkt() if geo is not None and geo.crs else None
-    with atomic_output(path) as tmp:
-        pyogrio.raw.write(tmp, shapely.to_wkb(geometry), list(fields.values()), list(fields), layer=layer,
+    crs = CRS.from_user_input(geo.crs).to_wkt() if geo is not None and geo.crs and transform is not None else None
+    memory = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        pyogrio.raw.write(memory, shapely.to_wkb(geometry), list(fields.values()), list(fields), layer=layer,
                           driver=driver, geometry_type="MultiPolygon" if dissolve else "Polygon", crs=crs)
+    with atomic_output(path, check=lambda tmp: _reads_back(tmp, path, len(geometry))) as tmp, open(tmp, "wb") as f:
+        f.write(memory.getbuffer())
     return path
+
+
+def _reads_back(tmp: Path, target: Path, n_features: int) -> None:
+    """Raise :class:`OutputError` unless the vector file ``tmp`` opens with ``n_features`` features."""
+    try:
+        found = pyogrio.read_info(tmp)["features"]
+    except pyogrio.errors.DataSourceError:
+        found = None
+    if found != n_features:
+        raise OutputError(f"cannot write {target}: the written file does not read back as written; "
+                          "nothing was written or replaced")
 
 
 def rle_encode(mask: np.ndarray) -> dict:

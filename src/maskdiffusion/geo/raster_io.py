@@ -1,32 +1,38 @@
 """Read images and write label rasters with rasterio, keeping their georeference.
 
 Reading accepts GeoTIFF, TIFF with a world file (``.tfw``, ``.tifw``, ``.wld``), PNG and
-JPEG, in their own pixel type. Writing is atomic: a failed write leaves no file behind and
-an existing file untouched.
+JPEG, in their own pixel type. Writing is atomic and checked: GDAL writes the file in memory,
+Python writes it to a temporary file beside the target (so a full disk is an error that says
+so), it is read back and compared, and only then renamed onto the target; a failed write
+leaves no file behind and an existing file untouched.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import rasterio
+from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
+from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from ..core.classes import ClassSpec, as_class_specs
 from ..core.labels import UNLABELLED, UNLABELLED_NAME, label_dtype, label_values, to_index
+from ..errors import BadInputError, OutputError
 from .atomic import atomic_output, to_jsonable, write_json
-from ..errors import BadInputError
 
 __all__ = [
     "GeoInfo",
@@ -37,6 +43,7 @@ __all__ = [
     "read_class_names",
     "read_label_info",
     "read_image",
+    "read_input",
     "read_window",
     "sidecar_path",
     "write_isprs_rgb",
@@ -69,30 +76,41 @@ class GeoInfo:
         ``None`` for images without georeference.
     source: the file it was read from.
     band_names: names of the bands returned, e.g. ``("R", "G", "B", "IR")``, when known.
+    nodata: the value of pixels that hold no data (NaN allowed), ``None`` when the file has none.
+    gcps: ground control points ``(row, col, x, y, z)`` of an image georeferenced by them
+        instead of a transform (``crs`` is then theirs), else ``None``.
     """
 
     crs: str | None
     transform: tuple[float, ...] | None
     source: str | None = None
     band_names: tuple[str, ...] | None = None
+    nodata: float | None = None
+    gcps: tuple[tuple[float, float, float, float, float], ...] | None = None
 
     def to_dict(self) -> dict:
+        nodata = "nan" if self.nodata is not None and math.isnan(self.nodata) else self.nodata
         return {
             "crs": self.crs,
             "transform": list(self.transform) if self.transform is not None else None,
             "source": self.source,
             "band_names": list(self.band_names) if self.band_names is not None else None,
+            "nodata": nodata,
+            "gcps": [list(g) for g in self.gcps] if self.gcps is not None else None,
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GeoInfo":
+    def from_dict(cls, d: dict) -> GeoInfo:
         transform = d.get("transform")
         names = d.get("band_names")
+        gcps = d.get("gcps")
         return cls(
             d.get("crs"),
             tuple(float(v) for v in transform[:6]) if transform is not None else None,
             d.get("source"),
             tuple(names) if names is not None else None,
+            float(d["nodata"]) if d.get("nodata") is not None else None,
+            tuple(tuple(float(v) for v in g) for g in gcps) if gcps else None,
         )
 
     @property
@@ -135,14 +153,20 @@ def _open(path) -> Iterator[rasterio.io.DatasetReader]:
         yield src
 
 
+#: GDAL's block cache while an image is read (MB): the decoded blocks are not kept as a second copy.
+_READ_CACHE_MB = 64
+
+
 def _read(src, path, indexes, window=None) -> np.ndarray:
+    """The pixels, read straight into their (H, W, bands) layout: no copy of the whole image."""
+    height, width = (int(window.height), int(window.width)) if window is not None else (src.height, src.width)
+    out = np.empty((height, width, len(indexes)), np.result_type(*(src.dtypes[i - 1] for i in indexes)))
     try:
-        data = src.read(indexes, window=window)
+        with rasterio.Env(GDAL_CACHEMAX=_READ_CACHE_MB):
+            src.read(indexes, window=window, out=np.moveaxis(out, -1, 0))
     except RasterioError:
         raise ImageReadError(f"{path}: truncated or corrupt image data (the pixels cannot be read)") from None
-    if data.shape[0] == 1:
-        return data[0]
-    return np.ascontiguousarray(np.moveaxis(data, 0, -1))
+    return out[..., 0] if len(indexes) == 1 else out
 
 
 def _indexes(src, bands, path) -> list[int]:
@@ -184,9 +208,17 @@ def _crs_beside(path: Path) -> str | None:
         return None
 
 
+def _gcps(src) -> tuple[tuple[tuple[float, ...], ...] | None, str | None]:
+    points, crs = src.gcps
+    if not points:
+        return None, None
+    return tuple((p.row, p.col, p.x, p.y, p.z or 0.0) for p in points), crs.to_string() if crs else None
+
+
 def _geo_info(src, path: Path, indexes: Sequence[int]) -> GeoInfo:
-    transform = None if src.transform.is_identity and src.crs is None else tuple(src.transform)[:6]
-    crs = src.crs.to_string() if src.crs else _crs_beside(path)
+    gcps, gcp_crs = _gcps(src)
+    transform = None if src.transform.is_identity and (src.crs is None or gcps) else tuple(src.transform)[:6]
+    crs = src.crs.to_string() if src.crs else gcp_crs or _crs_beside(path)
     if crs is None and transform is not None and _POTSDAM_NAME.search(path.name):
         crs = POTSDAM_CRS
         warnings.warn(
@@ -196,10 +228,24 @@ def _geo_info(src, path: Path, indexes: Sequence[int]) -> GeoInfo:
     names = _band_names(src, path)
     if names is not None:
         names = tuple(names[i - 1] for i in indexes)
-    return GeoInfo(crs, transform, str(path), names)
+    nodata = src.nodatavals[indexes[0] - 1]
+    return GeoInfo(crs, transform, str(path), names, None if nodata is None else float(nodata), gcps)
 
 
-def read_image(path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, GeoInfo]:
+def _has_palette(src, indexes: Sequence[int]) -> bool:
+    return len(indexes) == 1 and src.colorinterp[indexes[0] - 1] == ColorInterp.palette
+
+
+def _expand_palette(src, index: int, values: np.ndarray) -> np.ndarray:
+    """The (H, W, 3) RGB colours of a palette band's index values."""
+    lut = np.zeros((256 if values.dtype == np.uint8 else 65536, 3), np.uint8)
+    for value, color in src.colormap(index).items():
+        if value < len(lut):
+            lut[value] = color[:3]
+    return lut[values]
+
+
+def read_image(path, bands: Sequence[int] | None = None, *, expand_palette: bool = False) -> tuple[np.ndarray, GeoInfo]:
     """Read an image in its own pixel type, with its georeference.
 
     Parameters
@@ -209,14 +255,17 @@ def read_image(path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, Ge
     bands : sequence of int, optional
         0-based band indices to keep, in that order: ``(0, 1, 2)`` takes RGB from an
         ISPRS RGBIR tile, ``(3, 0, 1)`` makes IRRG.
+    expand_palette : bool
+        A one-band image with a colour table (a palette PNG, say) as its (H, W, 3) RGB
+        colours, for imagery; off by default, since label rasters are read as their values.
 
     Returns
     -------
     image : ndarray
         (H, W) for one band, else (H, W, C); uint8, uint16, float, ... as stored.
     geo : GeoInfo
-        CRS and transform (``None`` when absent). Files named ``top_potsdam_*`` with a world
-        file but no CRS get EPSG:32633, with a warning.
+        CRS and transform (``None`` when absent), or ground control points; nodata. Files
+        named ``top_potsdam_*`` with a world file but no CRS get EPSG:32633, with a warning.
 
     Raises
     ------
@@ -226,7 +275,42 @@ def read_image(path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, Ge
     path = Path(path)
     with _open(path) as src:
         indexes = _indexes(src, bands, path)
-        return _read(src, path, indexes), _geo_info(src, path, indexes)
+        image, geo = _read(src, path, indexes), _geo_info(src, path, indexes)
+        if expand_palette and _has_palette(src, indexes):
+            image = _expand_palette(src, indexes[0], image)
+            geo.band_names = ("R", "G", "B")
+    return image, geo
+
+
+def read_input(path) -> tuple[np.ndarray, GeoInfo, np.ndarray | None]:
+    """An image to segment: its pixels (a palette expanded to RGB), georeference, and the
+    pixels that hold data.
+
+    Returns ``(image, geo, valid)``; ``valid`` is an (H, W) bool array, False where every
+    band holds the file's nodata value, or ``None`` when no pixel does (or the file has no
+    nodata value). The engine leaves the pixels that are not valid unlabelled.
+    """
+    path = Path(path)
+    with _open(path) as src:
+        indexes = _indexes(src, None, path)
+        image, geo = _read(src, path, indexes), _geo_info(src, path, indexes)
+        valid = _valid_pixels(image, geo.nodata)
+        if _has_palette(src, indexes):
+            image = _expand_palette(src, indexes[0], image)
+            geo.band_names = ("R", "G", "B")
+    return image, geo, valid
+
+
+def _valid_pixels(image: np.ndarray, nodata: float | None, rows: int = 1024) -> np.ndarray | None:
+    """False where every band equals ``nodata`` (NaN matches NaN), band of rows by band of rows."""
+    if nodata is None or (math.isnan(nodata) and image.dtype.kind != "f"):
+        return None
+    valid = np.ones(image.shape[:2], bool)
+    for y in range(0, image.shape[0], rows):
+        block = image[y : y + rows]
+        missing = np.isnan(block) if math.isnan(nodata) else block == nodata
+        valid[y : y + rows] = ~(missing.all(axis=-1) if block.ndim == 3 else missing)
+    return None if valid.all() else valid
 
 
 def read_window(path, window: tuple[int, int, int, int], bands: Sequence[int] | None = None) -> np.ndarray:
@@ -319,6 +403,8 @@ def _geo_profile(geo: GeoInfo | None) -> dict:
         profile["crs"] = CRS.from_user_input(geo.crs)
     if geo.transform is not None:
         profile["transform"] = Affine(*geo.transform[:6])
+    elif geo.gcps:
+        profile["gcps"] = [GroundControlPoint(*g) for g in geo.gcps]
     return profile
 
 
@@ -328,16 +414,55 @@ def _tiff_profile(dtype) -> dict:
             "predictor": predictor, "BIGTIFF": "IF_SAFER"}
 
 
-@contextmanager
-def _create(path: Path, driver: str, array_shape, dtype, geo, **options) -> Iterator[rasterio.io.DatasetWriter]:
-    count, height, width = array_shape
-    profile = {"driver": driver, "width": width, "height": height, "count": count, "dtype": np.dtype(dtype).name}
+#: Rows compared at a time when a written raster is read back.
+_CHECK_ROWS = 1024
+
+
+def _write_dataset(path: Path, driver: str, data: np.ndarray, geo: GeoInfo | None, options: dict,
+                   decorate=None) -> Path:
+    """Write (B, H, W) ``data`` as a ``driver`` file at ``path``, atomically and checked.
+
+    GDAL writes the file in memory; Python's file I/O writes it to disk, so a full disk or a
+    file-size limit raises with its reason (GDAL writing to disk would only print a libtiff
+    message and leave a broken file). The file is then read back and compared with ``data``.
+    ``decorate(dst)`` adds colour tables, tags and band descriptions.
+    """
+    count, height, width = data.shape
+    profile = {"driver": driver, "width": width, "height": height, "count": count, "dtype": data.dtype.name}
     profile.update(_geo_profile(geo) if driver == "GTiff" else {})
     profile.update(options)
-    with atomic_output(path) as tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"), warnings.catch_warnings():
+    check = partial(_reads_back, data=data, target=path)
+    with atomic_output(path, check=check) as tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(tmp, "w", **profile) as dst:
-            yield dst
+        with MemoryFile() as memory:
+            with memory.open(**profile) as dst:
+                dst.write(data)
+                if decorate is not None:
+                    decorate(dst)
+            with open(tmp, "wb") as f:
+                f.write(memory.getbuffer())
+    return path
+
+
+def _reads_back(tmp: Path, data: np.ndarray, target: Path) -> None:
+    """Raise :class:`OutputError` unless ``tmp`` holds ``data`` (compared band of rows by band)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(tmp)
+        with src:
+            same = (src.count, src.height, src.width) == data.shape
+            for y in range(0, data.shape[1], _CHECK_ROWS) if same else ():
+                window = Window(0, y, data.shape[2], min(_CHECK_ROWS, data.shape[1] - y))
+                if not np.array_equal(src.read(window=window), data[:, y : y + window.height],
+                                      equal_nan=data.dtype.kind == "f"):
+                    same = False
+                    break
+    except RasterioError:
+        same = False
+    if not same:
+        raise OutputError(f"cannot write {target}: the written file does not read back as written; "
+                          "nothing was written or replaced")
 
 
 def _check_labels(labels, n_classes: int) -> np.ndarray:
@@ -383,15 +508,16 @@ def write_labels(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: Ge
         raise BadInputError(f"cannot write {path}: a palette PNG holds at most 255 classes, got {len(classes)}; "
                             "use .tif")
     options = {**_tiff_profile(dtype), "nodata": UNLABELLED} if driver == "GTiff" else {"WRITE_METADATA_AS_TEXT": "YES"}
-    with _create(path, driver, (1, *labels.shape), dtype, geo, **options) as dst:
-        dst.write(labels.astype(dtype, copy=False), 1)
+
+    def decorate(dst) -> None:
         if dtype == np.uint8:
             colors = {UNLABELLED: (0, 0, 0, 0), **{k: (*c.color, 255) for k, c in enumerate(classes, start=1)}}
             dst.write_colormap(1, colors)
         dst.update_tags(**_class_tags(classes, metadata))
         if driver == "GTiff":
             dst.set_band_description(1, "label: " + ", ".join(f"{k}={n}" for k, n in label_values(classes).items()))
-    return path
+
+    return _write_dataset(path, driver, labels.astype(dtype, copy=False)[None], geo, options, decorate)
 
 
 def write_isprs_rgb(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: GeoInfo | None = None) -> Path:
@@ -407,9 +533,7 @@ def write_isprs_rgb(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo:
     labels = _check_labels(labels, len(classes))
     rgb = encode_isprs_labels(to_index(labels), classes)
     options = {**_tiff_profile(np.uint8), "photometric": "RGB"} if driver == "GTiff" else {}
-    with _create(path, driver, (3, *labels.shape), np.uint8, geo, **options) as dst:
-        dst.write(np.moveaxis(rgb, -1, 0))
-    return path
+    return _write_dataset(path, driver, np.moveaxis(rgb, -1, 0), geo, options)
 
 
 def write_raster(path, array: np.ndarray, geo: GeoInfo | None = None, nodata: float | None = None) -> Path:
@@ -427,9 +551,7 @@ def write_raster(path, array: np.ndarray, geo: GeoInfo | None = None, nodata: fl
         array = array[None]
     if array.ndim != 3:
         raise BadInputError(f"cannot write {path}: need an (H, W) or (B, H, W) array, got shape {array.shape}")
-    with _create(path, driver, array.shape, array.dtype, geo, nodata=nodata, **_tiff_profile(array.dtype)) as dst:
-        dst.write(array)
-    return path
+    return _write_dataset(path, driver, array, geo, {"nodata": nodata, **_tiff_profile(array.dtype)})
 
 
 def sidecar_path(out_path) -> Path:
