@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from potsdam_fixture import potsdam_tile  # noqa: F401  (the fixture, for every test module)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -7,7 +7,7 @@ searching the joined prompt's token ids.
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 
 def _find_spans(tokenizer, prompts, ids):
@@ -46,7 +46,7 @@ def reference_segment(image_uint8, class_prompts, tokenizer, text_encoder, vae, 
             qh, kh = q[0, :, h * d : (h + 1) * d], k[0, :, h * d : (h + 1) * d]
             m = torch.exp(qh @ kh.T * module.scale)  # (n, 77)
             m = m.T.reshape(77, side, side)
-            head_maps.append(F.interpolate(m[None], size=(g, g), mode="bilinear", align_corners=False)[0])
+            head_maps.append(functional.interpolate(m[None], size=(g, g), mode="bilinear", align_corners=False)[0])
 
     for name, module in unet.named_modules():
         if name.endswith("attn2") and name.split(".attentions")[0] in ("down_blocks.2", "mid_block", "up_blocks.1"):
@@ -65,7 +65,7 @@ def reference_segment(image_uint8, class_prompts, tokenizer, text_encoder, vae, 
     coarse, fine = feats["up_blocks.1.resnets.2"], feats["up_blocks.2.resnets.2"]
     coarse = coarse / coarse.norm(dim=0, keepdim=True)
     fine = fine / fine.norm(dim=0, keepdim=True)
-    coarse = F.interpolate(coarse[None], size=fine.shape[-2:], mode="bilinear", align_corners=False)[0]
+    coarse = functional.interpolate(coarse[None], size=fine.shape[-2:], mode="bilinear", align_corners=False)[0]
     f = torch.cat([coarse, fine])
     f = f / f.norm(dim=0, keepdim=True)
 
@@ -74,5 +74,5 @@ def reference_segment(image_uint8, class_prompts, tokenizer, text_encoder, vae, 
     for k in range(K):
         c = (maps[k][None] * f).sum(dim=(1, 2)) / maps[k].sum()
         scores[k] = (f * c[:, None, None]).sum(0)
-    up = F.interpolate(scores[None], size=(S, S), mode="bilinear", align_corners=False)[0]
+    up = functional.interpolate(scores[None], size=(S, S), mode="bilinear", align_corners=False)[0]
     return up.argmax(0).numpy(), maps.numpy()

@@ -27,7 +27,8 @@ LABELS = np.array([
     [3, 3, 1, 1, 1],
 ], dtype=np.uint8)
 #: The same with unlabelled pixels (0): the top row and the tree in the hole.
-PARTLY = np.where((np.arange(5)[:, None] == 0) | (LABELS == 3) & (np.arange(5)[:, None] == 2), 0, LABELS).astype(np.uint8)
+_ROW = np.arange(5)[:, None]
+PARTLY = np.where((_ROW == 0) | (LABELS == 3) & (_ROW == 2), 0, LABELS).astype(np.uint8)
 
 
 def read(path):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import rasterio
 from PIL import Image
-from potsdam_fixture import TILE_SIZE
 
 from maskdiffusion.core.classes import ClassSpec, preset_classes
 from maskdiffusion.geo.atomic import atomic_output
@@ -28,6 +27,7 @@ from maskdiffusion.geo.raster_io import (
     write_sidecar,
 )
 from maskdiffusion.geo.synthetic import make_potsdam_like_tile
+from potsdam_fixture import TILE_SIZE
 
 POTSDAM_TRANSFORM = (0.05, 0.0, 366000.0, 0.0, -0.05, 5808000.0)
 UTM33 = GeoInfo("EPSG:32633", POTSDAM_TRANSFORM)

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pytest
-from potsdam_fixture import TILE_SIZE
 
 from maskdiffusion.core.classes import preset_classes
 from maskdiffusion.geo.isprs import (
@@ -20,6 +19,7 @@ from maskdiffusion.geo.isprs import (
 )
 from maskdiffusion.geo.raster_io import read_image
 from maskdiffusion.geo.synthetic import make_potsdam_like_tile
+from potsdam_fixture import TILE_SIZE
 
 
 def test_isprs_colours_are_the_potsdam_codes():

@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from ldm_layout import original_checkpoint
 
+from ldm_layout import original_checkpoint
 from maskdiffusion.core.params import DEFAULT_MODEL
 from maskdiffusion.errors import BadInputError
 from maskdiffusion.model import loading, single_file, sources
@@ -405,6 +405,8 @@ def test_bundled_configs_have_real_sd_shapes(family):
     assert tuple(unet.up_blocks[1].resnets[2].conv1.weight.shape[1:2]) == (1920,)
     assert tuple(vae.config.block_out_channels) == (128, 256, 512, 512)
     assert vae.config.scaling_factor == 0.18215
-    count = lambda m: sum(p.numel() for p in m.parameters())
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
     assert (count(unet), count(vae), count(text)) == (real["unet"], real["vae"], real["text"])
     assert single_file.bundled_scheduler_config(family)["beta_schedule"] == "scaled_linear"

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
-from maskdiffusion.core import refine as R
+from maskdiffusion.core import refine as refinement
 from maskdiffusion.core.class_edits import add_class, merge_classes, remove_class, rename_class
 from maskdiffusion.core.classes import ClassListError, ClassSpec
 from maskdiffusion.core.confidence import next_unsure_region
@@ -35,7 +35,7 @@ def result(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def state(result):
-    return R.RefineState.from_result(result, dims=None)
+    return refinement.RefineState.from_result(result, dims=None)
 
 
 def _strokes(labels, value, box):
@@ -50,15 +50,16 @@ def test_assign_is_bilinear_upsampling_then_argmax():
     rng = np.random.default_rng(0)
     coarse = rng.standard_normal((5, 8, 6)).astype(np.float32)
     scores = np.repeat(np.repeat(coarse, 2, 1), 2, 2)
-    ref = F.interpolate(torch.from_numpy(scores)[None], size=(256, 192), mode="bilinear", align_corners=False)[0]
-    labels, margin = R.assign(scores, (256, 192), 16.0, confidence=True)
+    ref = functional.interpolate(torch.from_numpy(scores)[None], size=(256, 192), mode="bilinear",
+                                 align_corners=False)[0]
+    labels, margin = refinement.assign(scores, (256, 192), 16.0, confidence=True)
     assert np.array_equal(labels, ref.argmax(0).numpy() + 1), "label value k is the k-th class"
-    assert np.array_equal(R.assign(scores, (256, 192), 16.0), labels)
+    assert np.array_equal(refinement.assign(scores, (256, 192), 16.0), labels)
     top2 = ref.topk(2, dim=0).values
     np.testing.assert_allclose(margin, (top2[0] - top2[1]).numpy(), atol=1e-5)
     keep = rng.random((256, 192)) < 0.3
     given = rng.integers(0, 6, (256, 192)).astype(np.int16)  # 0 (unlabelled) to 5
-    out = R.assign(scores, (256, 192), 16.0, labels=given, fixed=keep)
+    out = refinement.assign(scores, (256, 192), 16.0, labels=given, fixed=keep)
     assert out.dtype == np.int16 and np.array_equal(out[keep], given[keep])
     assert np.array_equal(out[~keep], labels[~keep])
 
@@ -67,25 +68,25 @@ def test_prototypes_mix_attention_and_strokes_as_documented():
     feats = np.zeros((2, 1, 4), np.float32)
     feats[:, 0] = [[1, 1, 0, 0], [0, 0, 1, 1]]
     attention = np.array([[[1, 1, 0, 0]], [[0, 0, 1, 1]]], np.float32)
-    state = R.RefineState(feats, attention, (ClassSpec("a"), ClassSpec("b")), (16, 64), 16.0, (True, True))
-    protos, active = R.class_prototypes(state)
+    state = refinement.RefineState(feats, attention, (ClassSpec("a"), ClassSpec("b")), (16, 64), 16.0, (True, True))
+    protos, active = refinement.class_prototypes(state)
     np.testing.assert_allclose(protos, [[1, 0], [0, 1]])
     weights = np.zeros((2, 1, 4), np.float32)
     weights[0, 0, 2] = 2.0
-    protos, _ = R.class_prototypes(state, weights, prior_cells=2.0)
+    protos, _ = refinement.class_prototypes(state, weights, prior_cells=2.0)
     np.testing.assert_allclose(protos[0], [0.5, 0.5])
     example = add_class(state, "c")
     weights = np.zeros((3, 1, 4), np.float32)
-    protos, active = R.class_prototypes(example, weights)
+    protos, active = refinement.class_prototypes(example, weights)
     assert active.tolist() == [True, True, False]
     weights[2, 0, 3] = 0.25
-    protos, active = R.class_prototypes(example, weights)
+    protos, active = refinement.class_prototypes(example, weights)
     assert active.all() and np.allclose(protos[2], [0, 1])
 
 
 def test_no_edits_reproduces_the_draft(result, state):
     none = np.zeros(result.labels.shape, bool)
-    assert (R.refine(state, result.labels, none) == result.labels).mean() > 0.99
+    assert (refinement.refine(state, result.labels, none) == result.labels).mean() > 0.99
 
 
 def test_a_multi_tile_run_with_per_tile_prototypes_is_its_own_starting_point(tiny_model_dir):
@@ -97,22 +98,22 @@ def test_a_multi_tile_run_with_per_tile_prototypes_is_its_own_starting_point(tin
     image, _ = make_potsdam_like_tile(320, seed=5)
     run = segment(image[..., :3], CLASSES, load_model(tiny_model_dir, device="cpu"), tile_size=128, overlap=32,
                   keep_features=True)
-    state = R.RefineState.from_result(run, dims=None)
+    state = refinement.RefineState.from_result(run, dims=None)
     none = np.zeros(run.labels.shape, bool)
-    anchored = (R.refine(state, run.labels, none) == run.labels).mean()
-    unanchored = (R.refine(replace(state, base=None), run.labels, none) == run.labels).mean()
+    anchored = (refinement.refine(state, run.labels, none) == run.labels).mean()
+    unanchored = (refinement.refine(replace(state, base=None), run.labels, none) == run.labels).mean()
     # the tiny model's class margins are ~1e-4, so blending on the grid instead of on pixels flips a few
     assert anchored > 0.95 and anchored > unanchored + 0.1, (anchored, unanchored)
 
 
 def test_reduced_cache_agrees_with_full_features(result, state):
-    small = R.RefineState.from_result(result)
+    small = refinement.RefineState.from_result(result)
     assert small.reduction["method"] == "pca" and small.reduction["agreement"] >= MIN_AGREEMENT
     assert small.features.dtype == np.float16 and small.nbytes < state.nbytes
     painted, edited = _strokes(result.labels, 3, (40, 60, 90, 140))
     for labels, mask in ((result.labels, np.zeros(edited.shape, bool)), (painted, edited)):
-        full = R.refine(state, labels, mask)
-        assert (R.refine(small, labels, mask) == full).mean() >= 0.99
+        full = refinement.refine(state, labels, mask)
+        assert (refinement.refine(small, labels, mask) == full).mean() >= 0.99
 
 
 def test_strokes_stay_bit_for_bit_and_only_untouched_pixels_change(result, state):
@@ -120,10 +121,10 @@ def test_strokes_stay_bit_for_bit_and_only_untouched_pixels_change(result, state
     painted, edited = _strokes(labels, 4, (100, 100, 180, 200))
     painted[0:20, 0:30] = UNLABELLED  # set to unlabelled by the annotator: kept, teaches nothing
     edited[0:20, 0:30] = True
-    out = R.refine(state, painted, edited)
+    out = refinement.refine(state, painted, edited)
     assert out.dtype == painted.dtype
     assert np.array_equal(out[edited], painted[edited])
-    assert (out[~edited] != R.refine(state, labels, np.zeros_like(edited))[~edited]).any()
+    assert (out[~edited] != refinement.refine(state, labels, np.zeros_like(edited))[~edited]).any()
     assert set(np.unique(out[~edited])) <= set(range(1, len(CLASSES) + 1)), "every other pixel gets a class"
 
 
@@ -133,7 +134,7 @@ def test_example_only_class_takes_pixels_near_its_strokes_in_feature_space(resul
     labels = result.labels.astype(np.int16)
     pond = 5  # the fifth class's label value
     painted, edited = _strokes(labels, pond, (32, 32, 64, 64))
-    out = R.refine(example, painted, edited, prior_cells=1.0)
+    out = refinement.refine(example, painted, edited, prior_cells=1.0)
     feats = state.features.astype(np.float32).reshape(state.features.shape[0], -1)
     proto = feats.reshape(-1, *state.grid_shape)[:, 2:4, 2:4].reshape(feats.shape[0], -1).mean(1)
     H, W = state.shape

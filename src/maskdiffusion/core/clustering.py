@@ -25,7 +25,8 @@ def fit_centroids(features: np.ndarray, k: int, method: str = "kmeans", position
     """
     n = len(features)
     if n < k:
-        raise ValueError(f"the image has {n} feature cells, too few for {k} clusters: use a smaller K or a larger image")
+        raise ValueError(f"the image has {n} feature cells, too few for {k} clusters: "
+                         "use a smaller K or a larger image")
     rng = np.random.default_rng(seed)
     limit = MAX_SPECTRAL if method == "spectral" else MAX_SAMPLES
     idx = rng.choice(n, limit, replace=False) if n > limit else np.arange(n)

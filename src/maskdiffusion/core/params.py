@@ -80,7 +80,8 @@ class SegmentParams:
         if self.tile_size < 64 or self.tile_size % 64:
             raise ParamsError(f"tile size must be a positive multiple of 64 pixels, got {self.tile_size}")
         if not 0 <= self.overlap <= self.tile_size // 2:
-            raise ParamsError(f"overlap must be between 0 and half the tile size ({self.tile_size // 2}), got {self.overlap}")
+            raise ParamsError(f"overlap must be between 0 and half the tile size ({self.tile_size // 2}), "
+                              f"got {self.overlap}")
         if not 0.01 <= self.scale <= 16:
             raise ParamsError(f"scale must be between 0.01 and 16, got {self.scale}")
         if self.prototypes not in ("tile", "image"):
@@ -107,7 +108,7 @@ class SegmentParams:
     def stride(self) -> int:
         return self.tile_size - self.overlap
 
-    def replace(self, **changes) -> "SegmentParams":
+    def replace(self, **changes) -> SegmentParams:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -115,7 +116,7 @@ class SegmentParams:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SegmentParams":
+    def from_dict(cls, d: dict) -> SegmentParams:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
 

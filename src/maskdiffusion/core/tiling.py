@@ -6,8 +6,8 @@ touch, so memory stays at one band of tiles whatever the image height.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -14,9 +14,9 @@ import numpy as np
 from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
+from ..errors import BadInputError
 from .atomic import atomic_output
 from .isprs import boundary_mask, encode_isprs_labels
-from ..errors import BadInputError
 
 __all__ = ["make_potsdam_like_tile", "write_potsdam_like", "POTSDAM_PIXEL_SIZE", "POTSDAM_ORIGIN"]
 
