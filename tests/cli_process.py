@@ -80,6 +80,7 @@ def wait_for(predicate, timeout: float = 120, proc: subprocess.Popen | None = No
 
 
 def error_lines(stderr: str) -> list[str]:
-    """The lines a user reads on stderr, without the progress bar's redraws and the notes."""
+    """The lines a user reads on stderr, without the model line, the progress bar's redraws and the notes."""
     lines = [line.split("\r")[-1].strip() for line in stderr.splitlines()]
-    return [line for line in lines if line and "tile/s" not in line and not line.startswith("note:")]
+    return [line for line in lines
+            if line and "tile/s" not in line and not line.startswith(("note:", "model "))]

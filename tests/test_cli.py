@@ -49,7 +49,9 @@ def test_segment_writes_a_georeferenced_class_raster_and_sidecar(image, tmp_path
     assert np.load(tmp_path / "scores.npy").shape == (3, 400, 400)
     with rasterio.open(tmp_path / "conf.tif") as c:
         assert c.crs is not None and c.dtypes[0] == "float32"
-    assert "tile" in capsys.readouterr().err  # the progress bar
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"model {meta['model']} on cpu, {meta['precision']}" and meta["device"] == "cpu"
+    assert "tile" in err  # the progress bar
 
 
 def test_polygon_and_coco_exports(image, tmp_path, tiny_model_dir):

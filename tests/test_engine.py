@@ -8,7 +8,6 @@ from maskdiffusion.core.classes import ClassListError, preset_classes
 from maskdiffusion.core.image import InputImageError
 from maskdiffusion.core.params import ParamsError
 from maskdiffusion.model.loading import load_model
-
 from reference_maskdiffusion import reference_segment
 
 POTSDAM = [c.name for c in preset_classes("potsdam6")]
@@ -56,18 +55,21 @@ def test_result_arrays_and_metadata(sd, image):
     assert [c["name"] for c in meta["classes"]] == ["road", "building", "tree"]
     assert meta["classes"][1]["prompts"] == ["house", "roof"]
     assert meta["parameters"]["tile_size"] == 128 and meta["model"] == sd.source
+    assert (meta["device"], meta["precision"]) == ("cpu", sd.precision)
     assert meta["label_values"] == {"0": "unlabelled", "1": "road", "2": "building", "3": "tree"}
     assert [c["value"] for c in meta["classes"]] == [1, 2, 3]
 
 
 def test_progress_per_tile_and_stop_between_tiles(sd, image):
     gen = iter_segment(image, "road,tree", sd, tile_size=128, overlap=0)
-    steps = [next(gen), next(gen)]
-    assert steps[0].stage == "load" and steps[1].done == 1 and steps[1].total == 4
+    steps = [next(gen), next(gen), next(gen)]
+    assert [s.stage for s in steps[:2]] == ["load", "load"] and steps[2].done == 1 and steps[2].total == 4
+    assert steps[1].message == f"model {sd.source} on cpu, {sd.precision}"
     gen.close()  # a cancelled run: no exception, the model is left as it was
-    assert type(sd.unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn2.processor"]).__name__ != "CrossAttentionCaptureProcessor"
+    processor = sd.unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn2.processor"]
+    assert type(processor).__name__ != "CrossAttentionCaptureProcessor"
     steps = list(_drain(iter_segment(image, "road,tree", sd, tile_size=128, overlap=0)))
-    assert [s.done for s in steps] == [0, 1, 2, 3, 4]
+    assert [s.done for s in steps] == [0, 0, 1, 2, 3, 4]
 
 
 def _drain(gen):
@@ -94,7 +96,8 @@ def test_more_classes_than_one_prompt_holds(sd):
     assert np.allclose(r.attention.reshape(40, -1).max(1), 1.0), "classes past the first prompt have maps too"
 
 
-@pytest.mark.parametrize("shape, dtype", [((1, 1), np.uint8), ((1, 1, 3), np.float32), ((37, 90, 4), np.uint16), ((20, 30), np.uint8)])
+@pytest.mark.parametrize("shape, dtype", [((1, 1), np.uint8), ((1, 1, 3), np.float32), ((37, 90, 4), np.uint16),
+                                          ((20, 30), np.uint8)])
 def test_any_small_image_any_type(sd, shape, dtype):
     img = (np.random.default_rng(1).random(shape) * (255 if dtype == np.uint8 else 4000)).astype(dtype)
     r = segment(img, "a,b", sd)
@@ -169,13 +172,13 @@ def test_kept_features_reproduce_the_assignment(sd, image):
     """One tile: prototypes from the kept grid features and attention give the same labels."""
     import torch
 
-    from maskdiffusion.core import prototypes as P
+    from maskdiffusion.core import prototypes as proto
 
     r = segment(image, "road,building,tree", sd, tile_size=256, keep_features=True)
     assert r.features.dtype == np.float16 and r.features.shape[1:] == (16, 16)
     f = torch.from_numpy(r.features.astype(np.float32))
     a = torch.from_numpy(r.attention)
-    scores = P.upsample(P.class_scores(f, P.prototypes(a, f)), (256, 256))
+    scores = proto.upsample(proto.class_scores(f, proto.prototypes(a, f)), (256, 256))
     assert (scores.argmax(0).numpy() + 1 == r.labels).mean() > 0.99
 
 

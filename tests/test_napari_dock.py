@@ -295,6 +295,9 @@ def test_classes_typed_as_a_line_and_commas_in_a_cell(annotator):
     editor.line.editingFinished.emit()
     assert "duplicate" in editor.error and not dock.segment.run_button.isEnabled()
     assert "duplicate" in dock.segment.run_button.toolTip()
+    editor.line.setText("a,,b")
+    editor.line.editingFinished.emit()
+    assert "empty" in editor.error and not dock.segment.run_button.isEnabled(), "an empty name is not dropped"
 
 
 def test_the_last_classes_come_back_and_bad_input_is_one_notification(annotator, qtbot, tiny_model_dir):

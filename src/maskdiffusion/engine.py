@@ -9,9 +9,9 @@ command line and the Dask batch all run this code.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Generator
 from functools import partial
 from pathlib import Path
-from typing import Callable, Generator
 
 import numpy as np
 
@@ -52,6 +52,18 @@ def segment(image, classes=None, model=None, params: SegmentParams | None = None
     Returns
     -------
     SegmentationResult
+        ``labels`` on the input grid: 0 = unlabelled, k = the k-th class.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from maskdiffusion import segment
+    >>> image = np.random.default_rng(0).integers(0, 256, (128, 192, 3), dtype=np.uint8)
+    >>> result = segment(image, "road,tree", "random:tiny", tile_size=64, overlap=0)
+    >>> result.labels.shape, result.class_names
+    ((128, 192), ['road', 'tree'])
+    >>> set(np.unique(result.labels).tolist()) <= {1, 2}
+    True
     """
     steps = iter_segment(image, classes, model, params, device=device, dtype=dtype, keep_features=keep_features,
                          valid=valid, **overrides)
@@ -85,6 +97,25 @@ def iter_segment(image, classes=None, model=None, params: SegmentParams | None =
     model call. ``valid`` is as in :func:`segment`.
     Bad input raises before the first yield: ``ClassListError``, ``ParamsError`` and
     ``InputImageError`` (all ``ValueError``) with one clear message.
+
+    Examples
+    --------
+    Each step says how far the run is; a band of rows comes with its final labels as soon as
+    the tiles that blend into it are done. Closing the generator stops between tiles.
+
+    >>> import numpy as np
+    >>> from maskdiffusion.engine import drain, iter_segment
+    >>> image = np.random.default_rng(0).integers(0, 256, (128, 192, 3), dtype=np.uint8)
+    >>> steps = iter_segment(image, "road,tree", "random:tiny", tile_size=64, overlap=0)
+    >>> [next(steps).stage for _ in range(3)]
+    ['load', 'load', 'features']
+    >>> steps.close()
+    >>> def show(step):
+    ...     if step.region is not None:
+    ...         print(step.done, "of", step.total, "tiles: rows", step.region[:2], step.labels.shape)
+    >>> result = drain(iter_segment(image, "road,tree", "random:tiny", tile_size=64, overlap=0), show)
+    4 of 6 tiles: rows (0, 64) (64, 192)
+    6 of 6 tiles: rows (64, 128) (64, 192)
     """
     params = (params or SegmentParams()).replace(**overrides) if overrides else (params or SegmentParams())
     specs = _class_specs(classes, params)
@@ -107,7 +138,15 @@ def _load(model, device, dtype):
 def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype, keep_features: bool):
     import torch
 
-    from .core.prototypes import class_maps, class_scores, cluster_scores, normalize_features, prototype_sums, prototypes, upsample
+    from .core.prototypes import (
+        class_maps,
+        class_scores,
+        cluster_scores,
+        normalize_features,
+        prototype_sums,
+        prototypes,
+        upsample,
+    )
     from .core.tokens import layout_prompts
     from .model.forward import TileRunner
 
@@ -116,6 +155,7 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     total = len(tiles) * (2 if shared else 1)
     yield Progress(0, total, "load", "loading the model")
     sd = _load(model, device, dtype)
+    yield Progress(0, total, "load", f"model {sd.source} on {sd.device.type}, {sd.precision}")
     layout = layout_prompts(specs, sd.tokenizer)
     runner = TileRunner(sd, params, layout.input_ids)
     n_out = params.unsupervised or len(specs)
@@ -191,6 +231,8 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
         attention_stride=GRID_STRIDE / params.scale,
         params=params,
         model=sd.source,
+        device=sd.device.type,
+        precision=sd.precision,
         scores=scores,
         clusters_to_classes=clusters_to_classes,
         prompt_classes=list(specs) if params.unsupervised else [],
@@ -344,12 +386,13 @@ def _fit_clusters(cache: _FeatureCache, tiles, shape, params: SegmentParams, n_c
         yy, xx = np.divmod(cells, gw)
         f = cache.array[t.index]
         feats.append(f[:, yy, xx].T.astype(np.float32))
-        pos.append(np.stack([(t.y / GRID_STRIDE + yy) * GRID_STRIDE / shape[0], (t.x / GRID_STRIDE + xx) * GRID_STRIDE / shape[1]], 1))
+        pos.append(np.stack([(t.y + yy * GRID_STRIDE) / shape[0], (t.x + xx * GRID_STRIDE) / shape[1]], 1))
         maps.append(cache.maps[t.index][:, yy, xx].T)
     feats, pos, maps = np.concatenate(feats), np.concatenate(pos), np.concatenate(maps)
     centers = fit_centroids(feats, params.unsupervised, params.clustering, pos, params.spatial_weight, params.seed)
     assigned = (feats @ centers.T - 0.5 * (centers**2).sum(1)).argmax(1)
-    return centers, name_clusters(assigned, maps, params.unsupervised) if n_classes else np.full(params.unsupervised, -1)
+    names = name_clusters(assigned, maps, params.unsupervised) if n_classes else np.full(params.unsupervised, -1)
+    return centers, names
 
 
 def _cluster_specs(clusters_to_classes: np.ndarray, specs: list[ClassSpec]) -> list[ClassSpec]:

@@ -126,13 +126,22 @@ class Session:
 
     Examples
     --------
+    >>> import numpy as np
     >>> from maskdiffusion import segment
-    >>> result = segment(image, "road,tree", "random:tiny", keep_features=True)  # doctest: +SKIP
-    >>> session = Session.from_result(result)                                    # doctest: +SKIP
-    >>> strokes = session.labels.copy(); strokes[:20, :20] = 2                    # doctest: +SKIP
-    >>> session.edit(strokes)                                                    # doctest: +SKIP
-    >>> labels = session.refine()                                                # doctest: +SKIP
-    >>> session.undo() is not None                                               # doctest: +SKIP
+    >>> image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    >>> result = segment(image, "road,tree", "random:tiny", tile_size=128, keep_features=True)
+    >>> session = Session.from_result(result)
+    >>> before = session.labels.copy()
+    >>> strokes = session.labels.copy(); strokes[:20, :20] = 2
+    >>> painted = np.zeros(strokes.shape, bool); painted[:20, :20] = True
+    >>> session.edit(strokes, painted)
+    400
+    >>> labels = session.refine()
+    >>> bool((labels[:20, :20] == 2).all())
+    True
+    >>> session.undo() is not None and session.undo() is not None  # the refinement, then the stroke
+    True
+    >>> bool((session.labels == before).all())
     True
     """
 

@@ -225,7 +225,11 @@ class _ProgressBar:
             self.bar.close()
 
     def update(self, step) -> None:
-        if not self.enabled or step.stage == "load":
+        if not self.enabled:
+            return
+        if step.stage == "load":
+            if step.message.startswith("model "):
+                print(step.message, file=sys.stderr)
             return
         if self.bar is None:
             from tqdm import tqdm

@@ -337,13 +337,16 @@ def refine(state: RefineState, labels: np.ndarray, edited: np.ndarray, *, prior_
 
     Examples
     --------
-    >>> result = segment(image, "road,tree", "random:tiny", keep_features=True)  # doctest: +SKIP
-    >>> state = RefineState.from_result(result)                                  # doctest: +SKIP
-    >>> strokes = result.labels.copy(); strokes[:20, :20] = 2                     # doctest: +SKIP
-    >>> edited = np.zeros(strokes.shape, bool); edited[:20, :20] = True          # doctest: +SKIP
-    >>> labels = refine(state, strokes, edited)                                  # doctest: +SKIP
-    >>> bool((labels[:20, :20] == 2).all())                                      # doctest: +SKIP
-    True
+    >>> import numpy as np
+    >>> from maskdiffusion import segment
+    >>> image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    >>> result = segment(image, "road,tree", "random:tiny", tile_size=128, keep_features=True)
+    >>> state = RefineState.from_result(result)
+    >>> strokes = result.labels.copy(); strokes[:20, :20] = 2
+    >>> edited = np.zeros(strokes.shape, bool); edited[:20, :20] = True
+    >>> labels = refine(state, strokes, edited)
+    >>> bool((labels[:20, :20] == 2).all()), labels.shape
+    (True, (128, 128))
     """
     labels, edited = check_maps(state, labels, edited)
     scores = refined_scores(state, labels, edited, prior_cells=prior_cells, normalize=normalize)

@@ -49,6 +49,7 @@ class SegmentationResult:
     features: (C, h, w) float16 unit features f̂ on the attention grid, when asked for.
     grid_scores: (K, h, w) float32 class scores averaged over tiles on that grid, with features.
     bands: the input bands the model saw as R, G, B (0-based; a gray image gives ``(0, 0, 0)``).
+    device, precision: where and in which precision the model ran (``"cpu"``, ``"bf16"``...).
     """
 
     labels: np.ndarray
@@ -58,6 +59,8 @@ class SegmentationResult:
     attention_stride: float
     params: SegmentParams
     model: str = ""
+    device: str = ""
+    precision: str = ""
     scores: np.ndarray | None = None
     clusters_to_classes: np.ndarray | None = None
     prompt_classes: list[ClassSpec] = field(default_factory=list)
@@ -77,6 +80,8 @@ class SegmentationResult:
             "classes": [dict(c.to_dict(), value=k) for k, c in enumerate(self.classes, start=1)],
             "label_values": label_values(self.classes),
             "model": self.model,
+            "device": self.device,
+            "precision": self.precision,
             "parameters": self.params.to_dict(),
             "version": __version__,
             "software": "napari-maskdiffusion",

@@ -174,10 +174,10 @@ def load_model(
 
     Examples
     --------
-    >>> sd = load_model("random:tiny", device="cpu", dtype="fp32")  # doctest: +SKIP
-    >>> sd.source, sd.precision  # doctest: +SKIP
+    >>> sd = load_model("random:tiny", device="cpu", dtype="fp32")
+    >>> sd.source, sd.precision
     ('random:tiny', 'fp32')
-    >>> load_model("random:tiny", device="cpu", dtype="fp32") is sd  # doctest: +SKIP
+    >>> load_model("random:tiny", device="cpu", dtype="fp32") is sd
     True
     """
     dev = resolve_device(device)
