@@ -211,6 +211,37 @@ def test_a_stroke_under_another_layer_counts_and_survives_refine(annotator, qtbo
     assert one_class_per_pixel(run) and session.last_step == "refine"
 
 
+def test_a_map_of_several_bands_is_never_read_back_half_shown(make_napari_viewer, qtbot, tiny_model_dir):
+    """Item 4: a refinement is shown a band of rows per event-loop turn; until every band shows
+    it the layers are read-only and a stroke sync takes nothing, so a band still showing the
+    old map is never taken for strokes of its old class (the bands of old class along rows)."""
+    viewer = make_napari_viewer()
+    image = np.random.default_rng(0).integers(0, 256, (1536, 1536, 3), np.uint8)
+    viewer.add_image(image, rgb=True, name="big")
+    dock = make_dock(viewer, qtbot, tiny_model_dir, tile=512)
+    dock.segment.parameters["overlap"].value = 64
+    run = run_and_wait(dock, qtbot)
+    session = run.session(())
+    stroke(qtbot, run.layers[0], [(y, 700) for y in range(0, 1536, 16)], size=40)
+    strokes = int(session.edited.sum())
+    seen = []
+    write = run.write
+
+    def write_and_try_a_sync(plane=(), region=None, only=None):
+        seen.append((not any(ly.editable for ly in run.all_layers), run.sync_all(plane)))
+        return write(plane, region, only)
+
+    run.write = write_and_try_a_sync
+    dock.tabs.setCurrentIndex(1)
+    dock.refine.reset_choices()
+    dock.refine.refine()
+    wait_refine(dock, qtbot)
+    assert len(seen) > len(run.layers), "the map is shown in several bands"
+    assert all(locked and taken == 0 for locked, taken in seen)
+    assert all(ly.editable for ly in run.layers) and one_class_per_pixel(run)
+    assert int(session.edited.sum()) == strokes, "no pixel of a band not yet shown became a stroke"
+
+
 def test_ctrl_z_in_any_layer_in_any_order_keeps_one_class_per_pixel(annotator, qtbot):
     from qtpy.QtCore import Qt
 

@@ -275,8 +275,7 @@ class RefinePanel(QWidget):
         for run in self.runs():
             if run.busy:
                 run.busy = False
-                for layer in run.all_layers:
-                    layer.editable = True
+                run.hold_layers()
         self.status.setText("failed (see the notification)")
         report(exc)
 

@@ -97,6 +97,17 @@ class ImageRun:
     def session(self, plane: tuple[int, ...] = ()) -> Session | None:
         return self.sessions.get(tuple(plane))
 
+    @property
+    def idle(self) -> bool:
+        """No session work running and every layer showing the session's map: only then may a
+        stroke or an undo start (a stroke over a band not yet shown would take its old class)."""
+        return not self.busy and self.pending_writes == 0
+
+    def hold_layers(self) -> None:
+        """Layers editable exactly while the run is :attr:`idle`."""
+        for layer in self.all_layers:
+            layer.editable = self.idle
+
     def owns(self, layer: Layer) -> bool:
         return any(layer is own for own in self.all_layers)
 
@@ -143,7 +154,7 @@ class ImageRun:
     def sync(self, layer: Labels, plane: tuple[int, ...] = (), region: Region | None = None) -> int:
         """Take a stroke from ``layer`` into the plane's session (one undo step) and show it in
         every layer of the run; returns the number of pixels painted."""
-        if self.writing or self.busy or tuple(plane) not in self.sessions:
+        if self.writing or not self.idle or tuple(plane) not in self.sessions:
             return 0
         found = self.read_strokes(layer, plane, region)
         if found is None:
@@ -205,11 +216,13 @@ class ImageRun:
         rows = max(1, BAND_PIXELS // max(width, 1))
         pieces = iter([(start, k) for start in range(y0, y1, rows) for k in range(len(self.all_layers))])
         self.pending_writes += 1
+        self.hold_layers()
 
         def step():
             piece = next(pieces, None)
             if piece is None:
                 self.pending_writes -= 1
+                self.hold_layers()
                 if then is not None:
                     then()
                 return
@@ -221,7 +234,7 @@ class ImageRun:
 
     def _step(self, plane: tuple[int, ...], method: str) -> bool:
         session = self.sessions.get(tuple(plane))
-        if session is None or self.busy or not (session.history if method == "undo" else session.future):
+        if session is None or not self.idle or not (session.history if method == "undo" else session.future):
             return False
         step = session.history[-1] if method == "undo" else session.future[-1]
 
@@ -245,13 +258,11 @@ class ImageRun:
             then(work())
             return
         self.busy = True
-        for layer in self.all_layers:
-            layer.editable = False
+        self.hold_layers()
 
         def finish(result):
             self.busy = False
-            for layer in self.all_layers:
-                layer.editable = True
+            self.hold_layers()
             then(result)
 
         self.background(work, finish)
