@@ -44,7 +44,7 @@ def build_sd15_in_memory(device, dtype):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from maskdiffusion.model.loading import SDModel
+    from maskdiffusion.model.loading import SDModel, place_parts
     from maskdiffusion.model.random_sd import SIZES
     from maskdiffusion.model.tokenizer import build_clip_tokenizer
 
@@ -67,9 +67,8 @@ def build_sd15_in_memory(device, dtype):
         hidden_act="quick_gelu",
     ))
     tok = build_clip_tokenizer(tempfile.mkdtemp())
-    parts = [m.to(device=device, dtype=dtype).eval().requires_grad_(False) for m in (text, vae, unet)]
-    parts[1:] = [m.to(memory_format=torch.channels_last) for m in parts[1:]]  # as load_model does
-    return SDModel(tok, *parts, device=torch.device(device), dtype=dtype, source="random:sd15",
+    parts = place_parts(text, vae, unet, torch.device(device), dtype)  # as load_model does
+    return SDModel(tok, **parts, device=torch.device(device), dtype=dtype, source="random:sd15",
                    scheduler_config={})
 
 
@@ -79,7 +78,7 @@ def bare_cost(sd, image, prompt):
 
     with torch.inference_mode():
         ids = sd.tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids.to(sd.device)
-        emb = sd.text_encoder(ids)[0]
+        emb = sd.text_encoder(ids)[0].to(sd.dtype)
         x = torch.from_numpy(image).to(sd.device).permute(2, 0, 1)[None].to(sd.dtype) / 127.5 - 1
         z = sd.vae.encode(x).latent_dist.mean * sd.vae.config.scaling_factor
         sd.unet(z, 0, encoder_hidden_states=emb)

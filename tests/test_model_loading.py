@@ -132,7 +132,8 @@ def test_cpu_bf16_capability_comes_from_torch():
 def test_bf16_model_on_cpu(tiny_model_dir):
     sd = load_model(tiny_model_dir, device="cpu", dtype="bf16")
     assert sd.dtype == torch.bfloat16 and sd.precision == "bf16"
-    assert next(sd.unet.parameters()).dtype == torch.bfloat16
+    assert next(sd.unet.parameters()).dtype == next(sd.vae.parameters()).dtype == torch.bfloat16
+    assert next(sd.text_encoder.parameters()).dtype == torch.float32, "the text encoder runs once: in fp32"
 
 
 def test_missing_path(tmp_path):
