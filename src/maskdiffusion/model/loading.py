@@ -207,7 +207,7 @@ def load_model(
 def place_parts(text_encoder, vae, unet, device, dtype) -> dict:
     """The frozen parts on ``device``, ready to run: the VAE and the UNet in ``dtype`` and
     channels-last; the text encoder always in float32. It runs once per run, so its precision
-    costs nothing per tile, and its embeddings in bf16 alone moved about 1.5% of the labels of
+    costs nothing per tile, and its embeddings in bf16 alone moved about 2.4% of the labels of
     a bf16 run away from fp32 (``docs/algorithm.md`` §5)."""
     import torch
 
