@@ -61,7 +61,8 @@ class DTypeError(BadInputError):
 
 @dataclass(eq=False)
 class SDModel:
-    """The frozen Stable Diffusion parts the engine runs, on one device in one dtype."""
+    """The frozen Stable Diffusion parts the engine runs, on one device: the VAE and UNet in
+    ``dtype``, the text encoder in float32 (:func:`place_parts`)."""
 
     tokenizer: Any = field(repr=False)
     text_encoder: Any = field(repr=False)
