@@ -242,6 +242,48 @@ def test_a_map_of_several_bands_is_never_read_back_half_shown(make_napari_viewer
     assert int(session.edited.sum()) == strokes, "no pixel of a band not yet shown became a stroke"
 
 
+def test_the_refinement_cache_is_built_while_the_annotator_looks(annotator, qtbot):
+    """Item 5: the first Refine waits for no cache: it is built on a worker once the run is shown."""
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    session = run.session(())
+    qtbot.waitUntil(lambda: session.prepared, timeout=TIMEOUT_MS)
+    stroke(qtbot, viewer.layers["tree"], [(100, 100)])
+    dock.tabs.setCurrentIndex(1)
+    dock.refine.reset_choices()
+    dock.refine.refine()
+    wait_refine(dock, qtbot)
+    assert "refined from" in dock.refine.status.text() and session.last_step == "refine"
+
+
+def test_refine_reads_the_layers_a_band_per_turn_and_misses_no_change(make_napari_viewer, qtbot, tiny_model_dir,
+                                                                      monkeypatch):
+    """Item 5: reading back every layer of a 6000² map froze the window 0.4 s on each Refine; it
+    is read in bands over several event-loop turns (here one band per turn), the layers locked
+    meanwhile, and a change made without a paint event (a script writing the data) in the last
+    band is still taken."""
+    from maskdiffusion.napari import state
+
+    monkeypatch.setattr(state, "TURN_SECONDS", 0.0)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(1).integers(0, 256, (1536, 1536, 3), np.uint8), rgb=True, name="big")
+    dock = make_dock(viewer, qtbot, tiny_model_dir, tile=512)
+    run = run_and_wait(dock, qtbot)
+    session = run.session(())
+    box = (slice(1500, 1510), slice(20, 30))
+    layer = next(ly for value, ly in enumerate(run.layers, start=1) if (session.labels[box] != value).all())
+    layer.data[1500:1510, 20:30] = layers.STROKE
+    dock.tabs.setCurrentIndex(1)
+    dock.refine.reset_choices()
+    dock.refine.refine()
+    assert run.busy and not any(ly.editable for ly in run.layers), "layers locked while they are read"
+    assert not session.edited[1500:1510, 20:30].any(), "the last band is read at a later turn"
+    wait_refine(dock, qtbot)
+    value = run.layers.index(layer) + 1
+    assert session.edited[1500:1510, 20:30].all() and (session.labels[1500:1510, 20:30] == value).all()
+    assert session.last_step == "refine" and one_class_per_pixel(run)
+
+
 def test_ctrl_z_in_any_layer_in_any_order_keeps_one_class_per_pixel(annotator, qtbot):
     from qtpy.QtCore import Qt
 

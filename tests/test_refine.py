@@ -194,6 +194,29 @@ def test_session_undo_restores_the_exact_previous_state(result):
     assert session.undo() is None
 
 
+def test_preparing_from_two_threads_builds_one_cache_and_a_replaced_run_wins(result, monkeypatch):
+    """The dock builds the cache on a worker after a run; a Refine clicked meanwhile waits for
+    that build, and a run that replaces the first one meanwhile is the one built."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    session = Session.from_result(result, dims=None, prepare=False)
+    built = []
+    from_result = refinement.RefineState.from_result
+
+    def counted(res, **kwargs):
+        built.append(res)
+        if len(built) == 1:
+            session.replace_run(replace(result, labels=np.roll(result.labels, 1, axis=0)))
+        return from_result(res, **kwargs)
+
+    monkeypatch.setattr(refinement.RefineState, "from_result", counted)
+    with ThreadPoolExecutor(2) as pool:
+        states = list(pool.map(lambda _: session.prepare(), range(2)))
+    assert states[0] is states[1] is session.state
+    assert len(built) == 2 and built[1] is not built[0], "the replaced run's features were not kept"
+    assert session.last_step == "run" and session.prepare() is states[0] and len(built) == 2
+
+
 def test_session_erasing_releases_pixels_for_the_next_refinement(result):
     session = Session.from_result(result, dims=None)
     painted, box = _strokes(session.labels, 3, (50, 50, 120, 120))

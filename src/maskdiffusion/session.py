@@ -9,6 +9,7 @@ or redoes any of these. Session bundles (``.mdsession`` folders) are :mod:`.sess
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -159,6 +160,7 @@ class Session:
     class_list: tuple = ()
     _pending: object = field(default=None, repr=False)
     _dims: int | str | None = "auto"
+    _preparing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def from_result(cls, result, image: dict | None = None, dims: int | str | None = "auto",
@@ -192,15 +194,23 @@ class Session:
         return self.state is not None
 
     def prepare(self) -> RefineState:
-        """Build the refinement cache from the kept run (seconds on a 6000² tile); idempotent."""
-        if self.state is None:
-            if self._pending is None:
-                raise BadInputError("this run kept no features: segment again to refine it")
-            self.state = RefineState.from_result(self._pending, dims=self._dims)
-            self._pending = None
-            self.margin = grid_margin(refined_scores(self.state, self.labels, self.edited,
-                                                     prior_cells=self.prior_cells, normalize=self.normalize))
-        return self.state
+        """Build the refinement cache from the kept run (seconds on a 6000² tile); idempotent.
+
+        Thread-safe: the napari dock builds it on a worker as soon as a run is shown, and a
+        Refine meanwhile waits for that build instead of starting its own. A run that
+        replaces this one meanwhile (:meth:`replace_run`) is the one built.
+        """
+        with self._preparing:
+            while self.state is None:
+                pending = self._pending
+                if pending is None:
+                    raise BadInputError("this run kept no features: segment again to refine it")
+                state = RefineState.from_result(pending, dims=self._dims)
+                margin = grid_margin(refined_scores(state, self.labels, self.edited,
+                                                    prior_cells=self.prior_cells, normalize=self.normalize))
+                if self._pending is pending:
+                    self.state, self._pending, self.margin = state, None, margin
+            return self.state
 
     # ------------------------------------------------------------------ history
 

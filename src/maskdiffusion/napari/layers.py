@@ -151,7 +151,7 @@ def result_layer_data(image: LayerImage, results: Mapping[tuple[int, ...], Segme
     for k, spec in enumerate(classes, start=1):
         data = np.zeros(image.shape, np.uint8)
         for plane, r in results.items():
-            data[plane] = (r.labels == k) * DRAFT
+            np.multiply(r.labels == k, np.uint8(DRAFT), out=data[plane])
         yield class_layer_data(data, spec, k, base, image.scale, image.translate)
     if semantic:
         sem = np.zeros(image.shape, label_dtype(len(classes)))

@@ -1,8 +1,8 @@
 """A run's labels on screen while it runs: finished regions painted into the class layers.
 
 The engine's progress steps carry the regions it has finished (:class:`~maskdiffusion.core.
-result.Progress`). :class:`LiveLabels` paints them as they arrive, one layer's band per turn of
-the event loop: into the layers of the image's earlier run (read-only meanwhile), or into new
+result.Progress`). :class:`LiveLabels` paints them as they arrive, a few layers' bands per turn
+of the event loop: into the layers of the image's earlier run (read-only meanwhile), or into new
 class layers added at the first region. A cancelled or failed run takes it all back — new
 layers are removed, earlier ones show their session again — so the viewer is as before the run.
 Nothing here enters an undo history: the finished run becomes one session step.
@@ -10,6 +10,7 @@ Nothing here enters an undo history: the finished run becomes one session step.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from ..core.classes import ClassSpec
 from .images import LayerImage
 from .layers import DRAFT, SOFTWARE, class_layer_data, write_into_layer
-from .state import BAND_PIXELS, AnnotatorState, ImageRun, next_turn
+from .state import BAND_PIXELS, TURN_SECONDS, AnnotatorState, ImageRun, next_turn
 
 if TYPE_CHECKING:
     import napari
@@ -65,10 +66,11 @@ class LiveLabels:
             next_turn(self._next)
 
     def _next(self) -> None:
-        """One piece per turn: add one missing layer, or paint one layer's band."""
+        """One turn: add one missing layer, or paint layers' bands for :data:`TURN_SECONDS`."""
         self._scheduled = False
         if not self.active:
             return
+        end = time.perf_counter() + TURN_SECONDS
         if len(self.layers) < len(self.classes):
             k = len(self.layers) + 1
             base = {"software": SOFTWARE, "image": self.image.name}
@@ -80,11 +82,13 @@ class LiveLabels:
             layer.editable = False
             self.layers.append(layer)
             self.created.append(layer)
-        elif self.queue:
-            plane, (y0, y1, x0, x1), labels, k = self.queue.pop(0)
-            layer = self.layers[k - 1]
-            if layer in self.viewer.layers:
-                write_into_layer(layer, np.where(labels == k, DRAFT, 0).astype(np.uint8), plane, (y0, y1, x0, x1))
+        else:
+            while self.queue and time.perf_counter() < end:
+                plane, (y0, y1, x0, x1), labels, k = self.queue.pop(0)
+                layer = self.layers[k - 1]
+                if layer in self.viewer.layers:
+                    write_into_layer(layer, np.where(labels == k, np.uint8(DRAFT), np.uint8(0)), plane,
+                                     (y0, y1, x0, x1))
         if self.queue or len(self.layers) < len(self.classes):
             self._schedule()
 

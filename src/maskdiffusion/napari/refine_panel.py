@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["RefinePanel"]
 
 CONFIDENCE_NAME = "unsure (refine)"
+BUSY = "busy with the last step: try again when it is shown"
 
 
 class RefinePanel(QWidget):
@@ -235,15 +236,19 @@ class RefinePanel(QWidget):
             report(BadInputError("no segmentation to refine: run MaskDiffusion on an image first, or open a session"))
         return run, plane, session
 
-    def refine(self):
-        """Refine the chosen run's plane on a worker; returns the worker (``None`` if nothing to do)."""
+    def refine(self) -> None:
+        """Refine the chosen run's plane: take the latest strokes (a band per event-loop turn),
+        then refine on a worker and show the result a band per turn."""
         run, plane, session = self._session()
         if session is None or self._worker is not None:
-            return None
-        run.sync_all(plane)
+            return
+        if not run.sync_soon(plane, lambda _: self._refine_synced(run, plane, session)):
+            self.status.setText(BUSY)
+
+    def _refine_synced(self, run: ImageRun, plane, session) -> None:
         if not session.edited.any():
             self.status.setText("nothing to learn from: paint a few strokes in the class layers first")
-            return None
+            return
         self.status.setText("refining …" if session.prepared else "building the refinement cache, then refining …")
 
         def work():
@@ -255,7 +260,6 @@ class RefinePanel(QWidget):
                                              f"{len(changed)} pixels changed", changed)
 
         run.in_background(work, then)
-        return self._worker
 
     def _background(self, work, then) -> None:
         """Run ``work`` on a worker thread, then ``then(result)`` on the interface's thread."""
@@ -350,7 +354,6 @@ class RefinePanel(QWidget):
         run, plane, session = self._session()
         if session is None:
             return
-        run.sync_all(plane)
 
         def done(_=None):
             try:
@@ -360,13 +363,17 @@ class RefinePanel(QWidget):
                 return
             self._after_change(run, message)
 
-        if session.prepared:
-            done()
-            return
-        self.status.setText("building the refinement cache …")
-        worker = create_worker(session.prepare, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(done)
-        self._start(worker)
+        def synced(_):
+            if session.prepared:
+                done()
+                return
+            self.status.setText("building the refinement cache …")
+            worker = create_worker(session.prepare, _start_thread=False, _ignore_errors=True)
+            worker.returned.connect(done)
+            self._start(worker)
+
+        if not run.sync_soon(plane, synced):
+            self.status.setText(BUSY)
 
     def add_example_class(self, name: str, color=None) -> None:
         """Add a class defined by its strokes: a new class layer, selected for painting."""

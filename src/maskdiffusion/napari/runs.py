@@ -1,4 +1,5 @@
-"""The dock's background work, Qt-free: loading the model and segmenting the planes of an image.
+"""The dock's background work, Qt-free: loading the model, segmenting the planes of an image and
+building their refinement caches.
 
 These run inside napari ``thread_worker`` generators: they yield progress (and never touch Qt
 widgets) and stop between tiles when the worker is quit. torch is imported here, on first use.
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["PlaneStarted", "load", "segment_planes", "spare_one_core"]
+__all__ = ["PlaneStarted", "load", "prepare_sessions", "segment_planes", "spare_one_core"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,14 @@ def load(source: str, device: str, precision: str):
 
     with spare_one_core(resolve_device(device)):
         return load_model(source, device, None if precision == "auto" else precision)
+
+
+def prepare_sessions(sessions: Sequence) -> None:
+    """Build the sessions' refinement caches with a core spared (run as soon as a run is shown,
+    so the first Refine waits for nothing the annotator has not already spent painting)."""
+    with spare_one_core("cpu"):
+        for session in sessions:
+            session.prepare()
 
 
 def _warm_up_labels() -> None:

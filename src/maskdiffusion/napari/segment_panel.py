@@ -38,7 +38,7 @@ from .model_box import ModelBox
 from .notify import report
 from .params_form import params_form, params_from_form
 from .settings import load_settings, save_settings
-from .state import AnnotatorState
+from .state import TURN_SECONDS, AnnotatorState
 
 if TYPE_CHECKING:
     import napari
@@ -66,6 +66,7 @@ class SegmentPanel(QWidget):
         self._worker = None
         self._steps = None
         self._applying = None
+        self._preparing = None
         self._progress: dict = {}
         self._bands_key = None
         self._picked = None
@@ -356,11 +357,14 @@ class SegmentPanel(QWidget):
         return tuple(int(i) for i in self.viewer.dims.current_step[:ndim])
 
     def _apply_next(self) -> None:
-        """One piece of the result per event-loop turn, so the interface never freezes for all."""
+        """Pieces of the result for :data:`TURN_SECONDS` per event-loop turn, so the interface
+        never freezes for all of it."""
         if self._applying is None:
             return
+        end = time.perf_counter() + TURN_SECONDS
         try:
-            next(self._applying)
+            while time.perf_counter() < end:
+                next(self._applying)
         except StopIteration as stop:
             self._applying = None
             self._finish(stop.value)
@@ -385,6 +389,18 @@ class SegmentPanel(QWidget):
         elif applied.updated:
             show_info("MaskDiffusion updated the layers: Ctrl-Z in a class layer undoes this run")
         self._update_buttons()
+        self._prepare(applied.run)
+
+    def _prepare(self, run) -> None:
+        """Build the run's refinement caches on a worker now (a Refine clicked first waits for it)."""
+        from .runs import prepare_sessions
+
+        sessions = [s for s in run.sessions.values() if s.can_refine and not s.prepared]
+        if sessions:
+            self._preparing = worker = create_worker(prepare_sessions, sessions, _start_thread=False,
+                                                     _ignore_errors=True)
+            worker.finished.connect(partial(setattr, self, "_preparing", None))
+            worker.start()
 
     def _take_back(self) -> None:
         live = self._progress.pop("live", None) if self._progress else None

@@ -11,8 +11,9 @@ layers undo and redo session steps, so every pixel always has exactly one class 
 
 from __future__ import annotations
 
+import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,12 +30,15 @@ if TYPE_CHECKING:
     from ..model.loading import SDModel
     from ..session import Session
 
-__all__ = ["AnnotatorState", "ImageRun", "next_turn", "stroke_region"]
+__all__ = ["AnnotatorState", "ImageRun", "in_turns", "next_turn", "stroke_region"]
 
 Region = tuple[int, int, int, int]
 _UNDO, _REDO = "Control-Z", "Control-Shift-Z"
-#: Pixels written into the layers per event-loop turn when a whole map changes.
+#: Pixels of one layer written or read in one piece when a whole map changes.
 BAND_PIXELS = 1 << 20
+#: Seconds of such pieces per event-loop turn: the interface never waits longer than about
+#: this, and the canvas is not redrawn after every piece (a 6000² redraw takes ~30 ms here).
+TURN_SECONDS = 0.04
 
 
 def next_turn(callback: Callable[[], None]) -> None:
@@ -42,6 +46,25 @@ def next_turn(callback: Callable[[], None]) -> None:
     from qtpy.QtCore import QTimer
 
     QTimer.singleShot(0, callback)
+
+
+def in_turns(pieces: Iterable[Callable[[], None]], then: Callable[[], None] | None = None,
+             defer: Callable[[Callable[[], None]], None] = next_turn) -> None:
+    """Call ``pieces`` in order, as many per event-loop turn as fit in :data:`TURN_SECONDS`,
+    then ``then()``. The first turn runs now, so work that fits in one turn is done at once."""
+    pieces = iter(pieces)
+
+    def turn():
+        end = time.perf_counter() + TURN_SECONDS
+        for piece in pieces:
+            piece()
+            if time.perf_counter() >= end:
+                defer(turn)
+                return
+        if then is not None:
+            then()
+
+    turn()
 
 
 def stroke_region(event_value, plane: tuple[int, ...], shape: tuple[int, int]) -> Region | None:
@@ -151,17 +174,25 @@ class ImageRun:
             return None
         return (y0, y1, x0, x1), new, painted, released
 
+    def _take(self, layer: Labels, plane: tuple[int, ...], region: Region | None) -> int | None:
+        """Make ``layer``'s changes over ``region`` one session step and show it in every layer;
+        the pixels painted, or ``None`` if the layer showed the session's map."""
+        found = self.read_strokes(layer, plane, region)
+        if found is None:
+            return None
+        box, new, painted, released = found
+        n = self.sessions[tuple(plane)].edit(new, painted, released, region=box)
+        self.write(plane, box)
+        return n
+
     def sync(self, layer: Labels, plane: tuple[int, ...] = (), region: Region | None = None) -> int:
         """Take a stroke from ``layer`` into the plane's session (one undo step) and show it in
         every layer of the run; returns the number of pixels painted."""
         if self.writing or not self.idle or tuple(plane) not in self.sessions:
             return 0
-        found = self.read_strokes(layer, plane, region)
-        if found is None:
+        n = self._take(layer, plane, region)
+        if n is None:
             return 0
-        box, new, painted, released = found
-        n = self.sessions[tuple(plane)].edit(new, painted, released, region=box)
-        self.write(plane, box)
         if self.on_change is not None:
             self.on_change(self, "paint")
         return n
@@ -170,6 +201,31 @@ class ImageRun:
         """Take the changes of every layer of the run (bottom to top, so the top one wins)."""
         return sum(self.sync(layer, plane) for layer in self.all_layers)
 
+    def sync_soon(self, plane: tuple[int, ...], then: Callable[[int], None]) -> bool:
+        """:meth:`sync_all` a band of rows at a time, :func:`in_turns`, the layers read-only
+        meanwhile, then ``then(pixels painted)``: reading back every 6000² layer never freezes
+        the interface. ``False`` if the run is not idle."""
+        if self.writing or not self.idle or tuple(plane) not in self.sessions:
+            return False
+        height, width = self.sessions[tuple(plane)].labels.shape
+        rows = max(1, BAND_PIXELS // max(width, 1))
+        painted = 0
+        self.busy = True
+        self.hold_layers()
+
+        def band(start: int):
+            nonlocal painted
+            for layer in self.all_layers:
+                painted += self._take(layer, tuple(plane), (start, min(height, start + rows), 0, width)) or 0
+
+        def done():
+            self.busy = False
+            self.hold_layers()
+            then(painted)
+
+        in_turns((lambda start=start: band(start) for start in range(0, height, rows)), done, self.defer)
+        return True
+
     def write(self, plane: tuple[int, ...] = (), region: Region | None = None, only: int | None = None) -> int:
         """Show the plane's session map in every layer of the run (only pixels that differ), or
         in the ``only``-th one (0-based; the semantic map is the last)."""
@@ -177,7 +233,7 @@ class ImageRun:
         height, width = session.labels.shape
         y0, y1, x0, x1 = region or (0, height, 0, width)
         labels = session.labels[y0:y1, x0:x1]
-        shade = np.where(session.edited[y0:y1, x0:x1], STROKE, DRAFT).astype(np.uint8)
+        shade = np.where(session.edited[y0:y1, x0:x1], np.uint8(STROKE), np.uint8(DRAFT))
         changed = 0
         self.writing = True
         try:
@@ -202,9 +258,9 @@ class ImageRun:
 
     def write_soon(self, plane: tuple[int, ...] = (), changed: np.ndarray | None = None,
                    then: Callable[[], None] | None = None) -> None:
-        """Show the map one layer's band of rows per event-loop turn (only the rows holding
-        ``changed`` flat pixel indices, when given), then call ``then``: a 6000² map never
-        freezes the interface for the whole of it."""
+        """Show the map one layer's band of rows at a time, :func:`in_turns` (only the rows
+        holding ``changed`` flat pixel indices, when given), then call ``then``: a 6000² map
+        never freezes the interface for the whole of it."""
         session = self.sessions[tuple(plane)]
         height, width = session.labels.shape
         y0, y1 = 0, height
@@ -214,23 +270,17 @@ class ImageRun:
             else:
                 y0, y1 = int(changed.min()) // width, int(changed.max()) // width + 1
         rows = max(1, BAND_PIXELS // max(width, 1))
-        pieces = iter([(start, k) for start in range(y0, y1, rows) for k in range(len(self.all_layers))])
         self.pending_writes += 1
         self.hold_layers()
 
-        def step():
-            piece = next(pieces, None)
-            if piece is None:
-                self.pending_writes -= 1
-                self.hold_layers()
-                if then is not None:
-                    then()
-                return
-            start, k = piece
-            self.write(plane, (start, min(y1, start + rows), 0, width), only=k)
-            self.defer(step)
+        def done():
+            self.pending_writes -= 1
+            self.hold_layers()
+            if then is not None:
+                then()
 
-        step()
+        in_turns((lambda start=start, k=k: self.write(plane, (start, min(y1, start + rows), 0, width), only=k)
+                  for start in range(y0, y1, rows) for k in range(len(self.all_layers))), done, self.defer)
 
     def _step(self, plane: tuple[int, ...], method: str) -> bool:
         session = self.sessions.get(tuple(plane))
