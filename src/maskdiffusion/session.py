@@ -196,9 +196,10 @@ class Session:
     def prepare(self) -> RefineState:
         """Build the refinement cache from the kept run (seconds on a 6000² tile); idempotent.
 
-        Thread-safe: the napari dock builds it on a worker as soon as a run is shown, and a
-        Refine meanwhile waits for that build instead of starting its own. A run that
-        replaces this one meanwhile (:meth:`replace_run`) is the one built.
+        Thread-safe: the napari dock builds it on a worker as soon as a run is shown, while
+        strokes still come in (it reads copies of the map and marks), and a Refine meanwhile
+        waits for that build instead of starting its own. A run that replaces this one
+        meanwhile (:meth:`replace_run`) is the one built.
         """
         with self._preparing:
             while self.state is None:
@@ -206,7 +207,8 @@ class Session:
                 if pending is None:
                     raise BadInputError("this run kept no features: segment again to refine it")
                 state = RefineState.from_result(pending, dims=self._dims)
-                margin = grid_margin(refined_scores(state, self.labels, self.edited,
+                labels, edited = self.labels.copy(), self.edited.copy()  # strokes may come meanwhile
+                margin = grid_margin(refined_scores(state, labels, edited,
                                                     prior_cells=self.prior_cells, normalize=self.normalize))
                 if self._pending is pending:
                     self.state, self._pending, self.margin = state, None, margin

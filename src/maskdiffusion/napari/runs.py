@@ -61,12 +61,16 @@ def prepare_sessions(sessions: Sequence) -> None:
 
 
 def _warm_up_labels() -> None:
-    """Build a throwaway Labels model here, so its first-use imports (pandas, scikit-image) do
-    not freeze the interface when the class layers are added on the main thread."""
+    """Build a throwaway Labels model and vispy's dash patterns here, so that their first use
+    (imports of pandas and scikit-image; 85 ms of patterns for the first Labels visual's
+    outline, cached for the process) does not freeze the interface when the class layers are
+    added on the main thread."""
     import numpy as np
     from napari.layers import Labels
+    from vispy.visuals.line.dash_atlas import DashAtlas
 
     Labels(np.zeros((1, 1), np.uint8))
+    DashAtlas()
 
 
 def segment_planes(read_plane: Callable, planes: Sequence[tuple[int, ...]], classes, model, params):

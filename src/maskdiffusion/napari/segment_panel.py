@@ -16,7 +16,7 @@ from magicgui.widgets import ComboBox, Container, create_widget
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -38,7 +38,7 @@ from .model_box import ModelBox
 from .notify import report
 from .params_form import params_form, params_from_form
 from .settings import load_settings, save_settings
-from .state import TURN_SECONDS, AnnotatorState
+from .state import TURN_SECONDS, AnnotatorState, next_turn
 
 if TYPE_CHECKING:
     import napari
@@ -349,7 +349,7 @@ class SegmentPanel(QWidget):
                                        semantic=job["semantic"], confidence=job["confidence"],
                                        current_plane=self.current_plane, streamed=streamed)
         self.status.setText("adding the layers …")
-        QTimer.singleShot(0, self._apply_next)
+        next_turn(self._apply_next)
 
     def current_plane(self) -> tuple[int, ...]:
         job_image = self._progress.get("image") if self._progress else None
@@ -374,7 +374,7 @@ class SegmentPanel(QWidget):
             self._update_buttons()
             report(e)
             return
-        QTimer.singleShot(0, self._apply_next)
+        next_turn(self._apply_next)
 
     def _finish(self, applied) -> None:
         n = len(applied.run.classes)
