@@ -12,6 +12,9 @@
    process; the peak growth over the bytes of the input and label arrays, after each stage.
    Goal: ≤ 1.3.
 
+   ``work`` counts the FLOPs of one tile and divides them by this machine's large-matmul rate
+   at the same precision: ``floor_s`` is a floor under the seconds per tile for this work.
+
 3. Precision: the default precision (``--dtype auto``: bf16 on a CPU with native bf16, fp16 on a
    GPU) against fp32 in the same run: seconds per tile of each (``tile_s_default``,
    ``tile_s_fp32``) and the share of pixels whose label agrees (``label_agreement_default_vs_fp32``,
@@ -133,7 +136,37 @@ def timing(device: str, dtype_name: str, repeat: int) -> dict:
         "bare_seconds_median": round(b, 3), "engine_seconds_median": round(e, 3),
         "engine_over_bare": round(e / b, 3),
         "bare_seconds": [round(t, 3) for t in bare], "engine_seconds": [round(t, 3) for t in engine],
+        "work": work_floor(run_engine, device, dtype, e),
     }
+
+
+def matmul_rate(device: str, dtype, side: int = 2048, repeat: int = 5) -> float:
+    """FLOP/s of one large square matmul at ``dtype``: about the best this machine does at it."""
+    import torch
+
+    a, b = (torch.randn(side, side, device=device).to(dtype) for _ in range(2))
+    a @ b
+    best = min(time_it(lambda: a @ b, device, repeat))
+    return 2 * side**3 / best
+
+
+def work_floor(run_engine, device: str, dtype, tile_s: float) -> dict:
+    """What one tile computes (convolutions, matmuls and attention, as torch counts them), per
+    model part, against this machine's large-matmul rate at the same precision: the seconds no
+    scheduling of the same work can beat (``floor_s``), and the share of that rate we reach."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run_engine()
+    by_module = counter.get_flop_counts()
+    total = counter.get_total_flops()
+    rate = matmul_rate(device, dtype)
+    parts = {name: round(sum(by_module.get(module, {}).values()) / 1e9, 1)
+             for name, module in (("vae_encoder", "Encoder"), ("text_encoder", "CLIPTextModel"),
+                                  ("unet", "UNet2DConditionModel"))}
+    return {"gflop_per_tile": round(total / 1e9, 1), "gflop_by_part": parts,
+            "matmul_gflop_s": round(rate / 1e9, 1), "floor_s": round(total / rate, 2),
+            "share_of_matmul_rate": round(total / rate / tile_s, 3)}
 
 
 def agreement(device: str, dtype_name: str, n_images: int) -> dict:
