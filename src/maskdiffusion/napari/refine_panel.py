@@ -237,8 +237,8 @@ class RefinePanel(QWidget):
         return run, plane, session
 
     def refine(self) -> None:
-        """Refine the chosen run's plane: take the latest strokes (a band per event-loop turn),
-        then refine on a worker and show the result a band per turn."""
+        """Refine the chosen run's plane: take the latest strokes (in bands over event-loop
+        turns), then refine on a worker and show the result the same way."""
         run, plane, session = self._session()
         if session is None or self._worker is not None:
             return

@@ -37,7 +37,7 @@ _UNDO, _REDO = "Control-Z", "Control-Shift-Z"
 #: Pixels of one layer written or read in one piece when a whole map changes.
 BAND_PIXELS = 1 << 20
 #: Seconds of such pieces per event-loop turn: the interface never waits longer than about
-#: this, and the canvas is not redrawn after every piece (a 6000² redraw takes ~30 ms here).
+#: this, and the canvas is not redrawn after every piece (40–60 ms for 6000² layers under Xvfb).
 TURN_SECONDS = 0.04
 
 
