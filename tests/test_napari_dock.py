@@ -214,7 +214,11 @@ def test_a_stroke_under_another_layer_counts_and_survives_refine(annotator, qtbo
 def test_a_map_of_several_bands_is_never_read_back_half_shown(make_napari_viewer, qtbot, tiny_model_dir):
     """Item 4: a refinement is shown a band of rows per event-loop turn; until every band shows
     it the layers are read-only and a stroke sync takes nothing, so a band still showing the
-    old map is never taken for strokes of its old class (the bands of old class along rows)."""
+    old map is never taken for strokes of its old class (the bands of old class along rows).
+    A map changed this much is written straight into the arrays, and each layer is redrawn
+    after its last write."""
+    from maskdiffusion.napari import state
+
     viewer = make_napari_viewer()
     image = np.random.default_rng(0).integers(0, 256, (1536, 1536, 3), np.uint8)
     viewer.add_image(image, rgb=True, name="big")
@@ -227,11 +231,23 @@ def test_a_map_of_several_bands_is_never_read_back_half_shown(make_napari_viewer
     seen = []
     write = run.write
 
-    def write_and_try_a_sync(plane=(), region=None, only=None):
+    def write_and_try_a_sync(plane=(), region=None, only=None, **kwargs):
         seen.append((not any(ly.editable for ly in run.all_layers), run.sync_all(plane)))
-        return write(plane, region, only)
+        n = write(plane, region, only, **kwargs)
+        if n and only is not None and only < len(writes):
+            writes[only].append(next(clock))
+        return n
 
     run.write = write_and_try_a_sync
+    clock = iter(range(10**9))
+    before = [np.array(ly.data) for ly in run.layers]
+    writes, refreshed = ([[] for _ in run.layers] for _ in range(2))
+    for k, layer in enumerate(run.layers):
+        def spied(*args, _original=layer.refresh, _k=k, **kwargs):
+            refreshed[_k].append(next(clock))
+            return _original(*args, **kwargs)
+
+        layer.refresh = spied
     dock.tabs.setCurrentIndex(1)
     dock.refine.reset_choices()
     dock.refine.refine()
@@ -240,6 +256,10 @@ def test_a_map_of_several_bands_is_never_read_back_half_shown(make_napari_viewer
     assert all(locked and taken == 0 for locked, taken in seen)
     assert all(ly.editable for ly in run.layers) and one_class_per_pixel(run)
     assert int(session.edited.sum()) == strokes, "no pixel of a band not yet shown became a stroke"
+    changed = len(session.history[-1].changed)
+    assert changed * state.DENSE_SHARE > session.labels.size, "a dense change, written straight into the arrays"
+    assert all(refreshed[k] and refreshed[k][-1] > writes[k][-1] for k in range(len(run.layers))
+               if np.any(before[k] != run.layers[k].data)), "every layer that changed is redrawn after its writes"
 
 
 def test_the_refinement_cache_is_built_while_the_annotator_looks(annotator, qtbot):

@@ -15,6 +15,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,8 @@ BAND_PIXELS = 1 << 20
 #: Seconds of such pieces per event-loop turn: the interface never waits longer than about
 #: this, and the canvas is not redrawn after every piece (40–60 ms for 6000² layers under Xvfb).
 TURN_SECONDS = 0.04
+#: A change of more than 1/DENSE_SHARE of a map's pixels is shown by refreshing whole layers.
+DENSE_SHARE = 50
 
 
 def next_turn(callback: Callable[[], None]) -> None:
@@ -52,17 +55,17 @@ def next_turn(callback: Callable[[], None]) -> None:
     QTimer.singleShot(1, callback)
 
 
-def in_turns(pieces: Iterable[Callable[[], None]], then: Callable[[], None] | None = None,
+def in_turns(pieces: Iterable[Callable[[], bool | None]], then: Callable[[], None] | None = None,
              defer: Callable[[Callable[[], None]], None] = next_turn) -> None:
     """Call ``pieces`` in order, as many per event-loop turn as fit in :data:`TURN_SECONDS`,
-    then ``then()``. The first turn runs now, so work that fits in one turn is done at once."""
+    then ``then()``. The first turn runs now, so work that fits in one turn is done at once. A
+    piece that returns True ends its turn (its cost comes at the redraw that follows)."""
     pieces = iter(pieces)
 
     def turn():
         end = time.perf_counter() + TURN_SECONDS
         for piece in pieces:
-            piece()
-            if time.perf_counter() >= end:
+            if piece() or time.perf_counter() >= end:
                 defer(turn)
                 return
         if then is not None:
@@ -230,9 +233,11 @@ class ImageRun:
         in_turns((lambda start=start: band(start) for start in range(0, height, rows)), done, self.defer)
         return True
 
-    def write(self, plane: tuple[int, ...] = (), region: Region | None = None, only: int | None = None) -> int:
+    def write(self, plane: tuple[int, ...] = (), region: Region | None = None, only: int | None = None,
+              refresh: bool = True) -> int:
         """Show the plane's session map in every layer of the run (only pixels that differ), or
-        in the ``only``-th one (0-based; the semantic map is the last)."""
+        in the ``only``-th one (0-based; the semantic map is the last). ``refresh``: see
+        :func:`~.layers.write_into_layer`."""
         session = self.sessions[tuple(plane)]
         height, width = session.labels.shape
         y0, y1, x0, x1 = region or (0, height, 0, width)
@@ -244,10 +249,11 @@ class ImageRun:
             for value, layer in enumerate(self.layers, start=1):
                 if only is None or only == value - 1:
                     changed += write_into_layer(layer, np.where(labels == value, shade, 0).astype(np.uint8),
-                                                tuple(plane), (y0, y1, x0, x1))
+                                                tuple(plane), (y0, y1, x0, x1), refresh=refresh)
             if self.semantic is not None and (only is None or only == len(self.layers)):
                 values = self._semantic_values(session)
-                changed += write_into_layer(self.semantic, values[labels], tuple(plane), (y0, y1, x0, x1))
+                changed += write_into_layer(self.semantic, values[labels], tuple(plane), (y0, y1, x0, x1),
+                                            refresh=refresh)
         finally:
             self.writing = False
         return changed
@@ -264,7 +270,9 @@ class ImageRun:
                    then: Callable[[], None] | None = None) -> None:
         """Show the map one layer's band of rows at a time, :func:`in_turns` (only the rows
         holding ``changed`` flat pixel indices, when given), then call ``then``: a 6000² map
-        never freezes the interface for the whole of it."""
+        never freezes the interface for the whole of it. A change of more than 1/DENSE_SHARE
+        of the pixels (or an unknown one) is written straight into the arrays and each layer
+        that changed is then refreshed once, a layer per turn."""
         session = self.sessions[tuple(plane)]
         height, width = session.labels.shape
         y0, y1 = 0, height
@@ -274,8 +282,18 @@ class ImageRun:
             else:
                 y0, y1 = int(changed.min()) // width, int(changed.max()) // width + 1
         rows = max(1, BAND_PIXELS // max(width, 1))
+        dense = changed is None or len(changed) * DENSE_SHARE > height * width
+        written = [0] * len(self.all_layers)
         self.pending_writes += 1
         self.hold_layers()
+
+        def write(start: int, k: int):
+            written[k] += self.write(plane, (start, min(y1, start + rows), 0, width), only=k, refresh=not dense)
+
+        def show(k: int) -> bool:
+            if written[k]:
+                self.all_layers[k].refresh()
+            return bool(written[k])
 
         def done():
             self.pending_writes -= 1
@@ -283,8 +301,9 @@ class ImageRun:
             if then is not None:
                 then()
 
-        in_turns((lambda start=start, k=k: self.write(plane, (start, min(y1, start + rows), 0, width), only=k)
-                  for start in range(y0, y1, rows) for k in range(len(self.all_layers))), done, self.defer)
+        layers = range(len(self.all_layers))
+        pieces = [partial(write, start, k) for start in range(y0, y1, rows) for k in layers]
+        in_turns([*pieces, *(partial(show, k) for k in layers)] if dense else pieces, done, self.defer)
 
     def _step(self, plane: tuple[int, ...], method: str) -> bool:
         session = self.sessions.get(tuple(plane))
