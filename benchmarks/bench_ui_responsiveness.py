@@ -15,9 +15,10 @@ is how long the interface froze. Two scenarios, each in a fresh process:
 
 Goals: no stall over 100 ms anywhere; a refinement under 2 s; memory after run + refine + undo
 within 1.5× the layers' bytes (the layers themselves, their session and its undo history).
-``memory_parts_mb`` splits it: the class layers, napari's display copy of each (its texture
-values), the session's map and marks, the refinement cache and the undo history; the rest of the
-growth is the OpenGL textures (in process memory under Xvfb's software renderer) and the heap.
+``memory_parts_mb`` splits it: the class layers, napari's display copies of them (its texture
+values; none for our uint8 layers, which napari shows as they are), the session's map and
+marks, the refinement cache and the undo history; the rest of the growth is the OpenGL
+textures (in process memory under Xvfb's software renderer) and the heap.
 ``longest_main_thread_calls_ms``: the dock's longest callbacks on the interface's thread;
 ``longest_worker_calls_ms``: the session's steps on worker threads (cache, refinement).
 
@@ -249,7 +250,9 @@ def main(argv=None) -> dict:
         history_mb = sum(step.nbytes for step in session.history) / 2**20
         mb = 1 / 2**20
         parts = {"class_layers": layer_bytes * mb,
-                 "napari_display_copies": sum(getattr(ly, "_data_view", np.empty(0)).nbytes for ly in run.layers) * mb,
+                 "napari_display_copies": sum(view.nbytes for ly in run.layers
+                                              if not np.shares_memory(view := getattr(ly, "_data_view", ly.data),
+                                                                      ly.data)) * mb,
                  "session_map_and_marks": (session.labels.nbytes + session.edited.nbytes) * mb,
                  "refinement_cache": (session.state.nbytes if session.state is not None else 0) * mb,
                  "undo_history": history_mb}
