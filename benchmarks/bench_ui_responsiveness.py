@@ -124,6 +124,22 @@ def time_calls(targets) -> dict:
     return longest
 
 
+def record_collections() -> list[tuple[int, float, float]]:
+    """(generation, start, end) of every garbage collection from now on: a full one walks all
+    of napari's, torch's and the model's objects on the interface's thread."""
+    done: list[tuple[int, float, float]] = []
+    started = {}
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started["t"] = time.perf_counter()
+        else:
+            done.append((info["generation"], started.pop("t", time.perf_counter()), time.perf_counter()))
+
+    gc.callbacks.append(callback)
+    return done
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=6000, help="image side in pixels (default 6000)")
@@ -182,6 +198,13 @@ def main(argv=None) -> dict:
         ticks = TickRecorder()
         gc.collect()
         base = rss_mb()
+        collections = record_collections()
+
+        def settle() -> None:
+            """The bench's own full collection before reading the memory, not counted."""
+            count = len(collections)
+            gc.collect()
+            del collections[count:]
 
         result["load"] = phase(app, ticks, panel.model_box.load, lambda: not panel.model_box.loading, args.timeout)
         with_model = rss_mb()
@@ -218,7 +241,7 @@ def main(argv=None) -> dict:
                          "first_labels_s": round(first_labels[0] - run_start, 1) if first_labels else None}
         run = dock.state.run_of(viewer.layers["tile"])
         layer_bytes = sum(ly.data.nbytes for ly in run.layers)
-        gc.collect()
+        settle()
         after_run = rss_mb()
 
         session = run.session(())
@@ -241,11 +264,11 @@ def main(argv=None) -> dict:
                           args.timeout)
             timings.append(round(time.perf_counter() - start, 2))
             result[f"refine_{name}"] = stats
-        gc.collect()
+        settle()
         after_refine = rss_mb()
         result["undo"] = phase(app, ticks, lambda: run.undo(()), lambda: not run.busy and run.pending_writes == 0,
                                args.timeout)
-        gc.collect()
+        settle()
         after_undo = rss_mb()
         history_mb = sum(step.nbytes for step in session.history) / 2**20
         mb = 1 / 2**20
@@ -274,6 +297,9 @@ def main(argv=None) -> dict:
             [result["run"]["while_worker_runs_besides_napari_adding_layers"]["max_gap_ms"],
              *(v["max_gap_ms"] for k, v in result.items() if isinstance(v, dict) and "max_gap_ms" in v)])
         result["longest_stall_ms"] = worst
+        full = sorted((b - a) * 1000 for generation, a, b in collections if generation == 2)
+        result["full_garbage_collections"] = {"count": len(full), "longest_ms": round(full[-1], 1) if full else 0.0,
+                                              "objects_tracked": len(gc.get_objects())}
         result["longest_main_thread_calls_ms"] = dict(sorted(longest_calls.items(), key=lambda kv: -kv[1]))
         result["longest_worker_calls_ms"] = worker_calls
         viewer.close()

@@ -256,7 +256,7 @@ def test_a_map_of_several_bands_is_never_read_back_half_shown(make_napari_viewer
     assert all(locked and taken == 0 for locked, taken in seen)
     assert all(ly.editable for ly in run.layers) and one_class_per_pixel(run)
     assert int(session.edited.sum()) == strokes, "no pixel of a band not yet shown became a stroke"
-    changed = len(session.history[-1].changed)
+    changed = session.history[-1].n_changed
     assert changed * state.DENSE_SHARE > session.labels.size, "a dense change, written straight into the arrays"
     assert all(refreshed[k] and refreshed[k][-1] > writes[k][-1] for k in range(len(run.layers))
                if np.any(before[k] != run.layers[k].data)), "every layer that changed is redrawn after its writes"

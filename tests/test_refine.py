@@ -194,6 +194,35 @@ def test_session_undo_restores_the_exact_previous_state(result):
     assert session.undo() is None
 
 
+def test_undo_of_a_change_of_most_pixels_is_exact_and_costs_under_a_byte_a_pixel(result):
+    """A refinement of a large tile changes most pixels: undo and redo give back both maps bit
+    for bit (an odd pixel count too), and the step keeps less than a byte per pixel."""
+    labels = result.labels[:-1, :-1]
+    session = Session.from_result(replace(result, labels=labels, features=None))
+    rng = np.random.default_rng(0)
+    start = session.labels.copy()
+    maps = [start]
+    for _ in range(2):
+        maps.append(rng.integers(0, len(CLASSES) + 1, labels.shape).astype(start.dtype))
+        session._push("refine", maps[-1])
+    assert labels.size % 2 == 1 and session.history[-1].changed is None, "kept as a map of differences"
+    assert session.history[-1].nbytes < labels.size, "more than a byte per pixel"
+    for expected in (maps[1], maps[0]):
+        session.undo()
+        assert np.array_equal(session.labels, expected)
+    for expected in (maps[1], maps[2]):
+        session.redo()
+        assert np.array_equal(session.labels, expected)
+    session.undo()
+    painted = np.zeros(labels.shape, bool)
+    painted[:3, :3] = True
+    session.edit(np.full(labels.shape, 2, start.dtype), painted)
+    assert session.history[-1].n_changed == np.count_nonzero(maps[1][:3, :3] != 2) and not session.future
+    session.undo()
+    session.undo()
+    assert np.array_equal(session.labels, start)
+
+
 def test_preparing_from_two_threads_builds_one_cache_and_a_replaced_run_wins(result, monkeypatch):
     """The dock builds the cache on a worker after a run; a Refine clicked meanwhile waits for
     that build, and a run that replaces the first one meanwhile is the one built."""

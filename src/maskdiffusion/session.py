@@ -32,43 +32,74 @@ HISTORY_BYTES = 512 << 20
 
 @dataclass
 class _Step:
-    """One undoable step: the label values it changed (before and after), the edited pixels it
-    flipped, and the refinement state before and after it."""
+    """One undoable step: the label values it changed as XOR differences (applied once more,
+    they undo it), the edited marks it flipped, and the refinement state and classes before
+    and after it.
+
+    A small change keeps its pixels' flat ``index`` and their differences; a large one (a
+    refinement of a 6000² tile changes millions of pixels) keeps one difference map over the
+    whole image instead, ``index`` None, packed two pixels a byte when the values fit in 4
+    bits: smaller than the indices, and applied by one vector operation.
+    """
 
     what: str
-    where: np.ndarray
-    before: np.ndarray
-    after: np.ndarray
+    index: np.ndarray | None
+    xor: np.ndarray
     flipped: np.ndarray
+    n_changed: int
     state_before: RefineState | None
     state_after: RefineState | None
     classes_before: tuple
     classes_after: tuple
-    size: int = 0
 
     @classmethod
-    def of(cls, what: str, changed: np.ndarray, size: int, **fields) -> _Step:
-        """A step over sorted flat indices ``changed``, kept as a bit mask when that is smaller
-        (a refinement of a 6000² tile changes millions of pixels: 1 bit each, not 32)."""
-        dense = len(changed) * 32 > size
-        if dense:
-            mask = np.zeros(size, bool)
-            _put(mask, changed, True)
-            where = np.packbits(mask)
-        else:
-            where = changed
-        return cls(what, where, size=size if dense else 0, **fields)
+    def sparse(cls, what: str, flat: np.ndarray, index: np.ndarray, after: np.ndarray, **fields) -> _Step:
+        """A step setting ``flat[index]`` (sorted flat indices) to ``after``."""
+        index = _index_dtype(index, flat.size)
+        xor = _take(flat, index) ^ np.asarray(after, flat.dtype)
+        return cls(what, index, xor, n_changed=len(index), **fields)
+
+    @classmethod
+    def between(cls, what: str, flat: np.ndarray, new: np.ndarray, **fields) -> _Step:
+        """A step turning the whole map ``flat`` into ``new``, sparse or dense by size."""
+        xor = np.bitwise_xor(flat, np.asarray(new, flat.dtype))
+        n = int(np.count_nonzero(xor))
+        index_bytes = np.dtype(np.int32 if flat.size < 2**31 else np.int64).itemsize + xor.itemsize
+        if n * index_bytes <= xor.nbytes // 2:
+            index = _flat_index(xor)
+            return cls(what, index, xor[index], n_changed=n, **fields)
+        if xor.dtype == np.uint8 and n and int(xor.max()) < 16:
+            xor = _pack_nibbles(xor)
+        return cls(what, None, xor, n_changed=n, **fields)
 
     @property
-    def changed(self) -> np.ndarray:
-        """The flat indices of the pixels the step changed, sorted."""
-        if not self.size:
-            return self.where
-        return _index_dtype(np.flatnonzero(np.unpackbits(self.where, count=self.size)), self.size)
+    def changed(self) -> np.ndarray | None:
+        """The sorted flat indices of the pixels the step changes, or ``None`` for a large change
+        (most of the map)."""
+        return self.index
+
+    def apply(self, flat: np.ndarray) -> None:
+        """Do the step's label changes on ``flat`` (the flat map), or undo them if done."""
+        if self.index is not None:
+            for i in range(0, len(self.index), CHUNK):
+                part = self.index[i:i + CHUNK]
+                flat[part] ^= self.xor[i:i + CHUNK].astype(flat.dtype, copy=False)
+        elif self.xor.size == flat.size:
+            np.bitwise_xor(flat, self.xor, out=flat)
+        else:
+            np.bitwise_xor(flat[0::2], self.xor >> 4, out=flat[0::2])
+            np.bitwise_xor(flat[1::2], (self.xor & 15)[: flat.size // 2], out=flat[1::2])
 
     @property
     def nbytes(self) -> int:
-        return self.where.nbytes + self.before.nbytes + self.after.nbytes + self.flipped.nbytes
+        return (0 if self.index is None else self.index.nbytes) + self.xor.nbytes + self.flipped.nbytes
+
+
+def _pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """uint8 values below 16, two a byte: element 2i in the high half, 2i + 1 in the low one."""
+    high = values[0::2] << 4
+    high[: values.size // 2] |= values[1::2]
+    return high
 
 
 #: Pixels one fancy-indexing call touches: a session step of a 6000² map is done in pieces, so a
@@ -81,13 +112,6 @@ def _take(flat: np.ndarray, index: np.ndarray) -> np.ndarray:
     if len(index) <= CHUNK:
         return flat[index]
     return np.concatenate([flat[index[i:i + CHUNK]] for i in range(0, len(index), CHUNK)])
-
-
-def _put(flat: np.ndarray, index: np.ndarray, values) -> None:
-    """``flat[index] = values``, a chunk of indices at a time."""
-    values = np.asarray(values)
-    for i in range(0, len(index), CHUNK):
-        flat[index[i:i + CHUNK]] = values if values.ndim == 0 else values[i:i + CHUNK]
 
 
 def _flat_index(mask: np.ndarray) -> np.ndarray:
@@ -216,26 +240,30 @@ class Session:
 
     # ------------------------------------------------------------------ history
 
-    def _record(self, what: str, changed: np.ndarray, after: np.ndarray, flipped: np.ndarray,
-                new_state: RefineState | None = None) -> np.ndarray:
-        """Apply a change given as flat pixel indices (new label values, flipped edited marks)
-        and keep it as one undo step."""
+    def _record(self, what: str, flipped: np.ndarray, new_state: RefineState | None = None, *,
+                changed: np.ndarray | None = None, after: np.ndarray | None = None,
+                new_labels: np.ndarray | None = None) -> np.ndarray:
+        """Apply a change and keep it as one undo step: new label values at flat pixel indices
+        (``changed``, ``after``), or a whole new map (``new_labels``); ``flipped``: the flat
+        indices of the edited marks it flips."""
         state_after = new_state if new_state is not None else self.state
         classes_after = tuple(state_after.classes) if state_after is not None else tuple(self.class_list)
         dtype = label_dtype(len(classes_after))
         if np.dtype(dtype).itemsize > self.labels.dtype.itemsize:
             self.labels = self.labels.astype(dtype)
         labels, edited = self.labels.reshape(-1), self.edited.reshape(-1)
-        order = np.argsort(changed, kind="stable") if len(changed) > 1 and np.any(np.diff(changed) < 0) else None
-        after = np.asarray(after)
-        if order is not None:
-            changed, after = changed[order], after[order]
-        changed, flipped = _index_dtype(changed, labels.size), _index_dtype(flipped, labels.size)
-        step = _Step.of(what, changed, labels.size, before=_take(labels, changed),
-                        after=after.astype(self.labels.dtype), flipped=flipped, state_before=self.state,
-                        state_after=state_after, classes_before=tuple(self.classes), classes_after=classes_after)
-        _put(labels, changed, step.after)
-        edited[flipped] = ~edited[flipped]
+        fields = dict(flipped=_index_dtype(flipped, labels.size), state_before=self.state, state_after=state_after,
+                      classes_before=tuple(self.classes), classes_after=classes_after)
+        if new_labels is not None:
+            step = _Step.between(what, labels, np.asarray(new_labels).reshape(-1), **fields)
+        else:
+            after = np.asarray(after)
+            if len(changed) > 1 and np.any(np.diff(changed) < 0):
+                order = np.argsort(changed, kind="stable")
+                changed, after = changed[order], after[order]
+            step = _Step.sparse(what, labels, changed, after, **fields)
+        step.apply(labels)
+        edited[step.flipped] = ~edited[step.flipped]
         self.state, self.class_list = state_after, classes_after
         self.history.append(step)
         self.future.clear()
@@ -247,15 +275,12 @@ class Session:
     def _push(self, what: str, new_labels: np.ndarray, new_edited: np.ndarray | None = None,
               new_state: RefineState | None = None) -> np.ndarray:
         """Make ``new_labels`` (and ``new_edited``, ``new_state``) current as one undo step."""
-        new = np.asarray(new_labels).reshape(-1)
-        changed = _flat_index(self.labels.reshape(-1) != new)
         flipped = (_flat_index(self.edited.reshape(-1) != np.asarray(new_edited, bool).reshape(-1))
                    if new_edited is not None else np.empty(0, np.int32))
-        return self._record(what, changed, _take(new, changed), flipped, new_state)
+        return self._record(what, flipped, new_state, new_labels=new_labels)
 
     def _apply(self, step: _Step, undoing: bool) -> None:
-        flat = self.labels.reshape(-1)
-        _put(flat, step.changed, step.before if undoing else step.after)
+        step.apply(self.labels.reshape(-1))
         edited = self.edited.reshape(-1)
         edited[step.flipped] = ~edited[step.flipped]
         self.state = step.state_before if undoing else step.state_after
@@ -311,7 +336,7 @@ class Session:
             return 0
         changed = (ys + y0).astype(np.int64) * width + xs + x0
         flipped = (fy + y0).astype(np.int64) * width + fx + x0
-        self._record(what, changed, target[ys, xs], flipped)
+        self._record(what, flipped, changed=changed, after=target[ys, xs])
         return int(np.count_nonzero(painted))
 
     def replace_run(self, result) -> np.ndarray:
@@ -327,9 +352,8 @@ class Session:
         return self.prepare()
 
     def propose_refinement(self, labels: np.ndarray | None = None,
-                           edited: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The refined map, its grid margin and the flat indices of the pixels it changes,
-        without changing the session.
+                           edited: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The refined map and its grid margin, without changing the session.
 
         Pure but for :meth:`prepare`, so it may run on a worker thread on copies of
         :attr:`labels` and :attr:`edited`; :meth:`accept_refinement` then makes it current.
@@ -339,20 +363,16 @@ class Session:
         edited = self.edited if edited is None else edited
         scores = refined_scores(state, labels, edited, prior_cells=self.prior_cells, normalize=self.normalize)
         new = assign(scores, state.shape, state.stride, labels=labels, fixed=edited)
-        return new, grid_margin(scores), _flat_index(new != labels)
+        return new, grid_margin(scores)
 
-    def accept_refinement(self, new_labels: np.ndarray, margin: np.ndarray | None = None,
-                          changed: np.ndarray | None = None) -> np.ndarray:
+    def accept_refinement(self, new_labels: np.ndarray, margin: np.ndarray | None = None) -> np.ndarray:
         """Make a proposed refinement current (one undo step). Pixels the annotator set since
-        the proposal was made keep their value; ``changed`` (from the proposal) spares a pass
-        over the whole map."""
-        flat_new = np.asarray(new_labels).reshape(-1)
-        if changed is None:
-            changed = _flat_index(self.labels.reshape(-1) != flat_new)
-        changed = changed[~_take(self.edited.reshape(-1), changed)]
+        the proposal was made keep their value."""
+        new = np.asarray(new_labels).reshape(self.labels.shape)
+        new = np.where(self.edited, self.labels, new) if self.edited.any() else new
         if margin is not None:
             self.margin = margin
-        return self._record("refine", changed, _take(flat_new, changed), np.empty(0, np.int32))
+        return self._record("refine", np.empty(0, np.int32), new_labels=new)
 
     def refine(self) -> np.ndarray:
         """Reassign every pixel the annotator did not set, learning from the strokes; one undo

@@ -253,11 +253,11 @@ class RefinePanel(QWidget):
 
         def work():
             session.accept_refinement(*session.propose_refinement())
-            return session.history[-1].changed
+            return session.history[-1]
 
-        def then(changed):
+        def then(step):
             self._write_in_bands(run, plane, f"refined from {int(session.edited.sum())} painted pixels: "
-                                             f"{len(changed)} pixels changed", changed)
+                                             f"{step.n_changed} pixels changed", step.changed)
 
         run.in_background(work, then)
 
