@@ -36,14 +36,15 @@ class _Step:
     they undo it), the edited marks it flipped, and the refinement state and classes before
     and after it.
 
-    A small change keeps its pixels' flat ``index`` and their differences; a large one (a
-    refinement of a 6000² tile changes millions of pixels) keeps one difference map over the
-    whole image instead, ``index`` None, packed two pixels a byte when the values fit in 4
-    bits: smaller than the indices, and applied by one vector operation.
+    A small change keeps the sorted flat indices of its pixels (``changed``) and their
+    differences; a large one (a refinement of a 6000² tile changes millions of pixels) keeps
+    one difference map over the whole image instead, ``changed`` None, packed two pixels a
+    byte when the values fit in 4 bits: smaller than the indices, and applied by one vector
+    operation.
     """
 
     what: str
-    index: np.ndarray | None
+    changed: np.ndarray | None
     xor: np.ndarray
     flipped: np.ndarray
     n_changed: int
@@ -64,25 +65,18 @@ class _Step:
         """A step turning the whole map ``flat`` into ``new``, sparse or dense by size."""
         xor = np.bitwise_xor(flat, np.asarray(new, flat.dtype))
         n = int(np.count_nonzero(xor))
+        packable = xor.dtype == np.uint8 and n > 0 and int(xor.max()) < 16
         index_bytes = np.dtype(np.int32 if flat.size < 2**31 else np.int64).itemsize + xor.itemsize
-        if n * index_bytes <= xor.nbytes // 2:
+        if n * index_bytes <= ((xor.size + 1) // 2 if packable else xor.nbytes):
             index = _flat_index(xor)
             return cls(what, index, xor[index], n_changed=n, **fields)
-        if xor.dtype == np.uint8 and n and int(xor.max()) < 16:
-            xor = _pack_nibbles(xor)
-        return cls(what, None, xor, n_changed=n, **fields)
-
-    @property
-    def changed(self) -> np.ndarray | None:
-        """The sorted flat indices of the pixels the step changes, or ``None`` for a large change
-        (most of the map)."""
-        return self.index
+        return cls(what, None, _pack_nibbles(xor) if packable else xor, n_changed=n, **fields)
 
     def apply(self, flat: np.ndarray) -> None:
         """Do the step's label changes on ``flat`` (the flat map), or undo them if done."""
-        if self.index is not None:
-            for i in range(0, len(self.index), CHUNK):
-                part = self.index[i:i + CHUNK]
+        if self.changed is not None:
+            for i in range(0, len(self.changed), CHUNK):
+                part = self.changed[i:i + CHUNK]
                 flat[part] ^= self.xor[i:i + CHUNK].astype(flat.dtype, copy=False)
         elif self.xor.size == flat.size:
             np.bitwise_xor(flat, self.xor, out=flat)
@@ -92,7 +86,7 @@ class _Step:
 
     @property
     def nbytes(self) -> int:
-        return (0 if self.index is None else self.index.nbytes) + self.xor.nbytes + self.flipped.nbytes
+        return (0 if self.changed is None else self.changed.nbytes) + self.xor.nbytes + self.flipped.nbytes
 
 
 def _pack_nibbles(values: np.ndarray) -> np.ndarray:
@@ -243,7 +237,7 @@ class Session:
     def _record(self, what: str, flipped: np.ndarray, new_state: RefineState | None = None, *,
                 changed: np.ndarray | None = None, after: np.ndarray | None = None,
                 new_labels: np.ndarray | None = None) -> np.ndarray:
-        """Apply a change and keep it as one undo step: new label values at flat pixel indices
+        """Apply a change and keep it as one undo step: new label values at sorted flat pixel indices
         (``changed``, ``after``), or a whole new map (``new_labels``); ``flipped``: the flat
         indices of the edited marks it flips."""
         state_after = new_state if new_state is not None else self.state
@@ -257,10 +251,6 @@ class Session:
         if new_labels is not None:
             step = _Step.between(what, labels, np.asarray(new_labels).reshape(-1), **fields)
         else:
-            after = np.asarray(after)
-            if len(changed) > 1 and np.any(np.diff(changed) < 0):
-                order = np.argsort(changed, kind="stable")
-                changed, after = changed[order], after[order]
             step = _Step.sparse(what, labels, changed, after, **fields)
         step.apply(labels)
         edited[step.flipped] = ~edited[step.flipped]
