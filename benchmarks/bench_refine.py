@@ -73,6 +73,7 @@ def _dims(text: str):
 
 def bench(size: int, repeat: int, dims_options) -> dict:
     from maskdiffusion.core.classes import preset_classes
+    from maskdiffusion.core.marks import Marks
     from maskdiffusion.core.params import SegmentParams
     from maskdiffusion.core.refine import assign, refined_scores
     from maskdiffusion.core.result import SegmentationResult
@@ -98,16 +99,17 @@ def bench(size: int, repeat: int, dims_options) -> dict:
         for _ in range(repeat):
             session.history.clear()
             session.labels[:] = labels
-            session.edited[:] = False
+            session.edited = Marks(session.labels.shape)
             session.edit(painted)
             t = time.perf_counter()
             session.refine()
             times.append(time.perf_counter() - t)
         state = session.state
-        scores = refined_scores(state, session.labels, session.edited)
+        edited = np.asarray(session.edited)
+        scores = refined_scores(state, session.labels, edited)
         for _ in range(repeat):
             t = time.perf_counter()
-            assign(scores, state.shape, state.stride, labels=session.labels, fixed=session.edited, confidence=True)
+            assign(scores, state.shape, state.stride, labels=session.labels, fixed=edited, confidence=True)
             conf_times.append(time.perf_counter() - t)
         out["runs"].append({
             "dims_option": dims,

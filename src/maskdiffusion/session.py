@@ -19,6 +19,7 @@ from .core.class_edits import add_class, merge_classes, remove_class, rename_cla
 from .core.classes import ClassSpec
 from .core.confidence import grid_margin
 from .core.labels import label_dtype
+from .core.marks import Marks
 from .core.refine import PRIOR_CELLS, RefineState, assign, refined_scores
 from .errors import BadInputError
 
@@ -134,7 +135,8 @@ class Session:
     pixel with exactly one value, whichever face (napari layers, Python) made the change.
 
     labels: (H, W) label map (0 = unlabelled, k = class k).
-    edited: (H, W) bool, the pixels the annotator set (kept exactly, learnt from).
+    edited: the pixels the annotator set (kept exactly, learnt from): :class:`~.core.marks.Marks`,
+        a bit a pixel (an (H, W) bool array given here is packed).
     state: the :class:`~maskdiffusion.core.refine.RefineState` (features, maps, classes), or
         ``None`` until :meth:`prepare` builds it from the run kept for it.
     image: reference to the image: ``path``, ``layer`` (napari layer name), ``georeference``,
@@ -165,7 +167,7 @@ class Session:
     """
 
     labels: np.ndarray
-    edited: np.ndarray
+    edited: Marks
     state: RefineState | None = None
     image: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
@@ -180,6 +182,10 @@ class Session:
     _dims: int | str | None = "auto"
     _preparing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
+    def __post_init__(self):
+        if not isinstance(self.edited, Marks):
+            self.edited = Marks.from_mask(self.edited)
+
     @classmethod
     def from_result(cls, result, image: dict | None = None, dims: int | str | None = "auto",
                     prepare: bool = True) -> Session:
@@ -190,7 +196,7 @@ class Session:
         dock calls on a worker thread).
         """
         labels = result.labels.astype(label_dtype(len(result.classes)))
-        session = cls(labels, np.zeros(labels.shape, bool), None, dict(image or {}), result.params.to_dict(),
+        session = cls(labels, Marks(labels.shape), None, dict(image or {}), result.params.to_dict(),
                       result.model, class_list=tuple(result.classes))
         if getattr(result, "features", None) is not None:
             session._pending, session._dims = _slim(result), dims
@@ -225,7 +231,7 @@ class Session:
                 if pending is None:
                     raise BadInputError("this run kept no features: segment again to refine it")
                 state = RefineState.from_result(pending, dims=self._dims)
-                labels, edited = self.labels.copy(), self.edited.copy()  # strokes may come meanwhile
+                labels, edited = self.labels.copy(), np.asarray(self.edited)  # strokes may come meanwhile
                 margin = grid_margin(refined_scores(state, labels, edited,
                                                     prior_cells=self.prior_cells, normalize=self.normalize))
                 if self._pending is pending:
@@ -245,7 +251,7 @@ class Session:
         dtype = label_dtype(len(classes_after))
         if np.dtype(dtype).itemsize > self.labels.dtype.itemsize:
             self.labels = self.labels.astype(dtype)
-        labels, edited = self.labels.reshape(-1), self.edited.reshape(-1)
+        labels = self.labels.reshape(-1)
         fields = dict(flipped=_index_dtype(flipped, labels.size), state_before=self.state, state_after=state_after,
                       classes_before=tuple(self.classes), classes_after=classes_after)
         if new_labels is not None:
@@ -253,7 +259,7 @@ class Session:
         else:
             step = _Step.sparse(what, labels, changed, after, **fields)
         step.apply(labels)
-        edited[step.flipped] = ~edited[step.flipped]
+        self.edited.flip(step.flipped)
         self.state, self.class_list = state_after, classes_after
         self.history.append(step)
         self.future.clear()
@@ -265,14 +271,13 @@ class Session:
     def _push(self, what: str, new_labels: np.ndarray, new_edited: np.ndarray | None = None,
               new_state: RefineState | None = None) -> np.ndarray:
         """Make ``new_labels`` (and ``new_edited``, ``new_state``) current as one undo step."""
-        flipped = (_flat_index(self.edited.reshape(-1) != np.asarray(new_edited, bool).reshape(-1))
+        flipped = (_flat_index(np.asarray(self.edited).reshape(-1) != np.asarray(new_edited, bool).reshape(-1))
                    if new_edited is not None else np.empty(0, np.int32))
         return self._record(what, flipped, new_state, new_labels=new_labels)
 
     def _apply(self, step: _Step, undoing: bool) -> None:
         step.apply(self.labels.reshape(-1))
-        edited = self.edited.reshape(-1)
-        edited[step.flipped] = ~edited[step.flipped]
+        self.edited.flip(step.flipped)
         self.state = step.state_before if undoing else step.state_after
         self.class_list = step.classes_before if undoing else step.classes_after
 
@@ -350,7 +355,7 @@ class Session:
         """
         state = self._state()
         labels = self.labels if labels is None else labels
-        edited = self.edited if edited is None else edited
+        edited = np.asarray(self.edited) if edited is None else edited
         scores = refined_scores(state, labels, edited, prior_cells=self.prior_cells, normalize=self.normalize)
         new = assign(scores, state.shape, state.stride, labels=labels, fixed=edited)
         return new, grid_margin(scores)
@@ -359,7 +364,7 @@ class Session:
         """Make a proposed refinement current (one undo step). Pixels the annotator set since
         the proposal was made keep their value."""
         new = np.asarray(new_labels).reshape(self.labels.shape)
-        new = np.where(self.edited, self.labels, new) if self.edited.any() else new
+        new = np.where(np.asarray(self.edited), self.labels, new) if self.edited.any() else new
         if margin is not None:
             self.margin = margin
         return self._record("refine", np.empty(0, np.int32), new_labels=new)
@@ -379,13 +384,13 @@ class Session:
 
     def remove_class(self, k: int) -> np.ndarray:
         """Remove class ``k`` (0-based); its pixels go to the best remaining class. One undo step."""
-        state, new, edited = remove_class(self._state(), self.labels, self.edited, k,
+        state, new, edited = remove_class(self._state(), self.labels, np.asarray(self.edited), k,
                                           prior_cells=self.prior_cells, normalize=self.normalize)
         return self._push("remove class", new, edited, state)
 
     def merge_classes(self, sources: Sequence[int] | int, into: int) -> np.ndarray:
         """Merge ``sources`` into class ``into`` (0-based; pixels and strokes). One undo step."""
-        state, new, _ = merge_classes(self._state(), self.labels, self.edited, sources, into)
+        state, new, _ = merge_classes(self._state(), self.labels, np.asarray(self.edited), sources, into)
         return self._push("merge classes", new, new_state=state)
 
     def rename_class(self, k: int, name: str, color: Sequence[int] | None = None) -> None:

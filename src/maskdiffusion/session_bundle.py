@@ -91,7 +91,7 @@ def save_session(path: str | Path, session: Session) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
         "labels": _write_array(folder, "labels", session.labels),
-        "edited": _write_array(folder, "edited", np.packbits(session.edited)),
+        "edited": _write_array(folder, "edited", session.edited.bits),
         "attention": _write_array(folder, "attention", state.attention.astype(np.float32, copy=False)),
         "features": _write_array(folder, "features", state.features, state.features_id),
     }

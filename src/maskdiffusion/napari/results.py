@@ -68,8 +68,8 @@ def apply_results(viewer: napari.Viewer, state: AnnotatorState, image_layer: Ima
                 run.sessions[plane] = Session.from_result(result, _session_info(image, image_layer, plane),
                                                           prepare=False)
             else:
-                applied.replaced_edits += [c.name for k, c in enumerate(session.classes, start=1)
-                                           if np.any(session.edited & (session.labels == k))]
+                painted = set(np.unique(session.labels[np.asarray(session.edited)]).tolist())
+                applied.replaced_edits += [c.name for k, c in enumerate(session.classes, start=1) if k in painted]
                 session.replace_run(result)
             height, width = image.shape[-2:]
             rows = max(1, BAND_PIXELS // max(width, 1))
