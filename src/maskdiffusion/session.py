@@ -10,6 +10,7 @@ or redoes any of these. Session bundles (``.mdsession`` folders) are :mod:`.sess
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -39,14 +40,15 @@ class _Step:
 
     A small change keeps the sorted flat indices of its pixels (``changed``) and their
     differences; a large one (a refinement of a 6000² tile changes millions of pixels) keeps
-    one difference map over the whole image instead, ``changed`` None, packed two pixels a
-    byte when the values fit in 4 bits: smaller than the indices, and applied by one vector
-    operation.
+    one difference map over the whole image instead, ``changed`` None, zlib-compressed when
+    that is smaller than the indices (zero where nothing changed and constant over a changed
+    region, the map shrinks tenfold or more); the dock makes and applies steps on its worker,
+    and zlib lets the interface's thread run meanwhile.
     """
 
     what: str
     changed: np.ndarray | None
-    xor: np.ndarray
+    xor: np.ndarray | bytes
     flipped: np.ndarray
     n_changed: int
     state_before: RefineState | None
@@ -66,12 +68,13 @@ class _Step:
         """A step turning the whole map ``flat`` into ``new``, sparse or dense by size."""
         xor = np.bitwise_xor(flat, np.asarray(new, flat.dtype))
         n = int(np.count_nonzero(xor))
-        packable = xor.dtype == np.uint8 and n > 0 and int(xor.max()) < 16
         index_bytes = np.dtype(np.int32 if flat.size < 2**31 else np.int64).itemsize + xor.itemsize
-        if n * index_bytes <= ((xor.size + 1) // 2 if packable else xor.nbytes):
-            index = _flat_index(xor)
-            return cls(what, index, xor[index], n_changed=n, **fields)
-        return cls(what, None, _pack_nibbles(xor) if packable else xor, n_changed=n, **fields)
+        if n * index_bytes > xor.nbytes // DENSE_SHRINK:
+            packed = zlib.compress(xor, 1)
+            if len(packed) < n * index_bytes:
+                return cls(what, None, packed, n_changed=n, **fields)
+        index = _flat_index(xor)
+        return cls(what, index, xor[index], n_changed=n, **fields)
 
     def apply(self, flat: np.ndarray) -> None:
         """Do the step's label changes on ``flat`` (the flat map), or undo them if done."""
@@ -79,23 +82,18 @@ class _Step:
             for i in range(0, len(self.changed), CHUNK):
                 part = self.changed[i:i + CHUNK]
                 flat[part] ^= self.xor[i:i + CHUNK].astype(flat.dtype, copy=False)
-        elif self.xor.size == flat.size:
-            np.bitwise_xor(flat, self.xor, out=flat)
         else:
-            np.bitwise_xor(flat[0::2], self.xor >> 4, out=flat[0::2])
-            np.bitwise_xor(flat[1::2], (self.xor & 15)[: flat.size // 2], out=flat[1::2])
+            np.bitwise_xor(flat, np.frombuffer(zlib.decompress(self.xor), flat.dtype), out=flat)
 
     @property
     def nbytes(self) -> int:
-        return (0 if self.changed is None else self.changed.nbytes) + self.xor.nbytes + self.flipped.nbytes
+        changed = 0 if self.changed is None else self.changed.nbytes
+        return changed + (len(self.xor) if self.changed is None else self.xor.nbytes) + self.flipped.nbytes
 
 
-def _pack_nibbles(values: np.ndarray) -> np.ndarray:
-    """uint8 values below 16, two a byte: element 2i in the high half, 2i + 1 in the low one."""
-    high = values[0::2] << 4
-    high[: values.size // 2] |= values[1::2]
-    return high
-
+#: A whole-map change whose indices would take more than the map of differences over this is
+#: compressed, and kept so if that is smaller than the indices.
+DENSE_SHRINK = 16
 
 #: Pixels one fancy-indexing call touches: a session step of a 6000² map is done in pieces, so a
 #: worker thread doing it never holds the interpreter for long (the interface stays fluid).
