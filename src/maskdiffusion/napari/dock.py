@@ -15,6 +15,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
 from ..errors import BadInputError, OutputError
+from .garbage import release
 from .layers import CLASS, base_metadata, semantic_layer_data
 from .notify import report
 from .refine_panel import RefinePanel
@@ -116,7 +117,12 @@ class AnnotatorDock(QWidget):
         QTimer.singleShot(0, self._adopt_sessions)
         QTimer.singleShot(0, self.refine.reset_choices)
 
+    def hideEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        release()
+        super().hideEvent(event)
+
     def _on_removed(self, event) -> None:
+        release()
         self.state.forget_layers([event.value])
         self.refine.reset_choices()
 

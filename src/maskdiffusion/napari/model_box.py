@@ -13,6 +13,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton
 
+from .garbage import settle
 from .notify import report
 from .settings import WidgetSettings, save_settings
 from .state import AnnotatorState
@@ -121,6 +122,7 @@ class ModelBox(QGroupBox):
         if self.source_combo.findText(key[0]) < 0:
             self.source_combo.insertItem(0, key[0])
         self.status.setText(self._describe())
+        settle(self)
 
     def _on_error(self, exc: BaseException) -> None:
         self._failed = True

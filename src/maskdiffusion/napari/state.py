@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core.classes import ClassSpec
+from .garbage import release
 from .images import LayerImage
 from .layers import CLASS, DRAFT, SEMANTIC, STROKE, layer_classes, write_into_layer
 
@@ -405,6 +406,7 @@ class AnnotatorState:
             from ..model.loading import clear_model_cache
 
             self.model = None
+            release()
             clear_model_cache()
         self.model, self.model_key = model, key
 
