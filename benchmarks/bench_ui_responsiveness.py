@@ -19,6 +19,10 @@ within 1.5× the layers' bytes (the layers themselves, their session and its und
 values; none for our uint8 layers, which napari shows as they are), the session's map and
 marks, the refinement cache and the undo history; the rest of the growth is the OpenGL
 textures (in process memory under Xvfb's software renderer) and the heap.
+``napari_add_labels_ms``: each ``add_labels`` call (the dock adds a layer hidden and shows it a
+turn later, when napari uploads its texture); ``full_garbage_collections``: the full collections
+during the phases and the longest (the dock keeps long-lived objects out of them, see
+``maskdiffusion/napari/garbage.py``);
 ``longest_main_thread_calls_ms``: the dock's longest callbacks on the interface's thread;
 ``longest_worker_calls_ms``: the session's steps on worker threads (cache, refinement).
 
@@ -221,7 +225,6 @@ def main(argv=None) -> dict:
         def timed_add(self, *args, **kwargs):
             t0 = time.perf_counter()
             layer = add_labels(self, *args, **kwargs)
-            app.processEvents()  # napari builds the layer's controls and texture on the next turn
             adds.append((t0, time.perf_counter()))
             return layer
 

@@ -157,6 +157,31 @@ def test_labels_appear_tile_row_by_tile_row_and_the_end_matches(annotator, qtbot
     assert one_class_per_pixel(run) and [ly.name for ly in viewer.layers] == ["neon_OSBS_029", *CLASSES]
 
 
+def test_a_class_layer_is_shown_a_turn_after_it_is_added_and_a_hidden_one_stays_hidden(annotator, qtbot):
+    """napari's insertion of a 6000² layer and its texture upload take ~90 ms each: they come in
+    two turns (the layer is added hidden), and a layer the annotator hides stays hidden."""
+    viewer, dock = annotator
+    dock.segment.parameters["tile_size"].value = 128
+    at_insert, hidden_by_hand = {}, []
+
+    def inserted(event):
+        at_insert[event.value.name] = event.value.visible
+
+    def hide_tree(_):
+        tree = viewer.layers["tree"] if "tree" in viewer.layers else None
+        if tree is not None and tree.visible and not hidden_by_hand:
+            tree.visible = False
+            hidden_by_hand.append(True)
+
+    viewer.layers.events.inserted.connect(inserted)
+    worker = dock.segment.run()
+    worker.yielded.connect(hide_tree)
+    qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
+    assert at_insert == dict.fromkeys(CLASSES, False)
+    assert hidden_by_hand and not viewer.layers["tree"].visible
+    assert viewer.layers["ground"].visible and viewer.layers["road"].visible
+
+
 def test_cancel_after_labels_appeared_takes_them_back(annotator, qtbot):
     viewer, dock = annotator
     run = run_and_wait(dock, qtbot)
@@ -548,3 +573,26 @@ def test_closing_the_dock_mid_run_drops_the_result(annotator, qtbot):
     qtbot.waitUntil(lambda: bool(finished), timeout=TIMEOUT_MS)
     qtbot.wait(50)
     assert [ly.name for ly in viewer.layers] == before
+
+
+def test_long_lived_objects_leave_the_collectors_walk_and_dropped_ones_are_freed(make_napari_viewer, qtbot,
+                                                                               tiny_model_dir):
+    """A full garbage collection over napari, torch and the model froze the window for 0.3 s at
+    6000²: on screen, a loaded model and a shown run are frozen out of the walk, and a layer
+    removed afterwards, like the closed window, is still freed."""
+    import gc
+    import weakref
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "neon_osbs")
+    dock = make_dock(viewer, qtbot, tiny_model_dir)
+    after_load = gc.get_freeze_count()
+    assert after_load > 100_000, "what is alive once the model is loaded is out of the walk"
+    run = run_and_wait(dock, qtbot)
+    qtbot.waitUntil(lambda: gc.get_freeze_count() > after_load + 10_000, timeout=5000)  # the run's layers too
+    gone = weakref.ref(run.layers[0])
+    viewer.layers.remove(run.layers[0])
+    gc.collect()
+    assert gone() is None, "a removed class layer is freed"
+    viewer.window._qt_window.hide()
+    assert gc.get_freeze_count() == 0, "a window off screen keeps nothing frozen (its viewer stays collectable)"

@@ -40,6 +40,7 @@ class LiveLabels:
         ) else None
         self.layers: list = list(self.run.layers) if self.run is not None else []
         self.created: list = []
+        self.unshown: list = []
         self.queue: list = []
         self.touched: list = []
         self.active = True
@@ -66,22 +67,29 @@ class LiveLabels:
             next_turn(self._next)
 
     def _next(self) -> None:
-        """One turn: add one missing layer, or paint layers' bands for :data:`TURN_SECONDS`."""
+        """One turn: add one missing layer, show it, or paint layers' bands for :data:`TURN_SECONDS`.
+
+        A layer is added hidden and shown at the next turn: at 6000² napari's insertion (visuals,
+        overlays, controls) and the upload of its texture take ~90 ms each, two turns not one.
+        """
         self._scheduled = False
         if not self.active:
             return
         end = time.perf_counter() + TURN_SECONDS
-        if len(self.layers) < len(self.classes):
+        if self.unshown:
+            self.unshown.pop(0).visible = True
+        elif len(self.layers) < len(self.classes):
             k = len(self.layers) + 1
             base = {"software": SOFTWARE, "image": self.image.name}
             if self.image.georeference:
                 base["georeference"] = self.image.georeference
             data, kwargs, _ = class_layer_data(np.zeros(self.image.shape, np.uint8), self.classes[k - 1], k, base,
                                                self.image.scale, self.image.translate)
-            layer = self.viewer.add_labels(data, **kwargs)
+            layer = self.viewer.add_labels(data, visible=False, **kwargs)
             layer.editable = False
             self.layers.append(layer)
             self.created.append(layer)
+            self.unshown.append(layer)
         else:
             while self.queue and time.perf_counter() < end:
                 plane, (y0, y1, x0, x1), labels, k = self.queue.pop(0)
@@ -89,7 +97,7 @@ class LiveLabels:
                 if layer in self.viewer.layers:
                     write_into_layer(layer, np.where(labels == k, np.uint8(DRAFT), np.uint8(0)), plane,
                                      (y0, y1, x0, x1))
-        if self.queue or len(self.layers) < len(self.classes):
+        if self.queue or self.unshown or len(self.layers) < len(self.classes):
             self._schedule()
 
     def release(self) -> list:
@@ -98,10 +106,13 @@ class LiveLabels:
         self.queue.clear()
         for layer in self.layers:
             layer.editable = True
+        while self.unshown:
+            self.unshown.pop().visible = True
         return [ly for ly in self.created if ly in self.viewer.layers]
 
     def take_back(self) -> None:
         """The run was cancelled or failed: remove the new layers, show the earlier map again."""
+        self.unshown.clear()
         self.release()
         for layer in self.created:
             if layer in self.viewer.layers:

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 from ..core.classes import ClassListError, read_class_file, write_class_file
 from ..errors import BadInputError
 from .class_table import ClassEditor, class_line
+from .garbage import settle
 from .images import current_plane, describe_image, read_plane
 from .model_box import ModelBox
 from .notify import report
@@ -366,8 +367,7 @@ class SegmentPanel(QWidget):
             while time.perf_counter() < end:
                 next(self._applying)
         except StopIteration as stop:
-            self._applying = None
-            self._finish(stop.value)
+            next_turn(partial(self._finish, self._applying, stop.value))
             return
         except Exception as e:
             self._applying = None
@@ -376,7 +376,11 @@ class SegmentPanel(QWidget):
             return
         next_turn(self._apply_next)
 
-    def _finish(self, applied) -> None:
+    def _finish(self, applying, applied) -> None:
+        """The run is in the viewer (a turn after its last piece): say so, build its caches."""
+        if self._applying is not applying:
+            return
+        self._applying = None
         n = len(applied.run.classes)
         if applied.added:
             self.status.setText(f"done: {n} classes, {len(applied.added)} new layers")
@@ -390,6 +394,7 @@ class SegmentPanel(QWidget):
             show_info("MaskDiffusion updated the layers: Ctrl-Z in a class layer undoes this run")
         self._update_buttons()
         self._prepare(applied.run)
+        next_turn(partial(settle, self))
 
     def _prepare(self, run) -> None:
         """Build the run's refinement caches on a worker now (a Refine clicked first waits for it)."""
