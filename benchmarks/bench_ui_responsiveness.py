@@ -17,7 +17,8 @@ Goals: no stall over 100 ms anywhere; a refinement under 2 s; memory after run +
 within 1.5× the layers' bytes (the layers themselves, their session and its undo history).
 ``memory_parts_mb`` splits it: the class layers, napari's display copies of them (its texture
 values; none for our uint8 layers, which napari shows as they are), the session's map and
-marks, the refinement cache and the undo history; the rest of the growth is the OpenGL
+marks, the refinement cache (with the margin and every state an undo step keeps) and the undo and
+redo steps (``Session.memory``); the rest of the growth is the OpenGL
 textures (in process memory under Xvfb's software renderer) and the heap.
 ``napari_add_labels_ms``: each ``add_labels`` call (the dock adds a layer hidden and shows it a
 turn later, when napari uploads its texture); ``full_garbage_collections``: the full collections
@@ -273,14 +274,15 @@ def main(argv=None) -> dict:
                                args.timeout)
         settle()
         after_undo = rss_mb()
-        history_mb = sum(step.nbytes for step in session.history) / 2**20
+        held = session.memory()
+        history_mb = held["history"] / 2**20
         mb = 1 / 2**20
         parts = {"class_layers": layer_bytes * mb,
                  "napari_display_copies": sum(view.nbytes for ly in run.layers
                                               if not np.shares_memory(view := getattr(ly, "_data_view", ly.data),
                                                                       ly.data)) * mb,
-                 "session_map_and_marks": (session.labels.nbytes + session.edited.nbytes) * mb,
-                 "refinement_cache": (session.state.nbytes if session.state is not None else 0) * mb,
+                 "session_map_and_marks": (held["map"] + held["marks"]) * mb,
+                 "refinement_cache": held["cache"] * mb,
                  "undo_history": history_mb}
         ours = parts["session_map_and_marks"] + parts["refinement_cache"] + parts["undo_history"]
         result.update({

@@ -106,6 +106,43 @@ def test_a_multi_tile_run_with_per_tile_prototypes_is_its_own_starting_point(tin
     assert anchored > 0.95 and anchored > unanchored + 0.1, (anchored, unanchored)
 
 
+def test_without_strokes_the_scores_are_the_runs_own_and_an_added_class_scores_by_its_prototype(result):
+    """A class's refined score is the run's score plus what strokes change in its prototype:
+    with no strokes exactly the run's grid scores, whatever the features; a class added by
+    example (no run score) scores by its prototype alone."""
+    state = refinement.RefineState.from_result(result)
+    labels, none = result.labels, np.zeros(result.labels.shape, bool)
+    assert np.array_equal(refinement.refined_scores(state, labels, none), state.base)
+    grown = add_class(state, "pool")
+    painted, edited = labels.copy(), none.copy()
+    painted[:16, :16], edited[:16, :16] = 5, True
+    scores = refinement.refined_scores(grown, painted, edited)
+    protos, _ = refinement.class_prototypes(grown, refinement.stroke_weights(painted, edited, 5, grown.grid_shape,
+                                                                            grown.stride))
+    plain = refinement.grid_scores(grown, protos)
+    assert np.isnan(grown.base[4]).all() and np.allclose(scores[4], plain[4], atol=1e-5)
+    assert np.array_equal(scores[:4], state.base), "a stroke of the new class leaves the others' scores"
+
+
+def test_session_memory_counts_every_array_it_keeps(result):
+    """What the session holds, by part, for the memory figures: the map, the painted bits, the
+    refinement cache with its margin, and undo and redo steps alike."""
+    session = Session.from_result(result)
+    state = session.state
+    held = session.memory()
+    arrays = state.features.nbytes + state.attention.nbytes + state.base.nbytes + session.margin.nbytes
+    assert held["map"] == session.labels.nbytes and held["marks"] == session.edited.nbytes
+    assert held["cache"] == arrays
+    painted, edited = session.labels.copy(), np.zeros(session.labels.shape, bool)
+    painted[:8, :8], edited[:8, :8] = 2, True
+    session.edit(painted, edited)
+    session.refine()
+    session.undo()
+    held = session.memory()
+    assert session.future and held["history"] == sum(s.nbytes for s in [*session.history, *session.future])
+    assert held["cache"] == arrays, "the refinement's margin replaces the draft's; the state is the same"
+
+
 def test_reduced_cache_agrees_with_full_features(result, state):
     small = refinement.RefineState.from_result(result)
     assert small.reduction["method"] == "pca" and small.reduction["agreement"] >= MIN_AGREEMENT

@@ -206,6 +206,20 @@ class Session:
     def classes(self) -> tuple[ClassSpec, ...]:
         return self.state.classes if self.state is not None else tuple(self.class_list)
 
+    def memory(self) -> dict[str, int]:
+        """Bytes the session holds, by part: ``map``, ``marks`` (the painted pixels), ``cache``
+        (the refinement's arrays, of every state an undo step keeps, its margin and a run not
+        yet prepared) and ``history`` (the undo and redo steps)."""
+        steps = [*self.history, *self.future]
+        states = [self.state, *(s.state_before for s in steps), *(s.state_after for s in steps)]
+        arrays = [a for st in states if st is not None for a in (st.features, st.attention, st.base)]
+        pending = self._pending
+        if pending is not None:
+            arrays += [pending.features, pending.attention, getattr(pending, "grid_scores", None)]
+        unique = {id(a): a for a in (*arrays, self.margin) if isinstance(a, np.ndarray)}
+        return {"map": self.labels.nbytes, "marks": self.edited.nbytes,
+                "cache": sum(a.nbytes for a in unique.values()), "history": sum(s.nbytes for s in steps)}
+
     @property
     def can_refine(self) -> bool:
         """Whether refinement is possible (now, or after :meth:`prepare`)."""

@@ -124,15 +124,12 @@ class RefineState:
         num, den = prototype_sums(self.attention, self.features)
         return num.numpy(), den.numpy()
 
-    def anchor(self, normalize: bool = False) -> np.ndarray | None:
-        """(K, gh, gw) ``base - ⟨f̂, c⁰⟩`` (0 where a class has no draft score), computed once."""
+    @cached_property
+    def drafted(self) -> np.ndarray:
+        """(K,) bool: the classes that have the run's own scores in ``base``."""
         if self.base is None:
-            return None
-        cache = self.__dict__.setdefault("_anchors", {})
-        if normalize not in cache:
-            protos, _ = class_prototypes(self, None, normalize=normalize)
-            cache[normalize] = np.nan_to_num(self.base - grid_scores(self, protos), nan=0.0)
-        return cache[normalize]
+            return np.zeros(self.n_classes, bool)
+        return np.isfinite(self.base.reshape(self.n_classes, -1)).all(1)
 
     @property
     def n_classes(self) -> int:
@@ -219,18 +216,21 @@ def grid_scores(state: RefineState, protos: np.ndarray, active: np.ndarray | Non
                 anchored: bool = False, normalize: bool = False) -> np.ndarray:
     """(K, gh, gw) float32 scores ⟨f̂, c_k⟩ on the grid; classes without a prototype score -1e30.
 
-    ``anchored`` adds the state's :meth:`~RefineState.anchor` (the run's own scores where the
-    prototypes are the attention-only ones); ``normalize`` must match the prototypes'.
+    ``anchored``: a class with the run's own scores scores ``base_k + ⟨f̂, c_k − c_k⁰⟩`` (c_k⁰ its
+    attention-only prototype), exactly the run's scores until strokes move its prototype;
+    ``normalize`` must match the prototypes'.
     """
+    drafted = state.drafted if anchored else np.zeros(len(protos), bool)
+    if drafted.any():
+        protos = np.where(drafted[:, None], protos - class_prototypes(state, None, normalize=normalize)[0], protos)
     feats = flat_cells(state.features)
     out = np.empty((len(protos), feats.shape[1]), np.float32)
     p = to_torch(protos)
     for s in chunks(feats.shape[1]):
         out[:, s] = (p @ to_torch(feats[:, s])).numpy()
     out = out.reshape(len(protos), *state.grid_shape)
-    anchor = state.anchor(normalize) if anchored else None
-    if anchor is not None:
-        out += anchor
+    for k in np.flatnonzero(drafted):
+        out[k] += state.base[k]
     if active is not None:
         out[~np.asarray(active)] = FAR
     return out
