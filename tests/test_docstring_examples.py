@@ -15,6 +15,7 @@ MODULES = [
     "maskdiffusion.core.refine",
     "maskdiffusion.core.prototypes",
     "maskdiffusion.core.labels",
+    "maskdiffusion.napari.state",
 ]
 
 

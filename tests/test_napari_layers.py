@@ -124,6 +124,17 @@ def test_one_class_layer_per_class_with_colour_and_metadata():
     assert np.array_equal(out[3][0], labels)
 
 
+def test_classes_painted_while_the_run_ran_get_their_metadata_and_no_new_array():
+    """Layers streamed during a run are given the run's labels band by band: their tuples carry
+    the class metadata and no whole-plane array (36 MB and ~0.1 s each at 6000²)."""
+    image = describe_image(rgb_layer(name="ortho"))
+    labels = stripes()
+    out = list(layers.result_layer_data(image, {(): fake_result(labels)}, existing=2))
+    assert [data is None for data, _, _ in out] == [True, True, False]
+    assert [kw["metadata"]["value"] for _, kw, _ in out] == [1, 2, 3] and out[1][1]["name"] == "tree"
+    assert np.array_equal(out[2][0], labels == 3)
+
+
 def test_write_into_layer_outside_napari_history_changes_only_what_differs():
     layer = napari.layers.Labels(np.zeros((20, 30), np.uint8))
     values = np.zeros((10, 10), np.uint8)

@@ -112,7 +112,7 @@ def base_metadata(image: LayerImage | None, meta: Mapping[str, Any]) -> dict:
     return out
 
 
-def class_layer_data(data: np.ndarray, spec: ClassSpec, value: int, base: Mapping,
+def class_layer_data(data: np.ndarray | None, spec: ClassSpec, value: int, base: Mapping,
                      scale=None, translate=None) -> LayerDataTuple:
     """The layer tuple of the ``value``-th class (1-based): the one place class layers are built."""
     color = spec.color or default_color(value - 1)
@@ -139,16 +139,22 @@ def semantic_layer_data(data: np.ndarray, classes: Sequence[ClassSpec], metadata
 
 
 def result_layer_data(image: LayerImage, results: Mapping[tuple[int, ...], SegmentationResult], *,
-                      semantic: bool = False, confidence: bool = False) -> Iterator[LayerDataTuple]:
+                      semantic: bool = False, confidence: bool = False,
+                      existing: int = 0) -> Iterator[LayerDataTuple]:
     """One class layer per class, then optionally the semantic map and the confidence, built one
     at a time as they are taken (a 6000² layer's array is built in the turn that adds it).
 
-    ``results`` maps plane indices of ``image`` to their result; planes not run stay 0.
+    ``results`` maps plane indices of ``image`` to their result; planes not run stay 0. The
+    first ``existing`` classes have layers already (painted while the run ran): their tuples
+    carry no array (None), the caller writes the results into those layers.
     """
     first = next(iter(results.values()))
     classes = first.classes
     base = base_metadata(image, first.metadata())
     for k, spec in enumerate(classes, start=1):
+        if k <= existing:
+            yield class_layer_data(None, spec, k, base, image.scale, image.translate)
+            continue
         data = np.zeros(image.shape, np.uint8)
         for plane, r in results.items():
             np.multiply(r.labels == k, np.uint8(DRAFT), out=data[plane])

@@ -10,7 +10,6 @@ Nothing here enters an undo history: the finished run becomes one session step.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +17,7 @@ import numpy as np
 from ..core.classes import ClassSpec
 from .images import LayerImage
 from .layers import DRAFT, SOFTWARE, class_layer_data, write_into_layer
-from .state import BAND_PIXELS, TURN_SECONDS, AnnotatorState, ImageRun, next_turn
+from .state import AFTER_SHOW_MS, BAND_PIXELS, AnnotatorState, ImageRun, Turn, next_turn
 
 if TYPE_CHECKING:
     import napari
@@ -61,23 +60,26 @@ class LiveLabels:
             self.queue += [(tuple(plane), (start, stop, x0, x1), band, k) for k in range(1, len(self.classes) + 1)]
         self._schedule()
 
-    def _schedule(self) -> None:
+    def _schedule(self, delay_ms: int = 1) -> None:
         if not self._scheduled and self.active:
             self._scheduled = True
-            next_turn(self._next)
+            next_turn(self._next, delay_ms)
 
     def _next(self) -> None:
-        """One turn: add one missing layer, show it, or paint layers' bands for :data:`TURN_SECONDS`.
+        """One turn: add one missing layer, show it, or paint layers' bands for a :class:`~.state.Turn`.
 
-        A layer is added hidden and shown at the next turn: at 6000² napari's insertion (visuals,
-        overlays, controls) and the upload of its texture take ~90 ms each, two turns not one.
+        A layer is added hidden and shown at the next turn: napari's insertion (visuals, overlays,
+        controls: ~110 ms here at any size) and the upload of its texture (110–180 ms at 6000²
+        under Xvfb) are two turns, not one, and the turn after a show waits
+        :data:`~.state.AFTER_SHOW_MS` so that what is due meanwhile runs between them.
         """
         self._scheduled = False
         if not self.active:
             return
-        end = time.perf_counter() + TURN_SECONDS
+        delay = 1
         if self.unshown:
             self.unshown.pop(0).visible = True
+            delay = AFTER_SHOW_MS
         elif len(self.layers) < len(self.classes):
             k = len(self.layers) + 1
             base = {"software": SOFTWARE, "image": self.image.name}
@@ -91,14 +93,15 @@ class LiveLabels:
             self.created.append(layer)
             self.unshown.append(layer)
         else:
-            while self.queue and time.perf_counter() < end:
+            turn = Turn()
+            while self.queue and turn.fits():
                 plane, (y0, y1, x0, x1), labels, k = self.queue.pop(0)
                 layer = self.layers[k - 1]
                 if layer in self.viewer.layers:
                     write_into_layer(layer, np.where(labels == k, np.uint8(DRAFT), np.uint8(0)), plane,
                                      (y0, y1, x0, x1))
         if self.queue or self.unshown or len(self.layers) < len(self.classes):
-            self._schedule()
+            self._schedule(delay)
 
     def release(self) -> list:
         """The run finished: stop painting, make the layers editable; returns the new layers."""

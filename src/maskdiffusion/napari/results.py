@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .images import LayerImage
-from .layers import CLASS, SEMANTIC, result_layer_data, write_into_layer
+from .layers import CLASS, DRAFT, SEMANTIC, result_layer_data, write_into_layer
 from .state import BAND_PIXELS, AnnotatorState, ImageRun
 
 if TYPE_CHECKING:
@@ -87,17 +87,20 @@ def apply_results(viewer: napari.Viewer, state: AnnotatorState, image_layer: Ima
     run = ImageRun(image, sessions=sessions)
     applied = Applied(run)
     streamed = list(streamed or [])
-    for data, kwargs, layer_type in result_layer_data(image, results, semantic=semantic, confidence=confidence):
+    height, width = image.shape[-2:]
+    rows = max(1, BAND_PIXELS // max(width, 1))
+    for k, (data, kwargs, layer_type) in enumerate(
+            result_layer_data(image, results, semantic=semantic, confidence=confidence, existing=len(streamed)),
+            start=1):
         kind = kwargs["metadata"].get("kind")
-        if kind == CLASS and streamed:
+        if data is None:
             layer = streamed.pop(0)
             layer.metadata = kwargs["metadata"]
-            height, width = image.shape[-2:]
-            rows = max(1, BAND_PIXELS // max(width, 1))
-            for plane in results:
+            for plane, result in results.items():
                 for y0 in range(0, height, rows):
-                    band = (y0, min(height, y0 + rows), 0, width)
-                    write_into_layer(layer, data[(*plane, slice(band[0], band[1]))], tuple(plane), band)
+                    y1 = min(height, y0 + rows)
+                    values = np.where(result.labels[y0:y1] == k, np.uint8(DRAFT), np.uint8(0))
+                    write_into_layer(layer, values, tuple(plane), (y0, y1, 0, width))
                     yield
         else:
             layer = getattr(viewer, f"add_{layer_type}")(data, visible=False, **kwargs)

@@ -39,7 +39,7 @@ from .model_box import ModelBox
 from .notify import report
 from .params_form import params_form, params_from_form
 from .settings import load_settings, save_settings
-from .state import TURN_SECONDS, AnnotatorState, next_turn
+from .state import AnnotatorState, Turn, next_turn
 
 if TYPE_CHECKING:
     import napari
@@ -358,13 +358,13 @@ class SegmentPanel(QWidget):
         return tuple(int(i) for i in self.viewer.dims.current_step[:ndim])
 
     def _apply_next(self) -> None:
-        """Pieces of the result for :data:`TURN_SECONDS` per event-loop turn, so the interface
+        """Pieces of the result for one :class:`~.state.Turn` of the event loop, so the interface
         never freezes for all of it."""
         if self._applying is None:
             return
-        end = time.perf_counter() + TURN_SECONDS
+        turn = Turn()
         try:
-            while time.perf_counter() < end:
+            while turn.fits():
                 next(self._applying)
         except StopIteration as stop:
             next_turn(partial(self._finish, self._applying, stop.value))

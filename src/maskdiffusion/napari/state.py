@@ -32,45 +32,85 @@ if TYPE_CHECKING:
     from ..model.loading import SDModel
     from ..session import Session
 
-__all__ = ["AnnotatorState", "ImageRun", "in_turns", "next_turn", "stroke_region"]
+__all__ = ["AnnotatorState", "ImageRun", "Turn", "in_turns", "next_turn", "stroke_region"]
 
 Region = tuple[int, int, int, int]
 _UNDO, _REDO = "Control-Z", "Control-Shift-Z"
-#: Pixels of one layer written or read in one piece when a whole map changes.
-BAND_PIXELS = 1 << 20
-#: Seconds of such pieces per event-loop turn: the interface never waits longer than about
-#: this, and the canvas is not redrawn after every piece (40–60 ms for 6000² layers under Xvfb).
-TURN_SECONDS = 0.04
+#: Pixels of one layer written or read in one piece when a whole map changes (3–5 ms to write
+#: into a 6000² layer here).
+BAND_PIXELS = 1 << 18
+#: Seconds of such pieces per event-loop turn, so that a turn and the redraw after it (50 ms for
+#: four 6000² layers under Xvfb's software renderer, 70–90 ms while a run uses the other core)
+#: stay under 100 ms; see :class:`Turn`.
+TURN_SECONDS = 0.02
+#: The wait after a turn that shows a layer: napari uploads its whole texture at the redraw that
+#: follows (110–180 ms for 6000² under Xvfb), and the timers and input due meanwhile (a 1 ms
+#: timer of ours would be the first) should run before more work, not after it.
+AFTER_SHOW_MS = 30
 #: A change of more than 1/DENSE_SHARE of a map's pixels is shown by refreshing whole layers.
 DENSE_SHARE = 50
 
 
-def next_turn(callback: Callable[[], None]) -> None:
+def next_turn(callback: Callable[[], None], delay_ms: int = 1) -> None:
     """Run ``callback`` at the next turn of the Qt event loop, after its timers and input.
 
     A 1 ms timer, not 0: a chain of zero timers kept a 10 ms timer waiting two turns (230 ms
-    gaps instead of 110 while a 6000² map was written), and took longer in all.
+    gaps instead of 110 while a 6000² map was written), and took longer in all. Use
+    :data:`AFTER_SHOW_MS` after a turn that showed a layer.
     """
     from qtpy.QtCore import QTimer
 
-    QTimer.singleShot(1, callback)
+    QTimer.singleShot(delay_ms, callback)
+
+
+class Turn:
+    """One event-loop turn's time for pieces of work. Call :meth:`fits` before each piece: it
+    allows the next one only if one as long as the longest so far still ends within
+    ``seconds`` (default :data:`TURN_SECONDS`), so a turn ends before its budget, not a piece
+    after it. The first always fits.
+
+    Examples
+    --------
+    >>> turn, pieces = Turn(0.05), [0.02] * 10
+    >>> while pieces and turn.fits():
+    ...     time.sleep(pieces.pop())
+    >>> 0 < len(pieces) < 10
+    True
+    """
+
+    def __init__(self, seconds: float | None = None):
+        self.end = time.perf_counter() + (TURN_SECONDS if seconds is None else seconds)
+        self.longest = 0.0
+        self._last: float | None = None
+
+    def fits(self) -> bool:
+        now = time.perf_counter()
+        if self._last is None:
+            self._last = now
+            return True
+        self.longest = max(self.longest, now - self._last)
+        self._last = now
+        return now + self.longest <= self.end
 
 
 def in_turns(pieces: Iterable[Callable[[], bool | None]], then: Callable[[], None] | None = None,
              defer: Callable[[Callable[[], None]], None] = next_turn) -> None:
-    """Call ``pieces`` in order, as many per event-loop turn as fit in :data:`TURN_SECONDS`,
+    """Call ``pieces`` in order, as many per event-loop turn as fit in a :class:`Turn`,
     then ``then()``. The first turn runs now, so work that fits in one turn is done at once. A
     piece that returns True ends its turn (its cost comes at the redraw that follows)."""
     pieces = iter(pieces)
 
     def turn():
-        end = time.perf_counter() + TURN_SECONDS
-        for piece in pieces:
-            if piece() or time.perf_counter() >= end:
-                defer(turn)
+        clock = Turn()
+        while clock.fits():
+            piece = next(pieces, None)
+            if piece is None:
+                if then is not None:
+                    then()
                 return
-        if then is not None:
-            then()
+            if piece():
+                break
+        defer(turn)
 
     turn()
 
