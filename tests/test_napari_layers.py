@@ -148,6 +148,25 @@ def test_write_into_layer_outside_napari_history_changes_only_what_differs():
     assert layer.data.sum() == 12
 
 
+def test_a_new_layer_is_added_hidden_and_shown_by_a_piece_that_ends_its_turn():
+    """napari's insertion and the upload of the layer's texture at the redraw after it is shown
+    are separate turns: adding is one piece, showing another that says the turn ends there."""
+    viewer, state = ViewerModel(), AnnotatorState()
+    image = viewer.add_layer(rgb_layer(name="ortho"))
+    gen = apply_results(viewer, state, image, describe_image(image), {(): fake_result(stripes())})
+    pieces = []
+    while True:
+        try:
+            ends_turn = next(gen)
+        except StopIteration:
+            break
+        pieces.append((ends_turn, [(ly.name, ly.visible) for ly in viewer.layers[1:]]))
+    shows = [layer_states for ends_turn, layer_states in pieces if ends_turn]
+    assert [names[-1] for names in shows] == [("road", True), ("tree", True), ("building", True)]
+    added = [layer_states for ends_turn, layer_states in pieces if not ends_turn and layer_states]
+    assert added[0] == [("road", False)], "added hidden, shown by a later piece"
+
+
 def test_a_stroke_under_another_class_layer_wins_where_it_was_painted():
     viewer, state = ViewerModel(), AnnotatorState()
     image = viewer.add_layer(rgb_layer(name="ortho"))

@@ -39,7 +39,7 @@ from .model_box import ModelBox
 from .notify import report
 from .params_form import params_form, params_from_form
 from .settings import load_settings, save_settings
-from .state import AnnotatorState, Turn, next_turn
+from .state import AFTER_SHOW_MS, AnnotatorState, Turn, next_turn
 
 if TYPE_CHECKING:
     import napari
@@ -359,13 +359,15 @@ class SegmentPanel(QWidget):
 
     def _apply_next(self) -> None:
         """Pieces of the result for one :class:`~.state.Turn` of the event loop, so the interface
-        never freezes for all of it."""
+        never freezes for all of it; a layer shown ends the turn (see :mod:`.results`)."""
         if self._applying is None:
             return
-        turn = Turn()
+        turn, delay = Turn(), 1
         try:
             while turn.fits():
-                next(self._applying)
+                if next(self._applying):
+                    delay = AFTER_SHOW_MS
+                    break
         except StopIteration as stop:
             next_turn(partial(self._finish, self._applying, stop.value))
             return
@@ -374,7 +376,7 @@ class SegmentPanel(QWidget):
             self._update_buttons()
             report(e)
             return
-        next_turn(self._apply_next)
+        next_turn(self._apply_next, delay)
 
     def _finish(self, applying, applied) -> None:
         """The run is in the viewer (a turn after its last piece): say so, build its caches."""
