@@ -575,6 +575,33 @@ def test_closing_the_dock_mid_run_drops_the_result(annotator, qtbot):
     assert [ly.name for ly in viewer.layers] == before
 
 
+def test_the_rest_point_freezes_while_the_refine_tab_is_open_and_not_for_a_closed_panel(qtbot):
+    """The run's rest point comes once its cache is built, often after the annotator opened the
+    Refine tab: a panel in a hidden tab of a window on screen still freezes; a deleted one does
+    nothing."""
+    import gc
+
+    from qtpy.QtWidgets import QTabWidget, QWidget
+
+    from maskdiffusion.napari import garbage
+
+    tabs, panel = QTabWidget(), QWidget()
+    qtbot.addWidget(tabs)
+    tabs.addTab(panel, "Segment")
+    tabs.addTab(QWidget(), "Refine")
+    tabs.show()
+    tabs.setCurrentIndex(1)
+    assert not panel.isVisible()
+    try:
+        assert garbage.settle(panel) and gc.get_freeze_count() > 0
+    finally:
+        garbage.release()
+        gc.collect()
+    panel.deleteLater()
+    qtbot.waitUntil(lambda: tabs.count() == 1)
+    assert not garbage.settle(panel)
+
+
 def test_long_lived_objects_leave_the_collectors_walk_and_dropped_ones_are_freed(make_napari_viewer, qtbot,
                                                                                tiny_model_dir):
     """A full garbage collection over napari, torch and the model froze the window for 0.3 s at

@@ -26,10 +26,15 @@ _released = False
 def settle(widget=None) -> bool:
     """Freeze what is alive now, once young garbage is collected; returns whether it froze.
 
-    Skipped while ``widget`` is not visible, or while objects released by :func:`release`
+    Skipped while the window of ``widget`` is not on screen (or it was deleted; a widget in a
+    hidden tab still counts), or while objects released by :func:`release`
     still wait for the full collection that frees them.
     """
-    if _released or (widget is not None and not widget.isVisible()):
+    try:
+        off_screen = widget is not None and not widget.window().isVisible()
+    except RuntimeError:  # the widget was deleted meanwhile (its window closed)
+        off_screen = True
+    if _released or off_screen:
         return False
     gc.collect(2 if gc.get_freeze_count() else 1)
     gc.freeze()
