@@ -576,9 +576,8 @@ def test_closing_the_dock_mid_run_drops_the_result(annotator, qtbot):
 
 
 def test_the_rest_point_freezes_while_the_refine_tab_is_open_and_not_for_a_closed_panel(qtbot):
-    """The run's rest point comes once its cache is built, often after the annotator opened the
-    Refine tab: a panel in a hidden tab of a window on screen still freezes; a deleted one does
-    nothing."""
+    """The annotator may open the Refine tab before the run's rest point: a panel in a hidden
+    tab of a window on screen still freezes; a panel deleted meanwhile does nothing."""
     import gc
 
     from qtpy.QtWidgets import QTabWidget, QWidget

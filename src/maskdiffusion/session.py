@@ -212,7 +212,7 @@ class Session:
         yet prepared) and ``history`` (the undo and redo steps)."""
         steps = [*self.history, *self.future]
         states = [self.state, *(s.state_before for s in steps), *(s.state_after for s in steps)]
-        arrays = [a for st in states if st is not None for a in (st.features, st.attention, st.base)]
+        arrays = [a for st in states if st is not None for a in st.arrays]
         pending = self._pending
         if pending is not None:
             arrays += [pending.features, pending.attention, getattr(pending, "grid_scores", None)]

@@ -140,9 +140,14 @@ class RefineState:
         return tuple(self.features.shape[1:])
 
     @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The arrays the state holds (the refinement cache)."""
+        return tuple(a for a in (self.features, self.attention, self.base) if a is not None)
+
+    @property
     def nbytes(self) -> int:
         """Memory held by the arrays (the refinement cache)."""
-        return int(self.features.nbytes + self.attention.nbytes + (0 if self.base is None else self.base.nbytes))
+        return int(sum(a.nbytes for a in self.arrays))
 
     def class_index(self, name: str) -> int:
         """Index of the class called ``name`` (case-insensitive)."""
