@@ -73,6 +73,7 @@ def _dims(text: str):
 
 def bench(size: int, repeat: int, dims_options) -> dict:
     from maskdiffusion.core.classes import preset_classes
+    from maskdiffusion.core.label_map import LabelMap
     from maskdiffusion.core.marks import Marks
     from maskdiffusion.core.params import SegmentParams
     from maskdiffusion.core.refine import assign, refined_scores
@@ -94,11 +95,11 @@ def bench(size: int, repeat: int, dims_options) -> dict:
         t = time.perf_counter()
         session = Session.from_result(result, dims=_dims(dims))
         reduce_s = time.perf_counter() - t
-        painted = strokes(session.labels, 20, 24)
+        painted = strokes(np.asarray(session.labels), 20, 24)
         times, conf_times = [], []
         for _ in range(repeat):
             session.history.clear()
-            session.labels[:] = labels
+            session.labels = LabelMap.from_array(labels, K)
             session.edited = Marks(session.labels.shape)
             session.edit(painted)
             t = time.perf_counter()
@@ -106,10 +107,10 @@ def bench(size: int, repeat: int, dims_options) -> dict:
             times.append(time.perf_counter() - t)
         state = session.state
         edited = np.asarray(session.edited)
-        scores = refined_scores(state, session.labels, edited)
+        scores = refined_scores(state, np.asarray(session.labels), edited)
         for _ in range(repeat):
             t = time.perf_counter()
-            assign(scores, state.shape, state.stride, labels=session.labels, fixed=edited, confidence=True)
+            assign(scores, state.shape, state.stride, labels=np.asarray(session.labels), fixed=edited, confidence=True)
             conf_times.append(time.perf_counter() - t)
         out["runs"].append({
             "dims_option": dims,

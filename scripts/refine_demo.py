@@ -75,8 +75,8 @@ def run(size: int, seed: int, n_strokes: int, radius: int, model: str | None) ->
     result = segment(image[..., :3], classes, sd, keep_features=True)
     run_s = time.perf_counter() - t0
     session = Session.from_result(result)
-    pasted = session.labels.copy()
-    current = session.labels.copy()
+    pasted = np.array(session.labels)
+    current = np.array(session.labels)
     refined_curve, pasted_curve, times = [miou(current, truth, names)], [miou(pasted, truth, names)], []
     for _ in range(n_strokes):
         region = largest_wrong_region(current, truth, session.edited)
@@ -87,7 +87,7 @@ def run(size: int, seed: int, n_strokes: int, radius: int, model: str | None) ->
         pasted[dab] = truth[dab] + 1
         session.edit(current)
         t = time.perf_counter()
-        current = session.refine().copy()
+        current = np.array(session.refine())
         times.append(time.perf_counter() - t)
         refined_curve.append(miou(current, truth, names))
         pasted_curve.append(miou(pasted, truth, names))

@@ -140,7 +140,7 @@ def test_version_1_session_bundle_opens_with_labels_converted(sd, tmp_path):
     pixels, _ = read_image(SAMPLE)
     result = segment(pixels[:128, :128], CLASSES, sd, tile_size=128, keep_features=True)
     session = Session.from_result(result, dims=None)
-    strokes = session.labels.copy()
+    strokes = np.array(session.labels)
     strokes[10:30, 10:50] = 3
     session.edit(strokes)
     released = np.zeros(strokes.shape, bool)

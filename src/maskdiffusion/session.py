@@ -19,7 +19,7 @@ import numpy as np
 from .core.class_edits import add_class, merge_classes, remove_class, rename_class
 from .core.classes import ClassSpec
 from .core.confidence import grid_margin
-from .core.labels import label_dtype
+from .core.label_map import LabelMap
 from .core.marks import Marks
 from .core.refine import PRIOR_CELLS, RefineState, assign, refined_scores
 from .errors import BadInputError
@@ -55,35 +55,35 @@ class _Step:
     state_after: RefineState | None
     classes_before: tuple
     classes_after: tuple
+    dtype: np.dtype = np.dtype(np.uint8)
 
     @classmethod
-    def sparse(cls, what: str, flat: np.ndarray, index: np.ndarray, after: np.ndarray, **fields) -> _Step:
-        """A step setting ``flat[index]`` (sorted flat indices) to ``after``."""
-        index = _index_dtype(index, flat.size)
-        xor = _take(flat, index) ^ np.asarray(after, flat.dtype)
+    def sparse(cls, what: str, labels: LabelMap, index: np.ndarray, after: np.ndarray, **fields) -> _Step:
+        """A step setting the pixels at ``index`` (sorted flat indices) to ``after``."""
+        index = _index_dtype(index, labels.size)
+        xor = _take(labels, index) ^ np.asarray(after, labels.dtype)
         return cls(what, index, xor, n_changed=len(index), **fields)
 
     @classmethod
-    def between(cls, what: str, flat: np.ndarray, new: np.ndarray, **fields) -> _Step:
-        """A step turning the whole map ``flat`` into ``new``, sparse or dense by size."""
-        xor = np.bitwise_xor(flat, np.asarray(new, flat.dtype))
+    def between(cls, what: str, labels: LabelMap, new: np.ndarray, **fields) -> _Step:
+        """A step turning the whole map ``labels`` into ``new``, sparse or dense by size."""
+        xor = np.bitwise_xor(np.asarray(labels).reshape(-1), np.asarray(new, labels.dtype).reshape(-1))
         n = int(np.count_nonzero(xor))
-        index_bytes = np.dtype(np.int32 if flat.size < 2**31 else np.int64).itemsize + xor.itemsize
+        index_bytes = np.dtype(np.int32 if labels.size < 2**31 else np.int64).itemsize + xor.itemsize
         if n * index_bytes > xor.nbytes // DENSE_SHRINK:
             packed = zlib.compress(xor, 1)
             if len(packed) < n * index_bytes:
-                return cls(what, None, packed, n_changed=n, **fields)
+                return cls(what, None, packed, n_changed=n, dtype=xor.dtype, **fields)
         index = _flat_index(xor)
         return cls(what, index, xor[index], n_changed=n, **fields)
 
-    def apply(self, flat: np.ndarray) -> None:
-        """Do the step's label changes on ``flat`` (the flat map), or undo them if done."""
+    def apply(self, labels: LabelMap) -> None:
+        """Do the step's label changes on ``labels``, or undo them if done."""
         if self.changed is not None:
             for i in range(0, len(self.changed), CHUNK):
-                part = self.changed[i:i + CHUNK]
-                flat[part] ^= self.xor[i:i + CHUNK].astype(flat.dtype, copy=False)
+                labels.xor_at(self.changed[i:i + CHUNK], self.xor[i:i + CHUNK])
         else:
-            np.bitwise_xor(flat, np.frombuffer(zlib.decompress(self.xor), flat.dtype), out=flat)
+            labels.xor_all(np.frombuffer(zlib.decompress(self.xor), self.dtype))
 
     @property
     def nbytes(self) -> int:
@@ -100,11 +100,11 @@ DENSE_SHRINK = 16
 CHUNK = 1 << 22
 
 
-def _take(flat: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """``flat[index]``, a chunk of indices at a time."""
+def _take(labels: LabelMap, index: np.ndarray) -> np.ndarray:
+    """The values at flat ``index``, a chunk of indices at a time."""
     if len(index) <= CHUNK:
-        return flat[index]
-    return np.concatenate([flat[index[i:i + CHUNK]] for i in range(0, len(index), CHUNK)])
+        return labels.take(index)
+    return np.concatenate([labels.take(index[i:i + CHUNK]) for i in range(0, len(index), CHUNK)])
 
 
 def _flat_index(mask: np.ndarray) -> np.ndarray:
@@ -132,7 +132,8 @@ class Session:
     annotator's strokes, a refinement, a class change — so undo and redo always leave every
     pixel with exactly one value, whichever face (napari layers, Python) made the change.
 
-    labels: (H, W) label map (0 = unlabelled, k = class k).
+    labels: (H, W) label map (0 = unlabelled, k = class k): a :class:`~.core.label_map.LabelMap`,
+        four bits a pixel up to 15 classes (an array given here is packed).
     edited: the pixels the annotator set (kept exactly, learnt from): :class:`~.core.marks.Marks`,
         a bit a pixel (an (H, W) bool array given here is packed).
     state: the :class:`~maskdiffusion.core.refine.RefineState` (features, maps, classes), or
@@ -150,8 +151,8 @@ class Session:
     >>> image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     >>> result = segment(image, "road,tree", "random:tiny", tile_size=128, keep_features=True)
     >>> session = Session.from_result(result)
-    >>> before = session.labels.copy()
-    >>> strokes = session.labels.copy(); strokes[:20, :20] = 2
+    >>> before = np.array(session.labels)
+    >>> strokes = np.array(session.labels); strokes[:20, :20] = 2
     >>> painted = np.zeros(strokes.shape, bool); painted[:20, :20] = True
     >>> session.edit(strokes, painted)
     400
@@ -164,7 +165,7 @@ class Session:
     True
     """
 
-    labels: np.ndarray
+    labels: LabelMap
     edited: Marks
     state: RefineState | None = None
     image: dict = field(default_factory=dict)
@@ -181,6 +182,8 @@ class Session:
     _preparing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self):
+        if not isinstance(self.labels, LabelMap):
+            self.labels = LabelMap.from_array(self.labels, len(self.classes))
         if not isinstance(self.edited, Marks):
             self.edited = Marks.from_mask(self.edited)
 
@@ -193,7 +196,7 @@ class Session:
         cache now, ``prepare=False`` keeps the result until :meth:`prepare` (which the napari
         dock calls on a worker thread).
         """
-        labels = result.labels.astype(label_dtype(len(result.classes)))
+        labels = LabelMap.from_array(result.labels, len(result.classes))
         session = cls(labels, Marks(labels.shape), None, dict(image or {}), result.params.to_dict(),
                       result.model, class_list=tuple(result.classes))
         if getattr(result, "features", None) is not None:
@@ -243,7 +246,7 @@ class Session:
                 if pending is None:
                     raise BadInputError("this run kept no features: segment again to refine it")
                 state = RefineState.from_result(pending, dims=self._dims)
-                labels, edited = self.labels.copy(), np.asarray(self.edited)  # strokes may come meanwhile
+                labels, edited = np.asarray(self.labels), np.asarray(self.edited)  # copies: strokes may come
                 margin = grid_margin(refined_scores(state, labels, edited,
                                                     prior_cells=self.prior_cells, normalize=self.normalize))
                 if self._pending is pending:
@@ -260,14 +263,13 @@ class Session:
         indices of the edited marks it flips."""
         state_after = new_state if new_state is not None else self.state
         classes_after = tuple(state_after.classes) if state_after is not None else tuple(self.class_list)
-        dtype = label_dtype(len(classes_after))
-        if np.dtype(dtype).itemsize > self.labels.dtype.itemsize:
-            self.labels = self.labels.astype(dtype)
-        labels = self.labels.reshape(-1)
+        values = np.asarray(new_labels if new_labels is not None else after)
+        self.labels.fit(max(len(classes_after), int(values.max()) if values.size else 0))
+        labels = self.labels
         fields = dict(flipped=_index_dtype(flipped, labels.size), state_before=self.state, state_after=state_after,
                       classes_before=tuple(self.classes), classes_after=classes_after)
         if new_labels is not None:
-            step = _Step.between(what, labels, np.asarray(new_labels).reshape(-1), **fields)
+            step = _Step.between(what, labels, values, **fields)
         else:
             step = _Step.sparse(what, labels, changed, after, **fields)
         step.apply(labels)
@@ -288,7 +290,7 @@ class Session:
         return self._record(what, flipped, new_state, new_labels=new_labels)
 
     def _apply(self, step: _Step, undoing: bool) -> None:
-        step.apply(self.labels.reshape(-1))
+        step.apply(self.labels)
         self.edited.flip(step.flipped)
         self.state = step.state_before if undoing else step.state_after
         self.class_list = step.classes_before if undoing else step.classes_after
@@ -366,7 +368,7 @@ class Session:
         :attr:`labels` and :attr:`edited`; :meth:`accept_refinement` then makes it current.
         """
         state = self._state()
-        labels = self.labels if labels is None else labels
+        labels = np.asarray(self.labels) if labels is None else labels
         edited = np.asarray(self.edited) if edited is None else edited
         scores = refined_scores(state, labels, edited, prior_cells=self.prior_cells, normalize=self.normalize)
         new = assign(scores, state.shape, state.stride, labels=labels, fixed=edited)
@@ -376,7 +378,7 @@ class Session:
         """Make a proposed refinement current (one undo step). Pixels the annotator set since
         the proposal was made keep their value."""
         new = np.asarray(new_labels).reshape(self.labels.shape)
-        new = np.where(np.asarray(self.edited), self.labels, new) if self.edited.any() else new
+        new = np.where(np.asarray(self.edited), np.asarray(self.labels), new) if self.edited.any() else new
         if margin is not None:
             self.margin = margin
         return self._record("refine", np.empty(0, np.int32), new_labels=new)
@@ -396,13 +398,13 @@ class Session:
 
     def remove_class(self, k: int) -> np.ndarray:
         """Remove class ``k`` (0-based); its pixels go to the best remaining class. One undo step."""
-        state, new, edited = remove_class(self._state(), self.labels, np.asarray(self.edited), k,
+        state, new, edited = remove_class(self._state(), np.asarray(self.labels), np.asarray(self.edited), k,
                                           prior_cells=self.prior_cells, normalize=self.normalize)
         return self._push("remove class", new, edited, state)
 
     def merge_classes(self, sources: Sequence[int] | int, into: int) -> np.ndarray:
         """Merge ``sources`` into class ``into`` (0-based; pixels and strokes). One undo step."""
-        state, new, _ = merge_classes(self._state(), self.labels, np.asarray(self.edited), sources, into)
+        state, new, _ = merge_classes(self._state(), np.asarray(self.labels), np.asarray(self.edited), sources, into)
         return self._push("merge classes", new, new_state=state)
 
     def rename_class(self, k: int, name: str, color: Sequence[int] | None = None) -> None:

@@ -90,7 +90,7 @@ def save_session(path: str | Path, session: Session) -> Path:
     state = session.prepare()
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
-        "labels": _write_array(folder, "labels", session.labels),
+        "labels": _write_array(folder, "labels", np.asarray(session.labels)),
         "edited": _write_array(folder, "edited", session.edited.bits),
         "attention": _write_array(folder, "attention", state.attention.astype(np.float32, copy=False)),
         "features": _write_array(folder, "features", state.features, state.features_id),
@@ -188,6 +188,6 @@ def load_session(path: str | Path) -> Session:
                       dict(index.get("parameters") or {}), str(index.get("model") or ""),
                       float(refine.get("prior_cells", PRIOR_CELLS)), bool(refine.get("normalize", False)),
                       class_list=classes)
-    session.margin = grid_margin(refined_scores(state, session.labels, edited, prior_cells=session.prior_cells,
+    session.margin = grid_margin(refined_scores(state, labels, edited, prior_cells=session.prior_cells,
                                                     normalize=session.normalize))
     return session

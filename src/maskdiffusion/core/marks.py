@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .packed_rows import PackedRows
+
 __all__ = ["Marks"]
 
 _SET_BITS = np.array([bin(byte).count("1") for byte in range(256)], np.uint8)
 
 
-class Marks:
+class Marks(PackedRows):
     """An (H, W) bool mask stored as bits.
 
     Reads: ``marks[y0:y1, x0:x1]`` (a bool array; other keys index the whole mask),
@@ -38,7 +40,7 @@ class Marks:
 
     def __init__(self, shape: tuple[int, int], bits: np.ndarray | None = None):
         self.shape = (int(shape[0]), int(shape[1]))
-        size = self.shape[0] * self.shape[1]
+        size = self.size
         if bits is None:
             bits = np.zeros((size + 7) // 8, np.uint8)
         elif bits.dtype != np.uint8 or bits.shape != ((size + 7) // 8,):
@@ -51,10 +53,6 @@ class Marks:
         if mask.ndim != 2:
             raise ValueError(f"marks are an (H, W) mask, not {mask.shape}")
         return cls(mask.shape, np.packbits(mask.reshape(-1)))
-
-    @property
-    def size(self) -> int:
-        return self.shape[0] * self.shape[1]
 
     @property
     def nbytes(self) -> int:
@@ -77,17 +75,6 @@ class Marks:
         first = start >> 3
         flat = np.unpackbits(self.bits[first:(stop + 7) >> 3], count=stop - first * 8)[start - first * 8:]
         return flat.view(bool).reshape(y1 - y0, width)
-
-    def __getitem__(self, key) -> np.ndarray:
-        if (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)
-                and key[0].step in (None, 1)):
-            y0, y1, _ = key[0].indices(self.shape[0])
-            return self.rows(y0, max(y0, y1))[:, key[1]]
-        return np.asarray(self)[key]
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        mask = self.rows(0, self.shape[0])
-        return mask if dtype is None else mask.astype(dtype)
 
     def flip(self, flat: np.ndarray) -> None:
         """Flip the marks at ``flat`` pixel indices (each once; sorted is fastest)."""

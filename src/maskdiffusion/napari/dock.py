@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
@@ -89,7 +90,7 @@ class AnnotatorDock(QWidget):
         plane = self.refine.current()[1] if run is self.refine.current()[0] else ()
         session = run.session(plane) or next(iter(run.sessions.values()))
         base = base_metadata(run.image, run.layers[0].metadata if run.layers else {})
-        data, kwargs, kind = semantic_layer_data(session.labels, session.classes, base)
+        data, kwargs, kind = semantic_layer_data(np.asarray(session.labels), session.classes, base)
         path = Path(path)
         write = write_palette_png if path.suffix.lower() == ".png" else write_geotiff
         if path.suffix.lower() not in (".tif", ".tiff", ".png"):

@@ -40,6 +40,7 @@ def read_session(path) -> list[tuple]:
             "session": str(folder)}
     if session.image.get("georeference"):
         base["georeference"] = session.image["georeference"]
-    out += [class_layer_data((session.labels == k).astype(np.uint8), spec, k, base)
+    labels = np.asarray(session.labels)
+    out += [class_layer_data((labels == k).astype(np.uint8), spec, k, base)
             for k, spec in enumerate(session.classes, start=1)]
     return out
