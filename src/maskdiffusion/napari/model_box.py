@@ -106,6 +106,7 @@ class ModelBox(QGroupBox):
 
         self.status.setText(f"loading {key[0]} …")
         self._failed = False
+        settle(self)
         self._loader = worker = create_worker(load, *key, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(partial(self._on_loaded, key))
         worker.errored.connect(self._on_error)

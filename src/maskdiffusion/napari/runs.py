@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .garbage import paused
+
 __all__ = ["PlaneStarted", "load", "prepare_sessions", "segment_planes", "spare_one_core"]
 
 
@@ -45,10 +47,11 @@ def spare_one_core(device) -> Iterator[None]:
 
 
 def load(source: str, device: str, precision: str):
-    """Load the model (cached per source, device and precision) with a core spared."""
+    """Load the model (cached per source, device and precision) with a core spared, the
+    garbage collector :func:`~.garbage.paused` meanwhile."""
     from ..model.loading import load_model, resolve_device
 
-    with spare_one_core(resolve_device(device)):
+    with spare_one_core(resolve_device(device)), paused():
         return load_model(source, device, None if precision == "auto" else precision)
 
 
