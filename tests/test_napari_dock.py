@@ -254,16 +254,17 @@ def test_a_map_of_several_bands_is_never_read_back_half_shown(make_napari_viewer
     stroke(qtbot, run.layers[0], [(y, 700) for y in range(0, 1536, 16)], size=40)
     strokes = int(session.edited.sum())
     seen = []
-    write = run.write
+    write = run._write
 
-    def write_and_try_a_sync(plane=(), region=None, only=None, **kwargs):
+    def write_and_try_a_sync(plane, region, only, refresh):
         seen.append((not any(ly.editable for ly in run.all_layers), run.sync_all(plane)))
-        n = write(plane, region, only, **kwargs)
-        if n and only is not None and only < len(writes):
-            writes[only].append(next(clock))
-        return n
+        counts = write(plane, region, only, refresh)
+        for k, n in enumerate(counts[:len(writes)]):
+            if n:
+                writes[k].append(next(clock))
+        return counts
 
-    run.write = write_and_try_a_sync
+    run._write = write_and_try_a_sync
     clock = iter(range(10**9))
     before = [np.array(ly.data) for ly in run.layers]
     writes, refreshed = ([[] for _ in run.layers] for _ in range(2))

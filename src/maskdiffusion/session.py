@@ -40,10 +40,11 @@ class _Step:
 
     A small change keeps the sorted flat indices of its pixels (``changed``) and their
     differences; a large one (a refinement of a 6000² tile changes millions of pixels) keeps
-    one difference map over the whole image instead, ``changed`` None, zlib-compressed when
-    that is smaller than the indices (zero where nothing changed and constant over a changed
-    region, the map shrinks tenfold or more); the dock makes and applies steps on its worker,
-    and zlib lets the interface's thread run meanwhile.
+    one difference map over the whole image instead, ``changed`` None: the stored bytes of a
+    :class:`~.core.label_map.LabelMap` of ``bits`` a pixel, zlib-compressed, when that is smaller
+    than the indices (zero where nothing changed and constant over a changed region, the map
+    shrinks tenfold or more); the dock makes and applies steps on its worker, and zlib lets the
+    interface's thread run meanwhile.
     """
 
     what: str
@@ -55,6 +56,7 @@ class _Step:
     state_after: RefineState | None
     classes_before: tuple
     classes_after: tuple
+    bits: int = 4
     dtype: np.dtype = np.dtype(np.uint8)
 
     @classmethod
@@ -65,17 +67,21 @@ class _Step:
         return cls(what, index, xor, n_changed=len(index), **fields)
 
     @classmethod
-    def between(cls, what: str, labels: LabelMap, new: np.ndarray, **fields) -> _Step:
-        """A step turning the whole map ``labels`` into ``new``, sparse or dense by size."""
-        xor = np.bitwise_xor(np.asarray(labels).reshape(-1), np.asarray(new, labels.dtype).reshape(-1))
+    def between(cls, what: str, labels: LabelMap, new: np.ndarray, current: np.ndarray | None = None,
+                **fields) -> tuple[_Step, LabelMap | None]:
+        """A step turning the whole map ``labels`` (``current``: its values, when already read)
+        into ``new``, sparse or dense by size; and, for a dense one, its difference map."""
+        current = np.asarray(labels) if current is None else current
+        xor = np.bitwise_xor(current.reshape(-1), np.asarray(new, labels.dtype).reshape(-1))
         n = int(np.count_nonzero(xor))
         index_bytes = np.dtype(np.int32 if labels.size < 2**31 else np.int64).itemsize + xor.itemsize
         if n * index_bytes > xor.nbytes // DENSE_SHRINK:
-            packed = zlib.compress(xor, 1)
+            diff = labels.like(xor)
+            packed = zlib.compress(diff.data, 1)
             if len(packed) < n * index_bytes:
-                return cls(what, None, packed, n_changed=n, dtype=xor.dtype, **fields)
+                return cls(what, None, packed, n_changed=n, bits=diff.bits, dtype=diff.dtype, **fields), diff
         index = _flat_index(xor)
-        return cls(what, index, xor[index], n_changed=n, **fields)
+        return cls(what, index, xor[index], n_changed=n, **fields), None
 
     def apply(self, labels: LabelMap) -> None:
         """Do the step's label changes on ``labels``, or undo them if done."""
@@ -83,7 +89,9 @@ class _Step:
             for i in range(0, len(self.changed), CHUNK):
                 labels.xor_at(self.changed[i:i + CHUNK], self.xor[i:i + CHUNK])
         else:
-            labels.xor_all(np.frombuffer(zlib.decompress(self.xor), self.dtype))
+            stored = np.uint8 if self.bits == 4 else self.dtype
+            labels.xor_map(LabelMap(labels.shape, self.bits, np.frombuffer(zlib.decompress(self.xor), stored),
+                                    self.dtype))
 
     @property
     def nbytes(self) -> int:
@@ -257,10 +265,10 @@ class Session:
 
     def _record(self, what: str, flipped: np.ndarray, new_state: RefineState | None = None, *,
                 changed: np.ndarray | None = None, after: np.ndarray | None = None,
-                new_labels: np.ndarray | None = None) -> np.ndarray:
+                new_labels: np.ndarray | None = None, current: np.ndarray | None = None) -> np.ndarray:
         """Apply a change and keep it as one undo step: new label values at sorted flat pixel indices
-        (``changed``, ``after``), or a whole new map (``new_labels``); ``flipped``: the flat
-        indices of the edited marks it flips."""
+        (``changed``, ``after``), or a whole new map (``new_labels``; ``current``: the map's values
+        if the caller has read them); ``flipped``: the flat indices of the edited marks it flips."""
         state_after = new_state if new_state is not None else self.state
         classes_after = tuple(state_after.classes) if state_after is not None else tuple(self.class_list)
         values = np.asarray(new_labels if new_labels is not None else after)
@@ -268,11 +276,15 @@ class Session:
         labels = self.labels
         fields = dict(flipped=_index_dtype(flipped, labels.size), state_before=self.state, state_after=state_after,
                       classes_before=tuple(self.classes), classes_after=classes_after)
+        diff = None
         if new_labels is not None:
-            step = _Step.between(what, labels, values, **fields)
+            step, diff = _Step.between(what, labels, values, current, **fields)
         else:
             step = _Step.sparse(what, labels, changed, after, **fields)
-        step.apply(labels)
+        if diff is not None:
+            labels.xor_map(diff)
+        else:
+            step.apply(labels)
         self.edited.flip(step.flipped)
         self.state, self.class_list = state_after, classes_after
         self.history.append(step)
@@ -377,11 +389,11 @@ class Session:
     def accept_refinement(self, new_labels: np.ndarray, margin: np.ndarray | None = None) -> np.ndarray:
         """Make a proposed refinement current (one undo step). Pixels the annotator set since
         the proposal was made keep their value."""
-        new = np.asarray(new_labels).reshape(self.labels.shape)
-        new = np.where(np.asarray(self.edited), np.asarray(self.labels), new) if self.edited.any() else new
+        new, current = np.asarray(new_labels).reshape(self.labels.shape), np.asarray(self.labels)
+        new = np.where(np.asarray(self.edited), current, new) if self.edited.any() else new
         if margin is not None:
             self.margin = margin
-        return self._record("refine", np.empty(0, np.int32), new_labels=new)
+        return self._record("refine", np.empty(0, np.int32), new_labels=new, current=current)
 
     def refine(self) -> np.ndarray:
         """Reassign every pixel the annotator did not set, learning from the strokes; one undo

@@ -56,8 +56,8 @@ class LabelMap(PackedRows):
     Reads as a NumPy array: ``labels[y0:y1, x0:x1]`` (only those rows are unpacked; other keys
     index the whole map), ``np.asarray(labels)``, ``labels == k``, :attr:`shape`,
     :attr:`dtype`. The writes are XORs, which is what undo steps keep: :meth:`xor_at` at flat
-    pixel indices and :meth:`xor_all` over the whole map; :meth:`fit` widens the storage
-    before larger values are written.
+    pixel indices and :meth:`xor_map` with a map of differences (:meth:`like`); :meth:`fit`
+    widens the storage before larger values are written.
     """
 
     __slots__ = ("bits", "data", "dtype", "shape")
@@ -102,6 +102,16 @@ class LabelMap(PackedRows):
 
     def copy(self) -> LabelMap:
         return LabelMap(self.shape, self.bits, self.data.copy(), self.dtype)
+
+    def like(self, values: np.ndarray) -> LabelMap:
+        """A map of the same shape and storage holding ``values`` (a map of differences)."""
+        return LabelMap(self.shape, self.bits, self._stored(values), self.dtype)
+
+    def _stored(self, values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values).reshape(-1)
+        if values.size != self.size:
+            raise ValueError(f"{values.size} values for a map of {self.size} pixels")
+        return _pack(values) if self.bits == 4 else values.astype(self.dtype)
 
     def flat_range(self, start: int, stop: int) -> np.ndarray:
         """The values of flat pixels ``start:stop``."""
@@ -167,15 +177,14 @@ class LabelMap(PackedRows):
         starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
         self.data[byte[starts]] ^= np.bitwise_xor.reduceat(nibbles, starts)
 
-    def xor_all(self, values: np.ndarray) -> None:
-        """XOR an (H, W) or flat array of ``values`` into the whole map."""
-        values = np.asarray(values).reshape(-1)
-        if values.size != self.size:
-            raise ValueError(f"{values.size} values for a map of {self.size} pixels")
-        if self.bits == 4:
-            self.data ^= _pack(values)
+    def xor_map(self, other: LabelMap) -> None:
+        """XOR the values of ``other``, a map of the same shape, into this one."""
+        if other.shape != self.shape:
+            raise ValueError(f"a {other.shape} map cannot change a {self.shape} one")
+        if other.bits == self.bits:
+            self.data ^= other.data
         else:
-            self.data ^= values.astype(self.dtype, copy=False)
+            self.data ^= self._stored(np.asarray(other))
 
     def __repr__(self) -> str:
         return f"LabelMap({self.shape}, {self.bits} bits a pixel)"

@@ -131,6 +131,22 @@ def stroke_region(event_value, plane: tuple[int, ...], shape: tuple[int, int]) -
     return min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes)
 
 
+def _session_band(session: Session, region: Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A band of the session: its labels, its painted pixels and the value a class layer shows
+    for each pixel of its class (:data:`STROKE` where painted, else :data:`DRAFT`)."""
+    y0, y1, x0, x1 = region
+    labels, edited = session.labels[y0:y1, x0:x1], session.edited[y0:y1, x0:x1]
+    shades = np.multiply(edited, np.uint8(STROKE - DRAFT), dtype=np.uint8)
+    shades += np.uint8(DRAFT)
+    return labels, edited, shades
+
+
+def _class_view(labels: np.ndarray, shades: np.ndarray, value: int) -> np.ndarray:
+    """What the class layer of label ``value`` shows of a band of the map: its pixels in their
+    shades (:func:`_session_band`), 0 elsewhere."""
+    return np.multiply(labels == value, shades, dtype=np.uint8)
+
+
 @dataclass(eq=False)
 class ImageRun:
     """One segmented image in the viewer: its class layers and one session per plane.
@@ -195,21 +211,25 @@ class ImageRun:
             lut[value] = index.get(spec.name.lower(), 0)
         return lut
 
-    def read_strokes(self, layer: Labels, plane: tuple[int, ...], region: Region | None = None):
+    def read_strokes(self, layer: Labels, plane: tuple[int, ...], region: Region | None = None,
+                     session_band: tuple[np.ndarray, ...] | None = None):
         """What the annotator changed in ``layer`` since the session last wrote it: (region,
-        new labels, painted, released) over that region, or ``None`` if nothing changed."""
+        new labels, painted, released) over that region, or ``None`` if nothing changed.
+        ``session_band``: :func:`_session_band` over the region, when already read."""
         session = self.sessions[tuple(plane)]
         height, width = session.labels.shape
-        y0, y1, x0, x1 = region or (0, height, 0, width)
+        y0, y1, x0, x1 = region = region or (0, height, 0, width)
         current = np.asarray(layer.data[(*plane, slice(y0, y1), slice(x0, x1))])
-        labels = session.labels[y0:y1, x0:x1]
+        labels, edited, shades = session_band or _session_band(session, region)
         lut = self._layer_values(layer, session)
         if lut is None:
             value = next((k for k, own in enumerate(self.layers, start=1) if own is layer), None)
             if value is None:
                 return None
+            if np.array_equal(current, _class_view(labels, shades, value)):
+                return None
             expected = labels == value
-            confirmed = expected & session.edited[y0:y1, x0:x1]
+            confirmed = expected & edited
             painted = ((current == STROKE) & ~confirmed) | ((current != 0) & ~expected)
             released = expected & (current == 0)
             new = np.where(painted, value, labels)
@@ -222,10 +242,11 @@ class ImageRun:
             return None
         return (y0, y1, x0, x1), new, painted, released
 
-    def _take(self, layer: Labels, plane: tuple[int, ...], region: Region | None) -> int | None:
+    def _take(self, layer: Labels, plane: tuple[int, ...], region: Region | None,
+              session_band: tuple[np.ndarray, ...] | None = None) -> int | None:
         """Make ``layer``'s changes over ``region`` one session step and show it in every layer;
         the pixels painted, or ``None`` if the layer showed the session's map."""
-        found = self.read_strokes(layer, plane, region)
+        found = self.read_strokes(layer, plane, region, session_band)
         if found is None:
             return None
         box, new, painted, released = found
@@ -255,7 +276,8 @@ class ImageRun:
         the interface. ``False`` if the run is not idle."""
         if self.writing or not self.idle or tuple(plane) not in self.sessions:
             return False
-        height, width = self.sessions[tuple(plane)].labels.shape
+        session = self.sessions[tuple(plane)]
+        height, width = session.labels.shape
         rows = max(1, BAND_PIXELS // max(width, 1))
         painted = 0
         self.busy = True
@@ -263,8 +285,13 @@ class ImageRun:
 
         def band(start: int):
             nonlocal painted
+            y1 = min(height, start + rows)
+            shown = None
             for layer in self.all_layers:
-                painted += self._take(layer, tuple(plane), (start, min(height, start + rows), 0, width)) or 0
+                shown = shown or _session_band(session, (start, y1, 0, width))
+                taken = self._take(layer, tuple(plane), (start, y1, 0, width), shown)
+                if taken is not None:
+                    painted, shown = painted + taken, None
 
         def done():
             self.busy = False
@@ -278,23 +305,26 @@ class ImageRun:
               refresh: bool = True) -> int:
         """Show the plane's session map in every layer of the run (only pixels that differ), or
         in the ``only``-th one (0-based; the semantic map is the last). ``refresh``: see
-        :func:`~.layers.write_into_layer`."""
+        :func:`~.layers.write_into_layer`. Returns the number of pixels changed."""
+        return sum(self._write(plane, region, only, refresh))
+
+    def _write(self, plane: tuple[int, ...], region: Region | None, only: int | None, refresh: bool) -> list[int]:
+        """:meth:`write`, returning the pixels changed in each of :attr:`all_layers`."""
         session = self.sessions[tuple(plane)]
         height, width = session.labels.shape
         y0, y1, x0, x1 = region or (0, height, 0, width)
-        labels = session.labels[y0:y1, x0:x1]
-        shade = np.where(session.edited[y0:y1, x0:x1], np.uint8(STROKE), np.uint8(DRAFT))
-        changed = 0
+        labels, _, shades = _session_band(session, (y0, y1, x0, x1))
+        changed = [0] * len(self.all_layers)
         self.writing = True
         try:
             for value, layer in enumerate(self.layers, start=1):
                 if only is None or only == value - 1:
-                    changed += write_into_layer(layer, np.where(labels == value, shade, 0).astype(np.uint8),
-                                                tuple(plane), (y0, y1, x0, x1), refresh=refresh)
+                    changed[value - 1] = write_into_layer(layer, _class_view(labels, shades, value), tuple(plane),
+                                                          (y0, y1, x0, x1), refresh=refresh)
             if self.semantic is not None and (only is None or only == len(self.layers)):
                 values = self._semantic_values(session)
-                changed += write_into_layer(self.semantic, values[labels], tuple(plane), (y0, y1, x0, x1),
-                                            refresh=refresh)
+                changed[-1] = write_into_layer(self.semantic, values[labels], tuple(plane), (y0, y1, x0, x1),
+                                               refresh=refresh)
         finally:
             self.writing = False
         return changed
@@ -313,7 +343,8 @@ class ImageRun:
         holding ``changed`` flat pixel indices, when given), then call ``then``: a 6000² map
         never freezes the interface for the whole of it. A change of more than 1/DENSE_SHARE
         of the pixels (or an unknown one) is written straight into the arrays and each layer
-        that changed is then refreshed once, a layer per turn."""
+        that changed is then refreshed once, a layer per turn (a band of every layer a piece:
+        the band's labels are read once)."""
         session = self.sessions[tuple(plane)]
         height, width = session.labels.shape
         y0, y1 = 0, height
@@ -328,8 +359,9 @@ class ImageRun:
         self.pending_writes += 1
         self.hold_layers()
 
-        def write(start: int, k: int):
-            written[k] += self.write(plane, (start, min(y1, start + rows), 0, width), only=k, refresh=not dense)
+        def write(start: int, k: int | None):
+            counts = self._write(plane, (start, min(y1, start + rows), 0, width), k, not dense)
+            written[:] = [a + b for a, b in zip(written, counts)]
 
         def show(k: int) -> bool:
             if written[k]:
@@ -343,8 +375,12 @@ class ImageRun:
                 then()
 
         layers = range(len(self.all_layers))
-        pieces = [partial(write, start, k) for start in range(y0, y1, rows) for k in layers]
-        in_turns([*pieces, *(partial(show, k) for k in layers)] if dense else pieces, done, self.defer)
+        if dense:
+            pieces = [partial(write, start, None) for start in range(y0, y1, rows)]
+            pieces += [partial(show, k) for k in layers]
+        else:
+            pieces = [partial(write, start, k) for start in range(y0, y1, rows) for k in layers]
+        in_turns(pieces, done, self.defer)
 
     def _step(self, plane: tuple[int, ...], method: str) -> bool:
         session = self.sessions.get(tuple(plane))
