@@ -260,6 +260,18 @@ def _uniform_quads(winner: np.ndarray) -> np.ndarray:
     return (c == w[1:, :-1]) & (c == w[:-1, 1:]) & (c == w[1:, 1:])
 
 
+def _first_best(scores: np.ndarray) -> np.ndarray:
+    """``scores.argmax(0)`` for finite scores (the first best on ties), one class at a time:
+    over a few classes, contiguous comparisons beat numpy's argmax along a leading axis (1.7×)."""
+    best = np.zeros(scores.shape[1:], np.intp)
+    top = scores[0].copy()
+    for k in range(1, len(scores)):
+        higher = scores[k] > top
+        best[higher] = k
+        np.maximum(top, scores[k], out=top)
+    return best
+
+
 def assign(scores: np.ndarray, shape: tuple[int, int], stride: float, *, labels: np.ndarray | None = None,
            fixed: np.ndarray | None = None, confidence: bool = False):
     """Label map (1..K) from (K, gh, gw) grid scores: bilinear scores (align_corners=False), argmax.
@@ -301,7 +313,7 @@ def assign(scores: np.ndarray, shape: tuple[int, int], stride: float, *, labels:
         if len(cols):
             a = rows[:, q, cols]
             s = a[:, None] + (rows[:, min(q + 1, gh - 1), cols] - a)[:, None] * wy[r0:r1, None]
-            best = s.argmax(0)
+            best = _first_best(s)
             band[:, cols] = best + 1
             if confidence:
                 if K > 1:
