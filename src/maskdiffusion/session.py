@@ -44,7 +44,7 @@ class _Step:
     :class:`~.core.label_map.LabelMap` of ``bits`` a pixel, zlib-compressed, when that is smaller
     than the indices (zero where nothing changed and constant over a changed region, the map
     shrinks tenfold or more); the dock makes and applies steps on its worker, and zlib lets the
-    interface's thread run meanwhile.
+    interface's thread run meanwhile. ``bits`` and ``dtype`` describe that map's layout.
     """
 
     what: str
@@ -265,7 +265,7 @@ class Session:
 
     def _record(self, what: str, flipped: np.ndarray, new_state: RefineState | None = None, *,
                 changed: np.ndarray | None = None, after: np.ndarray | None = None,
-                new_labels: np.ndarray | None = None, current: np.ndarray | None = None) -> np.ndarray:
+                new_labels: np.ndarray | None = None, current: np.ndarray | None = None) -> LabelMap:
         """Apply a change and keep it as one undo step: new label values at sorted flat pixel indices
         (``changed``, ``after``), or a whole new map (``new_labels``; ``current``: the map's values
         if the caller has read them); ``flipped``: the flat indices of the edited marks it flips."""
@@ -295,7 +295,7 @@ class Session:
         return self.labels
 
     def _push(self, what: str, new_labels: np.ndarray, new_edited: np.ndarray | None = None,
-              new_state: RefineState | None = None) -> np.ndarray:
+              new_state: RefineState | None = None) -> LabelMap:
         """Make ``new_labels`` (and ``new_edited``, ``new_state``) current as one undo step."""
         flipped = (_flat_index(np.asarray(self.edited).reshape(-1) != np.asarray(new_edited, bool).reshape(-1))
                    if new_edited is not None else np.empty(0, np.int32))
@@ -307,7 +307,7 @@ class Session:
         self.state = step.state_before if undoing else step.state_after
         self.class_list = step.classes_before if undoing else step.classes_after
 
-    def undo(self) -> np.ndarray | None:
+    def undo(self) -> LabelMap | None:
         """Put back the map, classes and edits from before the last step; ``None`` if none."""
         if not self.history:
             return None
@@ -316,7 +316,7 @@ class Session:
         self.future.append(step)
         return self.labels
 
-    def redo(self) -> np.ndarray | None:
+    def redo(self) -> LabelMap | None:
         """Do again the last undone step; ``None`` if none."""
         if not self.future:
             return None
@@ -360,7 +360,7 @@ class Session:
         self._record(what, flipped, changed=changed, after=target[ys, xs])
         return int(np.count_nonzero(painted))
 
-    def replace_run(self, result) -> np.ndarray:
+    def replace_run(self, result) -> LabelMap:
         """A new model run of the same image: its draft replaces the map (one undo step), the
         annotator's marks are cleared, its features become the refinement's."""
         self._pending, self.state = (result if getattr(result, "features", None) is not None else None), None
@@ -386,7 +386,7 @@ class Session:
         new = assign(scores, state.shape, state.stride, labels=labels, fixed=edited)
         return new, grid_margin(scores)
 
-    def accept_refinement(self, new_labels: np.ndarray, margin: np.ndarray | None = None) -> np.ndarray:
+    def accept_refinement(self, new_labels: np.ndarray, margin: np.ndarray | None = None) -> LabelMap:
         """Make a proposed refinement current (one undo step). Pixels the annotator set since
         the proposal was made keep their value."""
         new, current = np.asarray(new_labels).reshape(self.labels.shape), np.asarray(self.labels)
@@ -395,7 +395,7 @@ class Session:
             self.margin = margin
         return self._record("refine", np.empty(0, np.int32), new_labels=new, current=current)
 
-    def refine(self) -> np.ndarray:
+    def refine(self) -> LabelMap:
         """Reassign every pixel the annotator did not set, learning from the strokes; one undo
         step. Returns the new (H, W) label map; edited pixels are unchanged."""
         return self.accept_refinement(*self.propose_refinement())
@@ -408,13 +408,13 @@ class Session:
         self._push("add class", self.labels, new_state=state)
         return state.n_classes - 1
 
-    def remove_class(self, k: int) -> np.ndarray:
+    def remove_class(self, k: int) -> LabelMap:
         """Remove class ``k`` (0-based); its pixels go to the best remaining class. One undo step."""
         state, new, edited = remove_class(self._state(), np.asarray(self.labels), np.asarray(self.edited), k,
                                           prior_cells=self.prior_cells, normalize=self.normalize)
         return self._push("remove class", new, edited, state)
 
-    def merge_classes(self, sources: Sequence[int] | int, into: int) -> np.ndarray:
+    def merge_classes(self, sources: Sequence[int] | int, into: int) -> LabelMap:
         """Merge ``sources`` into class ``into`` (0-based; pixels and strokes). One undo step."""
         state, new, _ = merge_classes(self._state(), np.asarray(self.labels), np.asarray(self.edited), sources, into)
         return self._push("merge classes", new, new_state=state)

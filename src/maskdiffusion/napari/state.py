@@ -218,7 +218,8 @@ class ImageRun:
         ``session_band``: :func:`_session_band` over the region, when already read."""
         session = self.sessions[tuple(plane)]
         height, width = session.labels.shape
-        y0, y1, x0, x1 = region = region or (0, height, 0, width)
+        region = region or (0, height, 0, width)
+        y0, y1, x0, x1 = region
         current = np.asarray(layer.data[(*plane, slice(y0, y1), slice(x0, x1))])
         labels, edited, shades = session_band or _session_band(session, region)
         lut = self._layer_values(layer, session)
