@@ -602,6 +602,44 @@ def test_the_rest_point_freezes_while_the_refine_tab_is_open_and_not_for_a_close
     assert not garbage.settle(panel)
 
 
+def test_a_paused_burst_is_frozen_unless_released_objects_wait_for_their_collection():
+    """What a paused burst makes joins the frozen objects without a walk; but where released
+    objects (a removed layer) wait for a full collection, that collection runs at its end, so
+    they are freed, not frozen."""
+    import gc
+    import weakref
+
+    from maskdiffusion.napari import garbage
+
+    class Node:
+        pass
+
+    def cycle():
+        node = Node()
+        node.me = node
+        return node
+
+    gc.collect()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with garbage.paused():
+            assert not gc.isenabled()
+            made = [cycle() for _ in range(1000)]
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + 1000, "the burst is out of the walk"
+        del made
+        garbage.release()
+        dropped = cycle()
+        gone = weakref.ref(dropped)
+        del dropped
+        with garbage.paused():
+            pass
+        assert gone() is None, "released objects were collected, not frozen"
+    finally:
+        garbage.release()
+        gc.collect()
+
+
 def test_no_garbage_collection_runs_while_a_model_loads(make_napari_viewer, qtbot, tiny_model_dir):
     """Loading a model makes ~0.5 M objects: the collections they tripped on the loading thread
     froze the window for 0.1-0.2 s each. On screen, none runs while the model loads, and what the
