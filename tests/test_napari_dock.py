@@ -30,7 +30,8 @@ def _settings_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MASKDIFFUSION_CONFIG_DIR", str(tmp_path / "config"))
 
 
-def make_dock(viewer, qtbot, model_dir, classes=CLASSES, tile=256):
+def dock_with_model_chosen(viewer, model_dir):
+    """The annotator docked, the model chosen (on the CPU, fp32) but not loaded."""
     from maskdiffusion.napari.dock import AnnotatorDock
 
     dock = AnnotatorDock(viewer)
@@ -39,6 +40,12 @@ def make_dock(viewer, qtbot, model_dir, classes=CLASSES, tile=256):
     box.source_combo.setCurrentText(str(model_dir))
     box.device_combo.setCurrentText("cpu")
     box.precision_combo.setCurrentText("fp32")
+    return dock
+
+
+def make_dock(viewer, qtbot, model_dir, classes=CLASSES, tile=256):
+    dock = dock_with_model_chosen(viewer, model_dir)
+    box = dock.segment.model_box
     box.load()
     assert not dock.segment.run_button.isEnabled()
     qtbot.waitUntil(lambda: not box.loading, timeout=TIMEOUT_MS)
@@ -648,16 +655,10 @@ def test_no_garbage_collection_runs_while_a_model_loads(make_napari_viewer, qtbo
     import threading
 
     from maskdiffusion.model.loading import clear_model_cache
-    from maskdiffusion.napari.dock import AnnotatorDock
 
     clear_model_cache()
     viewer = make_napari_viewer(show=True)
-    dock = AnnotatorDock(viewer)
-    viewer.window.add_dock_widget(dock, name="MaskDiffusion")
-    box = dock.segment.model_box
-    box.source_combo.setCurrentText(str(tiny_model_dir))
-    box.device_combo.setCurrentText("cpu")
-    box.precision_combo.setCurrentText("fp32")
+    box = dock_with_model_chosen(viewer, tiny_model_dir).segment.model_box
     off_the_interface = []
 
     def on_collection(phase, info):
