@@ -41,11 +41,11 @@ def settle(widget=None) -> bool:
     hidden tab still counts), or while objects released by :func:`release`
     still wait for the full collection that frees them.
     """
+    global _frozen
     try:
         off_screen = widget is not None and not widget.window().isVisible()
     except RuntimeError:  # the widget was deleted meanwhile (its window closed)
         off_screen = True
-    global _frozen
     if _released or off_screen:
         return False
     gc.collect(2 if _frozen else 1)
@@ -87,7 +87,6 @@ def _on_collection(phase: str, info: dict) -> None:
     global _released
     if phase == "stop" and info["generation"] == 2:
         _released = False
-_frozen = False
 
 
 gc.callbacks.append(_on_collection)
