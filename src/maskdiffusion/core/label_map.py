@@ -40,6 +40,11 @@ def _bits_for(top: int) -> int:
     return 8 * np.dtype(label_dtype(top)).itemsize
 
 
+def _dtype_for(bits: int, top: int) -> np.dtype:
+    """The values' dtype of a map stored in ``bits`` a pixel holding values up to ``top``."""
+    return np.dtype(np.uint8 if bits <= 8 else label_dtype(top))
+
+
 def _pack(values: np.ndarray) -> np.ndarray:
     """Flat values below 16 two a byte, the first in the high nibble (an odd count is padded)."""
     values = np.asarray(values, np.uint8).reshape(-1)
@@ -48,6 +53,12 @@ def _pack(values: np.ndarray) -> np.ndarray:
     packed = np.left_shift(values[0::2], 4)
     packed |= values[1::2]
     return packed
+
+
+def _stored(values: np.ndarray, bits: int, dtype: np.dtype) -> np.ndarray:
+    """Flat storage of ``values`` at ``bits`` a pixel (a fresh array)."""
+    flat = np.asarray(values).reshape(-1)
+    return _pack(flat) if bits == 4 else flat.astype(dtype, copy=True)
 
 
 class LabelMap(PackedRows):
@@ -85,10 +96,8 @@ class LabelMap(PackedRows):
             raise ValueError(f"a label map is an (H, W) array of unsigned integers, not {labels.shape} {labels.dtype}")
         top = max(int(n_classes), int(labels.max()) if labels.size else 0)
         bits = _bits_for(top)
-        dtype = np.uint8 if bits <= 8 else label_dtype(top)
-        flat = labels.reshape(-1)
-        data = _pack(flat) if bits == 4 else flat.astype(dtype, copy=True)
-        return cls(labels.shape, bits, data, dtype)
+        dtype = _dtype_for(bits, top)
+        return cls(labels.shape, bits, _stored(labels, bits, dtype), dtype)
 
     # ------------------------------------------------------------------ reading
 
@@ -105,13 +114,10 @@ class LabelMap(PackedRows):
 
     def like(self, values: np.ndarray) -> LabelMap:
         """A map of the same shape and storage holding ``values`` (a map of differences)."""
-        return LabelMap(self.shape, self.bits, self._stored(values), self.dtype)
-
-    def _stored(self, values: np.ndarray) -> np.ndarray:
-        values = np.asarray(values).reshape(-1)
+        values = np.asarray(values)
         if values.size != self.size:
             raise ValueError(f"{values.size} values for a map of {self.size} pixels")
-        return _pack(values) if self.bits == 4 else values.astype(self.dtype)
+        return LabelMap(self.shape, self.bits, _stored(values, self.bits, self.dtype), self.dtype)
 
     def flat_range(self, start: int, stop: int) -> np.ndarray:
         """The values of flat pixels ``start:stop``."""
@@ -155,9 +161,9 @@ class LabelMap(PackedRows):
         bits = _bits_for(int(top))
         if bits <= self.bits:
             return
-        values = np.asarray(self).reshape(-1)
-        self.bits, self.dtype = bits, np.dtype(np.uint8 if bits == 8 else label_dtype(int(top)))
-        self.data = values.astype(self.dtype)
+        values = np.asarray(self)
+        self.bits, self.dtype = bits, _dtype_for(bits, int(top))
+        self.data = _stored(values, bits, self.dtype)
 
     def xor_at(self, flat: np.ndarray, values: np.ndarray) -> None:
         """XOR ``values`` into the pixels at distinct ``flat`` indices (sorted is fastest;
@@ -184,7 +190,7 @@ class LabelMap(PackedRows):
         if other.bits == self.bits:
             self.data ^= other.data
         else:
-            self.data ^= self._stored(np.asarray(other))
+            self.data ^= _stored(np.asarray(other), self.bits, self.dtype)
 
     def __repr__(self) -> str:
         return f"LabelMap({self.shape}, {self.bits} bits a pixel)"
