@@ -467,6 +467,39 @@ def test_progress_shows_tiles_and_time_left(annotator, qtbot):
     assert any("left" in t[0] for t in tiles[1:-1])
 
 
+def test_a_tile_done_paints_the_progress_bar_with_the_next_frame_not_at_once(make_napari_viewer, qtbot,
+                                                                            tiny_model_dir):
+    """``QProgressBar.setValue`` repaints at once: in a window holding napari's OpenGL canvas
+    that is a whole window frame per tile (20-100 ms under a software renderer), then the
+    canvas's own frame. On screen, the bar's new value is painted with the next frame."""
+    from qtpy.QtCore import QEvent, QObject
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "neon_osbs")
+    dock = make_dock(viewer, qtbot, tiny_model_dir)
+    dock.segment.parameters["tile_size"].value = 128
+    bar = dock.segment.progress_bar
+    paints = []
+
+    class PaintCounter(QObject):
+        def eventFilter(self, watched, event):  # noqa: N802 (Qt's name)
+            if event.type() == QEvent.Type.Paint:
+                paints.append(bar.value())
+            return False
+
+    counter = PaintCounter()
+    bar.installEventFilter(counter)
+    at_change, after_step = [], []
+    bar.valueChanged.connect(lambda _: at_change.append(len(paints)))
+    worker = dock.segment.run()
+    worker.yielded.connect(lambda _: at_change and after_step.append((at_change[-1], len(paints))))
+    qtbot.waitUntil(lambda: not dock.segment.running, timeout=TIMEOUT_MS)
+    bar.removeEventFilter(counter)
+    assert len(after_step) >= 8
+    assert all(painted == before for before, painted in after_step), "no paint inside a progress step"
+    assert any(value > 0 for value in paints), "the bar shows the tiles done"
+
+
 def test_band_stack_with_band_choice(make_napari_viewer, qtbot, tiny_model_dir):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "potsdam_like")
