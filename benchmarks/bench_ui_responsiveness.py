@@ -24,6 +24,8 @@ textures (in process memory under Xvfb's software renderer) and the heap.
 turn later, when napari uploads its texture); ``full_garbage_collections``: the full collections
 during the phases and the longest (the dock keeps long-lived objects out of them, see
 ``maskdiffusion/napari/garbage.py``);
+``napari_floor_ms``: napari's own costs on this machine, the plugin aside: one frame of the window
+with the run shown (:func:`window_frame_ms`) and one layer's insertion (:func:`napari_insert_ms`);
 ``longest_main_thread_calls_ms``: the dock's longest callbacks on the interface's thread;
 ``longest_worker_calls_ms``: the session's steps on worker threads (cache, refinement).
 
@@ -145,6 +147,35 @@ def record_collections() -> list[tuple[int, float, float]]:
     return done
 
 
+def window_frame_ms(viewer, app, repeats: int = 5) -> dict:
+    """One frame of the window as it is (the image and the class layers shown): what every pan
+    or zoom costs on this machine, the plugin aside; no stall is shorter while the canvas redraws."""
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas.native
+    frames = []
+    for i in range(repeats):
+        app.processEvents()
+        viewer.camera.zoom *= 1.01 if i % 2 else 1 / 1.01
+        start = time.perf_counter()
+        canvas.repaint()
+        frames.append((time.perf_counter() - start) * 1000)
+    return {"median": round(statistics.median(frames)), "max": round(max(frames))}
+
+
+def napari_insert_ms(viewer, app, repeats: int = 5) -> dict:
+    """napari inserting a hidden 1×1 Labels layer (its visuals, overlays and controls: the same
+    at any size). Measured last: removing a layer gives the frozen objects back to the collector."""
+    import numpy as np
+
+    inserts = []
+    for i in range(repeats):
+        app.processEvents()
+        start = time.perf_counter()
+        layer = viewer.add_labels(np.zeros((1, 1), np.uint8), visible=False, name=f"floor {i}")
+        inserts.append((time.perf_counter() - start) * 1000)
+        viewer.layers.remove(layer)
+    return {"median": round(statistics.median(inserts)), "max": round(max(inserts))}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=6000, help="image side in pixels (default 6000)")
@@ -248,6 +279,7 @@ def main(argv=None) -> dict:
         settle()
         after_run = rss_mb()
 
+        result["napari_floor_ms"] = {"window_frame": window_frame_ms(viewer, app)}
         session = run.session(())
         result["cache_after_run"] = phase(app, ticks, lambda: None, lambda: session.prepared, args.timeout)
         dock.tabs.setCurrentIndex(1)
@@ -305,6 +337,7 @@ def main(argv=None) -> dict:
         full = sorted((b - a) * 1000 for generation, a, b in collections if generation == 2)
         result["full_garbage_collections"] = {"count": len(full), "longest_ms": round(full[-1], 1) if full else 0.0,
                                               "objects_tracked": len(gc.get_objects())}
+        result["napari_floor_ms"]["add_labels_1px"] = napari_insert_ms(viewer, app)
         result["longest_main_thread_calls_ms"] = dict(sorted(longest_calls.items(), key=lambda kv: -kv[1]))
         result["longest_worker_calls_ms"] = worker_calls
         viewer.close()
