@@ -716,6 +716,45 @@ def test_no_garbage_collection_runs_while_a_model_loads(make_napari_viewer, qtbo
     assert gc.get_freeze_count() > frozen_at_start, "the loaded model is out of the walk"
 
 
+FIRST_TORCH_OPEN = """
+import json, sys, threading, time
+from maskdiffusion.napari.runs import open_torch_libraries
+
+assert "torch" not in sys.modules
+span = {}
+def work():
+    start = time.perf_counter()
+    span["opened"] = open_torch_libraries()
+    span["start"], span["end"] = start, time.perf_counter()
+worker = threading.Thread(target=work)
+beats = []
+worker.start()
+while worker.is_alive():
+    beats.append(time.perf_counter())
+inside = [span["start"], *(b for b in beats if span["start"] <= b <= span["end"]), span["end"]]
+torch_imported_early = "torch" in sys.modules
+import torch
+print(json.dumps({"opened": span["opened"], "seconds": span["end"] - span["start"],
+                  "longest_lockout": max(b - a for a, b in zip(inside, inside[1:])),
+                  "torch_imported_early": torch_imported_early, "torch_works": float(torch.ones(2).sum())}))
+"""
+
+
+def test_torchs_libraries_open_without_locking_the_interface_out():
+    """``import torch`` opens libtorch_cpu holding the interpreter lock: 0.2-0.4 s in which the
+    interface's thread runs no Python (a frozen window on a first model load). Opened first from
+    the loading thread, the interface's thread keeps running; torch then imports and works."""
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", FIRST_TORCH_OPEN], capture_output=True, text=True, timeout=300,
+                         check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["opened"] and "libtorch_cpu" in " ".join(seen["opened"])
+    assert not seen["torch_imported_early"] and seen["torch_works"] == 2.0
+    assert seen["longest_lockout"] < seen["seconds"] / 2, seen
+
+
 def test_long_lived_objects_leave_the_collectors_walk_and_dropped_ones_are_freed(make_napari_viewer, qtbot,
                                                                                tiny_model_dir):
     """A full garbage collection over napari, torch and the model froze the window for 0.3 s at

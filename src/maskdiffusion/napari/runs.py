@@ -7,14 +7,18 @@ widgets) and stop between tiles when the worker is quit. torch is imported here,
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from .garbage import paused
 
-__all__ = ["PlaneStarted", "load", "prepare_sessions", "segment_planes", "spare_one_core"]
+__all__ = ["PlaneStarted", "load", "open_torch_libraries", "prepare_sessions", "segment_planes", "spare_one_core"]
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,38 @@ def spare_one_core(device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def open_torch_libraries() -> list[str]:
+    """Open torch's core C++ libraries with the interpreter lock released, before ``import
+    torch`` opens them holding it; returns the libraries opened.
+
+    Opening ``libtorch_cpu`` runs its static initialisers (every operator registered): 0.2–0.4 s
+    here, during which no other thread runs Python, so the window froze on a first model load.
+    Opened beforehand through libc's ``dlopen`` (a foreign call, made without the lock), the
+    import finds them loaded. Local scope, as the import would open them; nothing is done once
+    torch is imported, on Windows, or when the files are not where the wheel puts them.
+    """
+    if "torch" in sys.modules or os.name != "posix":
+        return []
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    suffix = ".dylib" if sys.platform == "darwin" else ".so"
+    dlopen = ctypes.CDLL(None).dlopen
+    dlopen.argtypes, dlopen.restype = [ctypes.c_char_p, ctypes.c_int], ctypes.c_void_p
+    opened = []
+    for name in ("libc10", "libtorch_cpu"):
+        path = folder / f"{name}{suffix}"
+        if path.is_file() and dlopen(os.fsencode(path), os.RTLD_NOW | os.RTLD_LOCAL):
+            opened.append(path.name)
+    return opened
+
+
 def load(source: str, device: str, precision: str):
-    """Load the model (cached per source, device and precision) with a core spared, the
-    garbage collector :func:`~.garbage.paused` meanwhile."""
+    """Load the model (cached per source, device and precision) with a core spared and the
+    garbage collector :func:`~.garbage.paused`, torch's libraries opened first without the
+    interpreter lock (:func:`open_torch_libraries`)."""
+    open_torch_libraries()
     from ..model.loading import load_model, resolve_device
 
     with spare_one_core(resolve_device(device)), paused():
