@@ -309,6 +309,24 @@ def test_the_refinement_cache_is_built_while_the_annotator_looks(annotator, qtbo
     assert "refined from" in dock.refine.status.text() and session.last_step == "refine"
 
 
+def test_next_unsure_region_centres_the_view_on_it(annotator, qtbot):
+    import warnings
+
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    session = run.session(())
+    qtbot.waitUntil(lambda: session.prepared, timeout=TIMEOUT_MS)
+    dock.refine.reset_choices()
+    viewer.scene.camera.center = (0, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        pixel = dock.refine.next_unsure_region()
+    assert pixel is not None
+    world = run.layers[0].data_to_world(pixel)
+    assert np.allclose(viewer.scene.camera.center[-2:], world[-2:])
+    assert "unsure region around row" in dock.refine.status.text()
+
+
 def test_refine_reads_the_layers_a_band_per_turn_and_misses_no_change(make_napari_viewer, qtbot, tiny_model_dir,
                                                                       monkeypatch):
     """Item 5: reading back every layer of a 6000² map froze the window 0.4 s on each Refine; it

@@ -468,7 +468,8 @@ class RefinePanel(QWidget):
         self._visited.append((gy, gx))
         pixel = (gy * stride + (stride - 1) / 2, gx * stride + (stride - 1) / 2)
         world = run.layers[0].data_to_world((*plane, *pixel))
-        self.viewer.camera.center = tuple(world[-2:]) if self.viewer.dims.ndisplay == 2 else tuple(world)
+        camera = getattr(self.viewer, "scene", self.viewer).camera  # napari 0.9 moved it to the scene
+        camera.center = tuple(world[-2:]) if self.viewer.dims.ndisplay == 2 else tuple(world)
         self.status.setText(f"unsure region around row {int(pixel[0])}, column {int(pixel[1])}")
         return pixel
 
