@@ -13,6 +13,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from maskdiffusion.napari import layers
+from maskdiffusion.session_bundle import load_session
 
 pytestmark = [
     pytest.mark.gui,
@@ -585,6 +586,60 @@ def test_session_saves_and_opens_to_continue_refining(annotator, qtbot, tmp_path
     dock2.refine.refine()
     wait_refine(dock2, qtbot)
     assert reopened.session(()).last_step == "refine" and one_class_per_pixel(reopened)
+
+
+def test_autosave_leaves_the_interface_free_and_loses_no_stroke(annotator, qtbot, tmp_path):
+    """Autosave read every layer back and wrote the bundle on the interface's thread: 1-2 s
+    frozen every two minutes at 6000². It returns at once, reads back in turns and writes on a
+    worker; a stroke made meanwhile is in the next save."""
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    qtbot.waitUntil(lambda: run.session(()).prepared, timeout=TIMEOUT_MS)
+    box = dock.refine.session_box
+    bundle = tmp_path / "tile.mdsession"
+    run.session_path = bundle
+    dock.refine.reset_choices()
+    stroke(qtbot, viewer.layers["tree"], [(40, 40)])
+    assert box.autosave()
+    assert not bundle.exists(), "nothing is written on the interface's thread"
+    viewer.layers["road"].paint((150, 150), layers.STROKE)
+    qtbot.waitUntil(lambda: box._writing is None and (bundle / "session.json").exists(), timeout=TIMEOUT_MS)
+    saved = load_session(bundle)
+    assert saved.labels[40, 40] == CLASSES.index("tree") + 1 and saved.edited[40, 40]
+    qtbot.wait(30)
+    assert box.dirty or saved.labels[150, 150] == CLASSES.index("road") + 1
+    box.autosave()
+    qtbot.waitUntil(lambda: box._writing is None and not box.dirty, timeout=TIMEOUT_MS)
+    saved = load_session(bundle)
+    assert saved.labels[150, 150] == CLASSES.index("road") + 1 and saved.edited[150, 150]
+    assert np.array_equal(saved.labels, run.session(()).labels) and "saved to" in box.path_label.text()
+
+
+def test_a_save_that_cannot_be_written_says_so_once_and_saving_at_quit_waits_for_nothing(annotator, qtbot,
+                                                                                     tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    viewer, dock = annotator
+    run = run_and_wait(dock, qtbot)
+    qtbot.waitUntil(lambda: run.session(()).prepared, timeout=TIMEOUT_MS)
+    dock.refine.reset_choices()
+    box = dock.refine.session_box
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    try:
+        assert box.save_soon(blocker / "tile")
+        qtbot.waitUntil(lambda: bool(seen) and box._writing is None, timeout=TIMEOUT_MS)
+    finally:
+        notification_manager.notification_ready.disconnect(seen.append)
+    assert len(seen) == 1 and "cannot save the session" in seen[0].message, seen[0].message
+    assert box.dirty and box.autosave_spin.value() == 0 and not list(tmp_path.glob("**/*.mdsession"))
+    run.session_path = tmp_path / "at quit.mdsession"
+    stroke(qtbot, viewer.layers["road"], [(60, 60)])
+    box._save_before_quit()  # what QApplication.aboutToQuit calls: no later turn of the event loop comes
+    saved = load_session(run.session_path)
+    assert saved.labels[60, 60] == CLASSES.index("road") + 1 and not box.dirty
 
 
 def test_class_by_example_remove_and_undo_keep_layers_in_step(annotator, qtbot):

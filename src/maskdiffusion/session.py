@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -260,6 +260,24 @@ class Session:
                 if self._pending is pending:
                     self.state, self._pending, self.margin = state, None, margin
             return self.state
+
+    def snapshot(self) -> Session:
+        """A copy to save while this session goes on changing: the map and marks copied as they
+        are kept (22 MB at 6000², milliseconds), the refinement cache shared (it is replaced,
+        never changed in place), no undo history.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> session = Session(np.ones((4, 6), np.uint8), np.zeros((4, 6), bool), class_list=("road",))
+        >>> saved = session.snapshot()
+        >>> session.edit(np.zeros((4, 6), np.uint8), np.ones((4, 6), bool))
+        24
+        >>> int(np.asarray(saved.labels).sum()), bool(saved.edited.any()), len(saved.history)
+        (24, False, 0)
+        """
+        return replace(self, labels=self.labels.copy(), edited=self.edited.copy(), image=dict(self.image),
+                       parameters=dict(self.parameters), history=[], future=[], _preparing=threading.Lock())
 
     # ------------------------------------------------------------------ history
 
