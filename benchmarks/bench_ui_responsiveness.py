@@ -1,17 +1,20 @@
 """Does napari stay responsive while the annotator runs, refines and undoes? Qt stalls, times, memory.
 
 A 10 ms ``QTimer`` on the main thread records when it fires; the longest gap between two ticks
-is how long the interface froze. Two scenarios, each in a fresh process:
+is how long the interface froze. The model is built in a child process, so the load is a user's
+first: it imports torch, diffusers and transformers (``load.imported_torch``). Two scenarios,
+each in a fresh process:
 
 - ``--size 512 --model sd15``: one 512² tile through the full SD 1.5-sized random-weight model
   (the cost is the real one): the stall while the worker runs.
 - ``--size 6000 --model tiny``: an ISPRS-Potsdam-sized 6000² image, 4 classes, tile 512, through
   the tiny model: the stalls while the run streams its labels in, while the layers are added,
-  during a stroke, a refinement and an undo; the time to the first labels on screen, the
-  refinement time, and the process memory (RSS) after the run, after a refinement and after an
-  undo, against the bytes of the class layers. The refinement cache is built on a worker as
-  soon as the run is shown (``cache_after_run``: its seconds and the stalls meanwhile); the
-  refinements are timed after it, as when the annotator paints before clicking Refine.
+  during a stroke, a refinement, an undo and an autosave of the session; the time to the first
+  labels on screen, the refinement time, and the process memory (RSS) after the run, after a
+  refinement and after an undo, against the bytes of the class layers. The refinement cache is
+  built on a worker as soon as the run is shown (``cache_after_run``: its seconds and the stalls
+  meanwhile); the refinements are timed after it, as when the annotator paints before clicking
+  Refine.
 
 Goals: no stall over 100 ms anywhere; a refinement under 2 s; memory after run + refine + undo
 within 1.5× the layers' bytes (the layers themselves, their session and its undo history).
@@ -25,7 +28,8 @@ turn later, when napari uploads its texture); ``full_garbage_collections``: the 
 during the phases and the longest (the dock keeps long-lived objects out of them, see
 ``maskdiffusion/napari/garbage.py``);
 ``napari_floor_ms``: napari's own costs on this machine, the plugin aside: one frame of the window
-with the run shown (:func:`window_frame_ms`) and one layer's insertion (:func:`napari_insert_ms`);
+with the run shown (:func:`window_frame_ms`), one layer's insertion and the first frame of a new
+layer (:func:`napari_layer_ms`);
 ``longest_main_thread_calls_ms``: the dock's longest callbacks on the interface's thread;
 ``longest_worker_calls_ms``: the session's steps on worker threads (cache, refinement).
 
@@ -41,6 +45,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -154,26 +159,38 @@ def window_frame_ms(viewer, app, repeats: int = 5) -> dict:
     frames = []
     for i in range(repeats):
         app.processEvents()
-        viewer.camera.zoom *= 1.01 if i % 2 else 1 / 1.01
+        viewer.scene.camera.zoom *= 1.01 if i % 2 else 1 / 1.01
         start = time.perf_counter()
         canvas.repaint()
         frames.append((time.perf_counter() - start) * 1000)
     return {"median": round(statistics.median(frames)), "max": round(max(frames))}
 
 
-def napari_insert_ms(viewer, app, repeats: int = 5) -> dict:
-    """napari inserting a hidden 1×1 Labels layer (its visuals, overlays and controls: the same
-    at any size). Measured last: removing a layer gives the frozen objects back to the collector."""
+def napari_layer_ms(viewer, app, shape: tuple[int, int], repeats: int = 3) -> dict:
+    """napari adding a Labels layer, the plugin aside: inserting a hidden 1×1 one (its visuals,
+    overlays and controls: the same at any size), and the first frame once a hidden one of
+    ``shape`` is shown (its shader built, its texture uploaded, the window drawn). Measured
+    last: removing a layer gives the frozen objects back to the collector."""
     import numpy as np
 
-    inserts = []
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas.native
+    inserts, first_frames = [], []
     for i in range(repeats):
         app.processEvents()
         start = time.perf_counter()
         layer = viewer.add_labels(np.zeros((1, 1), np.uint8), visible=False, name=f"floor {i}")
         inserts.append((time.perf_counter() - start) * 1000)
         viewer.layers.remove(layer)
-    return {"median": round(statistics.median(inserts)), "max": round(max(inserts))}
+        layer = viewer.add_labels(np.zeros(shape, np.uint8), visible=False, name=f"floor {i}")
+        app.processEvents()
+        start = time.perf_counter()
+        layer.visible = True
+        canvas.repaint()
+        first_frames.append((time.perf_counter() - start) * 1000)
+        viewer.layers.remove(layer)
+    return {"add_labels_1px": {"median": round(statistics.median(inserts)), "max": round(max(inserts))},
+            "first_frame_of_a_new_layer": {"median": round(statistics.median(first_frames)),
+                                           "max": round(max(first_frames))}}
 
 
 def main(argv=None) -> dict:
@@ -188,33 +205,29 @@ def main(argv=None) -> dict:
 
     import napari
     import numpy as np
-    import torch
 
     from maskdiffusion.geo.synthetic import make_potsdam_like_tile
-    from maskdiffusion.model.random_sd import build_random_sd
     from maskdiffusion.napari.dock import AnnotatorDock
     from maskdiffusion.napari.live_labels import LiveLabels
     from maskdiffusion.napari.refine_panel import RefinePanel
     from maskdiffusion.napari.segment_panel import SegmentPanel
     from maskdiffusion.napari.state import ImageRun
-    from maskdiffusion.session import Session
 
     longest_calls = time_calls([(SegmentPanel, "_on_progress"), (SegmentPanel, "_on_returned"),
                                 (SegmentPanel, "_apply_next"), (SegmentPanel, "_finish"), (LiveLabels, "_next"),
                                 (RefinePanel, "refine"), (RefinePanel, "_after_change"), (ImageRun, "write"),
                                 (ImageRun, "sync")])
-    worker_calls = time_calls([(Session, "prepare"), (Session, "propose_refinement"),
-                               (Session, "accept_refinement")])
 
     os.environ.setdefault("NAPARI_MASKDIFFUSION_CONFIG_DIR", tempfile.mkdtemp(prefix="md-settings-"))
     keep = args.model_dir is not None
     folder = Path(args.model_dir or tempfile.mkdtemp(prefix="md-model-")) / f"{model}-random"
     if not (folder / "model_index.json").is_file():
-        build_random_sd(folder, model, seed=0)
+        subprocess.run([sys.executable, "-m", "maskdiffusion", "random-model", str(folder), "--size", model],
+                       check=True)
     classes = CLASSES_4 if model == "tiny" else CLASSES_6
     result: dict = {"benchmark": "ui_responsiveness", "model": f"{model}, random weights", "size": args.size,
                     "classes": len(classes), "tile": 512, "tick_interval_ms": TICK_MS,
-                    "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+                    "cpu_count": os.cpu_count()}
     try:
         viewer = napari.Viewer(show=True)
         viewer.window._qt_window.resize(1600, 1000)
@@ -230,6 +243,7 @@ def main(argv=None) -> dict:
         panel.model_box.device_combo.setCurrentText("cpu")
         panel.set_classes(classes)
         panel.parameters["tile_size"].value = 512
+        dock.refine.session_box.autosave_spin.setValue(0)  # measured as a phase of its own
         app.processEvents()
         ticks = TickRecorder()
         gc.collect()
@@ -242,7 +256,16 @@ def main(argv=None) -> dict:
             gc.collect()
             del collections[count:]
 
+        torch_before = "torch" in sys.modules
         result["load"] = phase(app, ticks, panel.model_box.load, lambda: not panel.model_box.loading, args.timeout)
+        result["load"]["imported_torch"] = not torch_before and "torch" in sys.modules
+        import torch
+
+        from maskdiffusion.session import Session  # imports torch: after the load, as in the dock
+
+        result["torch_threads"] = torch.get_num_threads()
+        worker_calls = time_calls([(Session, "prepare"), (Session, "propose_refinement"),
+                                   (Session, "accept_refinement")])
         with_model = rss_mb()
         first_labels: list[float] = []
 
@@ -306,6 +329,10 @@ def main(argv=None) -> dict:
                                args.timeout)
         settle()
         after_undo = rss_mb()
+        box = dock.refine.session_box
+        result["autosave"] = phase(app, ticks, box.autosave,
+                                   lambda: box._writing is None and not run.busy and run.session_path is not None,
+                                   args.timeout)
         held = session.memory()
         history_mb = held["history"] / 2**20
         mb = 1 / 2**20
@@ -337,7 +364,7 @@ def main(argv=None) -> dict:
         full = sorted((b - a) * 1000 for generation, a, b in collections if generation == 2)
         result["full_garbage_collections"] = {"count": len(full), "longest_ms": round(full[-1], 1) if full else 0.0,
                                               "objects_tracked": len(gc.get_objects())}
-        result["napari_floor_ms"]["add_labels_1px"] = napari_insert_ms(viewer, app)
+        result["napari_floor_ms"].update(napari_layer_ms(viewer, app, run.layers[0].data.shape))
         result["longest_main_thread_calls_ms"] = dict(sorted(longest_calls.items(), key=lambda kv: -kv[1]))
         result["longest_worker_calls_ms"] = worker_calls
         viewer.close()
