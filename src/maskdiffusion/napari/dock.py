@@ -7,6 +7,7 @@ layers of an opened session bundle are taken in) and tells the panels when layer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +57,7 @@ class AnnotatorDock(QWidget):
                         "colours and georeference (or a palette PNG), and OUT.classes.json beside it")
         save.clicked.connect(self._save_dialog)
         self.saved_label = QLabel("")
+        self._label_worker = None
         self.saved_label.setWordWrap(True)
         row.addWidget(save)
         row.addWidget(self.saved_label, 1)
@@ -80,39 +82,69 @@ class AnnotatorDock(QWidget):
         return (self.state.run_of(self.viewer.layers.selection.active) or self.refine.current()[0]
                 or self.state.run_of(self.segment.image_layer()))
 
-    def save_labels(self, path) -> list[str]:
-        """Write the current run's label map (the plane in view) with its sidecar; returns the files."""
+    def _label_writer(self, path) -> Callable[[], list[str]]:
+        """Check what ``path`` would save and copy the current run's map (the plane in view; kept
+        packed, milliseconds); the returned call writes it with its sidecar, on any thread."""
         from .writers import write_geotiff, write_palette_png
 
         run = self.current_run()
         if run is None or not run.sessions:
             raise BadInputError("nothing to save yet: segment an image first")
+        path = Path(path)
+        if path.suffix.lower() not in (".tif", ".tiff", ".png"):
+            raise BadInputError(f"save labels as .tif, .tiff or .png, not {path.name}")
         plane = self.refine.current()[1] if run is self.refine.current()[0] else ()
         session = run.session(plane) or next(iter(run.sessions.values()))
         base = base_metadata(run.image, run.layers[0].metadata if run.layers else {})
-        data, kwargs, kind = semantic_layer_data(np.asarray(session.labels), session.classes, base)
-        path = Path(path)
+        labels, classes = session.labels.copy(), list(session.classes)
         write = write_palette_png if path.suffix.lower() == ".png" else write_geotiff
-        if path.suffix.lower() not in (".tif", ".tiff", ".png"):
-            raise BadInputError(f"save labels as .tif, .tiff or .png, not {path.name}")
+
+        def write_now() -> list[str]:
+            data, kwargs, kind = semantic_layer_data(np.asarray(labels), classes, base)
+            try:
+                return write(str(path), [(data, kwargs, kind)])
+            except OSError as e:
+                raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+
+        return write_now
+
+    def save_labels(self, path) -> list[str]:
+        """Write the current run's label map (the plane in view) with its sidecar now, on this
+        thread; returns the files. *Save labels…* writes with :meth:`save_labels_soon`."""
+        return self._labels_saved(self._label_writer(path)())
+
+    def save_labels_soon(self, path):
+        """Write the label map like :meth:`save_labels`, on a worker (at 6000² the map's unpacking
+        and the file's encoding took 0.5–0.7 s on the interface's thread); returns the worker, or
+        ``None`` after one notification of what is wrong."""
+        from napari.qt.threading import create_worker
+
         try:
-            written = write(str(path), [(data, kwargs, kind)])
-        except OSError as e:
-            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+            write = self._label_writer(path)
+        except BadInputError as e:
+            report(e)
+            return None
+        self.saved_label.setText("saving …")
+        self._label_worker = worker = create_worker(write, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._labels_saved)
+        worker.errored.connect(self._labels_not_saved)
+        worker.start()
+        return worker
+
+    def _labels_saved(self, written: list[str]) -> list[str]:
         self.saved_label.setText(f"saved {written[0]}")
         return written
+
+    def _labels_not_saved(self, exc: BaseException) -> None:
+        self.saved_label.setText("not saved")
+        report(exc)
 
     def _save_dialog(self) -> None:
         run = self.current_run()
         name = (run.image.name if run is not None else "labels") + "_labels.tif"
         path, _ = QFileDialog.getSaveFileName(self, "Save labels", name, "GeoTIFF (*.tif *.tiff);;Palette PNG (*.png)")
         if path:
-            try:
-                self.save_labels(path)
-            except BadInputError as e:
-                report(e)
-            except OutputError as e:
-                report(e)
+            self.save_labels_soon(path)
 
     def _on_inserted(self, event=None) -> None:
         QTimer.singleShot(0, self._adopt_sessions)
