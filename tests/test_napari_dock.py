@@ -630,7 +630,7 @@ def test_autosave_leaves_the_interface_free_and_loses_no_stroke(annotator, qtbot
     dock.refine.reset_choices()
     stroke(qtbot, viewer.layers["tree"], [(40, 40)])
     assert box.autosave()
-    assert not bundle.exists(), "nothing is written on the interface's thread"
+    assert not (bundle / "session.json").exists(), "nothing is written on the interface's thread"
     viewer.layers["road"].paint((150, 150), layers.STROKE)
     qtbot.waitUntil(lambda: box._writing is None and (bundle / "session.json").exists(), timeout=TIMEOUT_MS)
     saved = load_session(bundle)
