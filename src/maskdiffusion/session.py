@@ -89,9 +89,7 @@ class _Step:
             for i in range(0, len(self.changed), CHUNK):
                 labels.xor_at(self.changed[i:i + CHUNK], self.xor[i:i + CHUNK])
         else:
-            stored = np.uint8 if self.bits == 4 else self.dtype
-            labels.xor_map(LabelMap(labels.shape, self.bits, np.frombuffer(zlib.decompress(self.xor), stored),
-                                    self.dtype))
+            labels.xor_map(LabelMap.from_buffer(labels.shape, self.bits, zlib.decompress(self.xor), self.dtype))
 
     @property
     def nbytes(self) -> int:

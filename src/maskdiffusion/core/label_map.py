@@ -45,6 +45,16 @@ def _dtype_for(bits: int, top: int) -> np.dtype:
     return np.dtype(np.uint8 if bits <= 8 else label_dtype(top))
 
 
+def _storage_dtype(bits: int, dtype: np.dtype) -> np.dtype:
+    """The stored dtype of a map of ``bits`` a pixel whose values read as ``dtype``."""
+    return np.dtype(np.uint8 if bits == 4 else dtype)
+
+
+def _nibble_shift(flat: np.ndarray) -> np.ndarray:
+    """Where each flat pixel sits in its byte: 4 for the high nibble (even index), 0 for the low."""
+    return ((1 - (flat & 1)) * 4).astype(np.uint8)
+
+
 def _pack(values: np.ndarray) -> np.ndarray:
     """Flat values below 16 two a byte, the first in the high nibble (an odd count is padded)."""
     values = np.asarray(values, np.uint8).reshape(-1)
@@ -79,7 +89,7 @@ class LabelMap(PackedRows):
         self.bits, self.dtype = int(bits), np.dtype(dtype)
         if self.bits == 4 and self.dtype != np.uint8:
             raise ValueError("a four-bit label map reads as uint8")
-        stored = np.uint8 if self.bits == 4 else self.dtype
+        stored = _storage_dtype(self.bits, self.dtype)
         length = (self.size + 1) // 2 if self.bits == 4 else self.size
         if data is None:
             data = np.zeros(length, stored)
@@ -98,6 +108,11 @@ class LabelMap(PackedRows):
         bits = _bits_for(top)
         dtype = _dtype_for(bits, top)
         return cls(labels.shape, bits, _stored(labels, bits, dtype), dtype)
+
+    @classmethod
+    def from_buffer(cls, shape: tuple[int, int], bits: int, buffer, dtype=np.uint8) -> LabelMap:
+        """A read-only map over the stored bytes of a map of ``bits`` a pixel (its :attr:`data`)."""
+        return cls(shape, bits, np.frombuffer(buffer, _storage_dtype(bits, np.dtype(dtype))), dtype)
 
     # ------------------------------------------------------------------ reading
 
@@ -140,8 +155,7 @@ class LabelMap(PackedRows):
         flat = np.asarray(flat, np.int64)
         if self.bits != 4:
             return self.data[flat]
-        shift = ((1 - (flat & 1)) * 4).astype(np.uint8)
-        return np.right_shift(self.data[flat >> 1], shift) & np.uint8(_NIBBLE)
+        return np.right_shift(self.data[flat >> 1], _nibble_shift(flat)) & np.uint8(_NIBBLE)
 
     def astype(self, dtype) -> np.ndarray:
         return np.asarray(self).astype(dtype)
@@ -178,8 +192,7 @@ class LabelMap(PackedRows):
             self.data[flat] ^= values.astype(self.dtype, copy=False)
             return
         byte = flat >> 1
-        shift = ((1 - (flat & 1)) * 4).astype(np.uint8)
-        nibbles = np.left_shift(values.astype(np.uint8) & np.uint8(_NIBBLE), shift)
+        nibbles = np.left_shift(values.astype(np.uint8) & np.uint8(_NIBBLE), _nibble_shift(flat))
         starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
         self.data[byte[starts]] ^= np.bitwise_xor.reduceat(nibbles, starts)
 
