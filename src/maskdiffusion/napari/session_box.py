@@ -76,12 +76,22 @@ class SessionBox(QGroupBox):
 
         return settings_path().parent / "sessions" / (safe_filename(run.image.name) + SUFFIX)
 
+    def _current_session(self):
+        """The chosen run, its current plane and that plane's session (``None`` if none)."""
+        run, plane = self.current()
+        return run, plane, run.session(plane) if run is not None else None
+
+    def _needs_saving(self) -> bool:
+        """A prepared session changed since its last save, or never saved (the cache is never
+        built on the interface's thread for a save nobody asked for)."""
+        run, _, session = self._current_session()
+        return session is not None and session.prepared and (self.dirty or run.session_path is None)
+
     def save(self, path: str | Path | None = None) -> Path | None:
         """Save the chosen run's current plane (with the annotator's latest strokes) now, on this
         thread; the bundle's folder, or ``None``. For scripts and for quitting: the dock saves
         with :meth:`save_soon`."""
-        run, plane = self.current()
-        session = run.session(plane) if run is not None else None
+        run, plane, session = self._current_session()
         if session is None:
             return None
         self._wait_for_write()
@@ -99,8 +109,7 @@ class SessionBox(QGroupBox):
         back a band of rows per turn (:meth:`~.state.ImageRun.sync_soon`), the map copied, the
         bundle written on a worker. Strokes made meanwhile go to the next save. ``False`` if
         there is nothing to save, a save is being written or the run is busy."""
-        run, plane = self.current()
-        session = run.session(plane) if run is not None else None
+        run, plane, session = self._current_session()
         if session is None or self._writing is not None:
             return False
         target = self._target(run, path)
@@ -119,19 +128,12 @@ class SessionBox(QGroupBox):
         return run.sync_soon(plane, synced)
 
     def autosave(self) -> bool:
-        """Save soon if anything changed since the last save (prepared sessions only: the cache
-        is never built on the interface's thread)."""
-        run, plane = self.current()
-        session = run.session(plane) if run is not None else None
-        if session is None or not session.prepared or not (self.dirty or run.session_path is None):
-            return False
-        return self.save_soon()
+        """Save soon if anything changed since the last save (:meth:`_needs_saving`)."""
+        return self._needs_saving() and self.save_soon()
 
     def _save_before_quit(self) -> None:
         """The application quits: no later turn comes, so what changed is saved now."""
-        run, plane = self.current()
-        session = run.session(plane) if run is not None else None
-        if session is not None and session.prepared and (self.dirty or run.session_path is None):
+        if self._needs_saving():
             self.save()
 
     def _target(self, run: ImageRun, path: str | Path | None) -> Path:
