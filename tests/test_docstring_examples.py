@@ -15,9 +15,8 @@ MODULES = [
     "maskdiffusion.core.refine",
     "maskdiffusion.core.prototypes",
     "maskdiffusion.core.labels",
-    "maskdiffusion.core.label_map",
     "maskdiffusion.core.marks",
-    "maskdiffusion.napari.state",
+    "maskdiffusion.napari.turns",
 ]
 
 

@@ -17,7 +17,7 @@ RunInterrupted         130        Ctrl-C (SIGTERM: 143); nothing half-written is
 
 from __future__ import annotations
 
-__all__ = ["BadInputError", "MaskDiffusionError", "OutputError", "RunInterrupted"]
+__all__ = ["BadInputError", "MaskDiffusionError", "NeedsFeaturesError", "OutputError", "RunInterrupted"]
 
 
 class MaskDiffusionError(Exception):
@@ -30,6 +30,16 @@ class BadInputError(MaskDiffusionError, ValueError):
     """Input, options or files that cannot be used as given (exit status 2)."""
 
     exit_code = 2
+
+
+class NeedsFeaturesError(BadInputError):
+    """Refinement or a class change asked of an annotation that has no model features (one
+    opened from a label file, say)."""
+
+    message = "Refine needs the model's features: run the model on this image, or open the session"
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message or self.message)
 
 
 class OutputError(MaskDiffusionError, OSError):

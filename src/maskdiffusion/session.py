@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .core.class_edits import add_class, merge_classes, remove_class, rename_class
-from .core.classes import ClassSpec
+from .core.classes import ClassSpec, as_class_specs, default_color, new_class_id
 from .core.confidence import grid_margin
-from .core.label_map import LabelMap
+from .core.labels import label_dtype
 from .core.marks import Marks
 from .core.refine import PRIOR_CELLS, RefineState, assign, refined_scores
-from .errors import BadInputError
+from .errors import BadInputError, NeedsFeaturesError
 
 __all__ = ["Session"]
 
@@ -35,16 +35,14 @@ HISTORY_BYTES = 512 << 20
 @dataclass
 class _Step:
     """One undoable step: the label values it changed as XOR differences (applied once more,
-    they undo it), the edited marks it flipped, and the refinement state and classes before
-    and after it.
+    they undo it), the edited marks it flipped, and the refinement state, classes and class ids
+    before and after it.
 
     A small change keeps the sorted flat indices of its pixels (``changed``) and their
     differences; a large one (a refinement of a 6000² tile changes millions of pixels) keeps
-    one difference map over the whole image instead, ``changed`` None: the stored bytes of a
-    :class:`~.core.label_map.LabelMap` of ``bits`` a pixel, zlib-compressed, when that is smaller
-    than the indices (zero where nothing changed and constant over a changed region, the map
-    shrinks tenfold or more); the dock makes and applies steps on its worker, and zlib lets the
-    interface's thread run meanwhile. ``bits`` and ``dtype`` describe that map's layout.
+    the whole map of differences, zlib-compressed, when that is smaller than the indices (zero
+    where nothing changed, it shrinks tenfold or more); ``changed`` is then None. ``group``
+    ties together the steps one change made on every plane of a stack.
     """
 
     what: str
@@ -56,40 +54,40 @@ class _Step:
     state_after: RefineState | None
     classes_before: tuple
     classes_after: tuple
-    bits: int = 4
+    ids_before: tuple
+    ids_after: tuple
+    group: object = None
     dtype: np.dtype = np.dtype(np.uint8)
 
     @classmethod
-    def sparse(cls, what: str, labels: LabelMap, index: np.ndarray, after: np.ndarray, **fields) -> _Step:
+    def sparse(cls, what: str, labels: np.ndarray, index: np.ndarray, after: np.ndarray, **fields) -> _Step:
         """A step setting the pixels at ``index`` (sorted flat indices) to ``after``."""
         index = _index_dtype(index, labels.size)
-        xor = _take(labels, index) ^ np.asarray(after, labels.dtype)
+        xor = labels.reshape(-1)[index] ^ np.asarray(after, labels.dtype)
         return cls(what, index, xor, n_changed=len(index), **fields)
 
     @classmethod
-    def between(cls, what: str, labels: LabelMap, new: np.ndarray, current: np.ndarray | None = None,
-                **fields) -> tuple[_Step, LabelMap | None]:
-        """A step turning the whole map ``labels`` (``current``: its values, when already read)
-        into ``new``, sparse or dense by size; and, for a dense one, its difference map."""
-        current = np.asarray(labels) if current is None else current
-        xor = np.bitwise_xor(current.reshape(-1), np.asarray(new, labels.dtype).reshape(-1))
+    def between(cls, what: str, labels: np.ndarray, new: np.ndarray, **fields) -> _Step:
+        """A step turning the whole map ``labels`` into ``new``, sparse or dense by size."""
+        xor = np.bitwise_xor(labels.reshape(-1), np.asarray(new, labels.dtype).reshape(-1))
         n = int(np.count_nonzero(xor))
         index_bytes = np.dtype(np.int32 if labels.size < 2**31 else np.int64).itemsize + xor.itemsize
         if n * index_bytes > xor.nbytes // DENSE_SHRINK:
-            diff = labels.like(xor)
-            packed = zlib.compress(diff.data, 1)
+            packed = zlib.compress(xor, 1)
             if len(packed) < n * index_bytes:
-                return cls(what, None, packed, n_changed=n, bits=diff.bits, dtype=diff.dtype, **fields), diff
+                return cls(what, None, packed, n_changed=n, dtype=xor.dtype, **fields)
         index = _flat_index(xor)
-        return cls(what, index, xor[index], n_changed=n, **fields), None
+        return cls(what, index, xor[index], n_changed=n, **fields)
 
-    def apply(self, labels: LabelMap) -> None:
-        """Do the step's label changes on ``labels``, or undo them if done."""
-        if self.changed is not None:
-            for i in range(0, len(self.changed), CHUNK):
-                labels.xor_at(self.changed[i:i + CHUNK], self.xor[i:i + CHUNK])
-        else:
-            labels.xor_map(LabelMap.from_buffer(labels.shape, self.bits, zlib.decompress(self.xor), self.dtype))
+    def apply(self, labels: np.ndarray) -> None:
+        """Do the step's label changes on ``labels`` (in place), or undo them if done."""
+        flat = labels.reshape(-1)
+        if self.changed is None:
+            flat ^= np.frombuffer(zlib.decompress(self.xor), self.dtype).astype(labels.dtype, copy=False)
+            return
+        for i in range(0, len(self.changed), CHUNK):
+            part = self.changed[i:i + CHUNK]
+            flat[part] ^= self.xor[i:i + CHUNK]
 
     @property
     def nbytes(self) -> int:
@@ -105,14 +103,6 @@ DENSE_SHRINK = 16
 #: worker thread doing it never holds the interpreter for long (the interface stays fluid).
 CHUNK = 1 << 22
 
-
-def _take(labels: LabelMap, index: np.ndarray) -> np.ndarray:
-    """The values at flat ``index``, a chunk of indices at a time."""
-    if len(index) <= CHUNK:
-        return labels.take(index)
-    return np.concatenate([labels.take(index[i:i + CHUNK]) for i in range(0, len(index), CHUNK)])
-
-
 def _flat_index(mask: np.ndarray) -> np.ndarray:
     return _index_dtype(np.flatnonzero(mask), mask.size)
 
@@ -124,8 +114,6 @@ def _index_dtype(index: np.ndarray, size: int) -> np.ndarray:
 
 def _slim(result):
     """The parts of a result refinement needs: its features and maps, not its pixel arrays."""
-    from dataclasses import replace
-
     shape = result.labels.shape
     return replace(result, labels=np.broadcast_to(np.uint8(0), shape), confidence=None, scores=None)
 
@@ -138,15 +126,18 @@ class Session:
     annotator's strokes, a refinement, a class change — so undo and redo always leave every
     pixel with exactly one value, whichever face (napari layers, Python) made the change.
 
-    labels: (H, W) label map (0 = unlabelled, k = class k): a :class:`~.core.label_map.LabelMap`,
-        four bits a pixel up to 15 classes (an array given here is packed).
+    labels: (H, W) uint8 (uint16 above 255 classes) label map, 0 = unlabelled, k = class k. It
+        changes only through the session's methods, so that every change can be undone.
     edited: the pixels the annotator set (kept exactly, learnt from): :class:`~.core.marks.Marks`,
         a bit a pixel (an (H, W) bool array given here is packed).
     state: the :class:`~maskdiffusion.core.refine.RefineState` (features, maps, classes), or
-        ``None`` until :meth:`prepare` builds it from the run kept for it.
+        ``None`` until :meth:`prepare` builds it from the run kept for it, or for ever when the
+        session was made from a label file (no features: no refinement, no class by example).
     image: reference to the image: ``path``, ``layer`` (napari layer name), ``georeference``,
         ``plane`` (stack index), ``shape``.
     parameters, model: those of the run.
+    class_ids: a stable id per class (:func:`new_class_id`), by which the napari layers know
+        their class whatever its position or name.
     prior_cells, normalize: the refinement's weighting (``docs/algorithm.md`` §4).
     margin: (gh, gw) grid confidence of the last refinement (the draft's before one).
 
@@ -157,8 +148,8 @@ class Session:
     >>> image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     >>> result = segment(image, "road,tree", "random:tiny", tile_size=128, keep_features=True)
     >>> session = Session.from_result(result)
-    >>> before = np.array(session.labels)
-    >>> strokes = np.array(session.labels); strokes[:20, :20] = 2
+    >>> before = session.labels.copy()
+    >>> strokes = session.labels.copy(); strokes[:20, :20] = 2
     >>> painted = np.zeros(strokes.shape, bool); painted[:20, :20] = True
     >>> session.edit(strokes, painted)
     400
@@ -171,7 +162,7 @@ class Session:
     True
     """
 
-    labels: LabelMap
+    labels: np.ndarray
     edited: Marks
     state: RefineState | None = None
     image: dict = field(default_factory=dict)
@@ -183,28 +174,36 @@ class Session:
     history: list = field(default_factory=list, repr=False)
     future: list = field(default_factory=list, repr=False)
     class_list: tuple = ()
+    class_ids: tuple = ()
     _pending: object = field(default=None, repr=False)
     _dims: int | str | None = "auto"
     _preparing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self):
-        if not isinstance(self.labels, LabelMap):
-            self.labels = LabelMap.from_array(self.labels, len(self.classes))
+        if not self.class_list and self.state is not None:
+            self.class_list = tuple(self.state.classes)
+        self.labels = np.asarray(self.labels)
+        if self.labels.ndim != 2 or self.labels.dtype.kind not in "ub":
+            raise BadInputError(f"a label map is an (H, W) array of unsigned integers, not {self.labels.shape} "
+                                f"{self.labels.dtype}")
+        top = max(len(self.classes), int(self.labels.max()) if self.labels.size else 0)
+        self.labels = self.labels.astype(np.result_type(label_dtype(top), np.uint8), copy=True)
         if not isinstance(self.edited, Marks):
             self.edited = Marks.from_mask(self.edited)
+        if len(self.class_ids) != len(self.classes):
+            self.class_ids = tuple(new_class_id() for _ in self.classes)
 
     @classmethod
     def from_result(cls, result, image: dict | None = None, dims: int | str | None = "auto",
-                    prepare: bool = True) -> Session:
+                    prepare: bool = True, class_ids: Sequence[str] | None = None) -> Session:
         """A session on a run's result, its draft the start.
 
         With ``keep_features=True`` results refinement is possible: ``prepare=True`` builds its
         cache now, ``prepare=False`` keeps the result until :meth:`prepare` (which the napari
-        dock calls on a worker thread).
+        dock calls on a worker thread). ``class_ids``: the classes' ids (new ones by default).
         """
-        labels = LabelMap.from_array(result.labels, len(result.classes))
-        session = cls(labels, Marks(labels.shape), None, dict(image or {}), result.params.to_dict(),
-                      result.model, class_list=tuple(result.classes))
+        session = cls(result.labels, Marks(result.labels.shape), None, dict(image or {}), result.params.to_dict(),
+                      result.model, class_list=tuple(result.classes), class_ids=tuple(class_ids or ()))
         if getattr(result, "features", None) is not None:
             session._pending, session._dims = _slim(result), dims
             if prepare:
@@ -213,7 +212,8 @@ class Session:
 
     @property
     def classes(self) -> tuple[ClassSpec, ...]:
-        return self.state.classes if self.state is not None else tuple(self.class_list)
+        """The classes in label-value order (value k = ``classes[k - 1]``)."""
+        return tuple(self.class_list)
 
     def memory(self) -> dict[str, int]:
         """Bytes the session holds, by part: ``map``, ``marks`` (the painted pixels), ``cache``
@@ -250,19 +250,21 @@ class Session:
             while self.state is None:
                 pending = self._pending
                 if pending is None:
-                    raise BadInputError("this run kept no features: segment again to refine it")
+                    raise NeedsFeaturesError()
                 state = RefineState.from_result(pending, dims=self._dims)
-                labels, edited = np.asarray(self.labels), np.asarray(self.edited)  # copies: strokes may come
+                labels, edited = self.labels.copy(), np.asarray(self.edited)  # copies: strokes may come
                 margin = grid_margin(refined_scores(state, labels, edited,
                                                     prior_cells=self.prior_cells, normalize=self.normalize))
                 if self._pending is pending:
+                    if len(state.classes) == len(self.class_list):
+                        state = replace(state, classes=tuple(self.class_list))  # renamed meanwhile
                     self.state, self._pending, self.margin = state, None, margin
             return self.state
 
     def snapshot(self) -> Session:
-        """A copy to save while this session goes on changing: the map and marks copied as they
-        are kept (22 MB at 6000², milliseconds), the refinement cache shared (it is replaced,
-        never changed in place), no undo history.
+        """A copy to save while this session goes on changing: the map and marks copied
+        (milliseconds), the refinement cache shared (it is replaced, never changed in place), no
+        undo history.
 
         Examples
         --------
@@ -271,7 +273,7 @@ class Session:
         >>> saved = session.snapshot()
         >>> session.edit(np.zeros((4, 6), np.uint8), np.ones((4, 6), bool))
         24
-        >>> int(np.asarray(saved.labels).sum()), bool(saved.edited.any()), len(saved.history)
+        >>> int(saved.labels.sum()), bool(saved.edited.any()), len(saved.history)
         (24, False, 0)
         """
         return replace(self, labels=self.labels.copy(), edited=self.edited.copy(), image=dict(self.image),
@@ -279,30 +281,35 @@ class Session:
 
     # ------------------------------------------------------------------ history
 
+    def _fit(self, top: int) -> None:
+        """Widen the map's dtype, if needed, before values up to ``top`` are written."""
+        if top > np.iinfo(self.labels.dtype).max:
+            self.labels = self.labels.astype(label_dtype(top))
+
     def _record(self, what: str, flipped: np.ndarray, new_state: RefineState | None = None, *,
                 changed: np.ndarray | None = None, after: np.ndarray | None = None,
-                new_labels: np.ndarray | None = None, current: np.ndarray | None = None) -> LabelMap:
+                new_labels: np.ndarray | None = None, classes: tuple | None = None, ids: tuple | None = None,
+                group: object = None) -> np.ndarray:
         """Apply a change and keep it as one undo step: new label values at sorted flat pixel indices
-        (``changed``, ``after``), or a whole new map (``new_labels``; ``current``: the map's values
-        if the caller has read them); ``flipped``: the flat indices of the edited marks it flips."""
+        (``changed``, ``after``), or a whole new map (``new_labels``); ``flipped``: the flat indices
+        of the edited marks it flips; ``classes``/``ids``: the class list after it (by default the
+        new state's, or unchanged)."""
         state_after = new_state if new_state is not None else self.state
-        classes_after = tuple(state_after.classes) if state_after is not None else tuple(self.class_list)
+        if classes is None:
+            classes = tuple(new_state.classes) if new_state is not None else tuple(self.class_list)
+        ids = tuple(self.class_ids) if ids is None else tuple(ids)
         values = np.asarray(new_labels if new_labels is not None else after)
-        self.labels.fit(max(len(classes_after), int(values.max()) if values.size else 0))
-        labels = self.labels
-        fields = dict(flipped=_index_dtype(flipped, labels.size), state_before=self.state, state_after=state_after,
-                      classes_before=tuple(self.classes), classes_after=classes_after)
-        diff = None
+        self._fit(max(len(classes), int(values.max()) if values.size else 0))
+        fields = dict(flipped=_index_dtype(flipped, self.labels.size), state_before=self.state,
+                      state_after=state_after, classes_before=tuple(self.classes), classes_after=classes,
+                      ids_before=tuple(self.class_ids), ids_after=ids, group=group)
         if new_labels is not None:
-            step, diff = _Step.between(what, labels, values, current, **fields)
+            step = _Step.between(what, self.labels, values, **fields)
         else:
-            step = _Step.sparse(what, labels, changed, after, **fields)
-        if diff is not None:
-            labels.xor_map(diff)
-        else:
-            step.apply(labels)
+            step = _Step.sparse(what, self.labels, changed, after, **fields)
+        step.apply(self.labels)
         self.edited.flip(step.flipped)
-        self.state, self.class_list = state_after, classes_after
+        self.state, self.class_list, self.class_ids = state_after, classes, ids
         self.history.append(step)
         self.future.clear()
         del self.history[:-HISTORY]
@@ -311,19 +318,22 @@ class Session:
         return self.labels
 
     def _push(self, what: str, new_labels: np.ndarray, new_edited: np.ndarray | None = None,
-              new_state: RefineState | None = None) -> LabelMap:
-        """Make ``new_labels`` (and ``new_edited``, ``new_state``) current as one undo step."""
+              new_state: RefineState | None = None, **change) -> np.ndarray:
+        """Make ``new_labels`` (and ``new_edited``, ``new_state``, the class list in ``change``)
+        current as one undo step."""
         flipped = (_flat_index(np.asarray(self.edited).reshape(-1) != np.asarray(new_edited, bool).reshape(-1))
                    if new_edited is not None else np.empty(0, np.int32))
-        return self._record(what, flipped, new_state, new_labels=new_labels)
+        return self._record(what, flipped, new_state, new_labels=new_labels, **change)
 
     def _apply(self, step: _Step, undoing: bool) -> None:
         step.apply(self.labels)
         self.edited.flip(step.flipped)
-        self.state = step.state_before if undoing else step.state_after
+        if step.state_before is not step.state_after:  # a stroke made before prepare() keeps the cache
+            self.state = step.state_before if undoing else step.state_after
         self.class_list = step.classes_before if undoing else step.classes_after
+        self.class_ids = step.ids_before if undoing else step.ids_after
 
-    def undo(self) -> LabelMap | None:
+    def undo(self) -> np.ndarray | None:
         """Put back the map, classes and edits from before the last step; ``None`` if none."""
         if not self.history:
             return None
@@ -332,7 +342,7 @@ class Session:
         self.future.append(step)
         return self.labels
 
-    def redo(self) -> LabelMap | None:
+    def redo(self) -> np.ndarray | None:
         """Do again the last undone step; ``None`` if none."""
         if not self.future:
             return None
@@ -376,12 +386,13 @@ class Session:
         self._record(what, flipped, changed=changed, after=target[ys, xs])
         return int(np.count_nonzero(painted))
 
-    def replace_run(self, result) -> LabelMap:
+    def replace_run(self, result, class_ids: Sequence[str] | None = None, group: object = None) -> np.ndarray:
         """A new model run of the same image: its draft replaces the map (one undo step), the
         annotator's marks are cleared, its features become the refinement's."""
         self._pending, self.state = (result if getattr(result, "features", None) is not None else None), None
-        labels = self._push("run", result.labels, np.zeros(self.labels.shape, bool))
-        self.class_list = self.history[-1].classes_after = tuple(result.classes)
+        ids = tuple(class_ids) if class_ids else tuple(new_class_id() for _ in result.classes)
+        labels = self._push("run", result.labels, np.zeros(self.labels.shape, bool), classes=tuple(result.classes),
+                            ids=ids, group=group)
         self.parameters, self.model = result.params.to_dict(), result.model
         return labels
 
@@ -396,45 +407,92 @@ class Session:
         :attr:`labels` and :attr:`edited`; :meth:`accept_refinement` then makes it current.
         """
         state = self._state()
-        labels = np.asarray(self.labels) if labels is None else labels
+        labels = self.labels.copy() if labels is None else labels
         edited = np.asarray(self.edited) if edited is None else edited
         scores = refined_scores(state, labels, edited, prior_cells=self.prior_cells, normalize=self.normalize)
         new = assign(scores, state.shape, state.stride, labels=labels, fixed=edited)
         return new, grid_margin(scores)
 
-    def accept_refinement(self, new_labels: np.ndarray, margin: np.ndarray | None = None) -> LabelMap:
+    def accept_refinement(self, new_labels: np.ndarray, margin: np.ndarray | None = None) -> np.ndarray:
         """Make a proposed refinement current (one undo step). Pixels the annotator set since
         the proposal was made keep their value."""
-        new, current = np.asarray(new_labels).reshape(self.labels.shape), np.asarray(self.labels)
-        new = np.where(np.asarray(self.edited), current, new) if self.edited.any() else new
+        new = np.asarray(new_labels).reshape(self.labels.shape)
+        if self.edited.any():
+            new = np.where(np.asarray(self.edited), self.labels, new)
         if margin is not None:
             self.margin = margin
-        return self._record("refine", np.empty(0, np.int32), new_labels=new, current=current)
+        return self._record("refine", np.empty(0, np.int32), new_labels=new)
 
-    def refine(self) -> LabelMap:
+    def refine(self) -> np.ndarray:
         """Reassign every pixel the annotator did not set, learning from the strokes; one undo
         step. Returns the new (H, W) label map; edited pixels are unchanged."""
         return self.accept_refinement(*self.propose_refinement())
 
     # ------------------------------------------------------------------ classes
 
-    def add_class(self, spec: ClassSpec | str) -> int:
-        """Add a class defined by example (paint it, then refine); returns its 0-based index."""
-        state = add_class(self._state(), spec)
-        self._push("add class", self.labels, new_state=state)
-        return state.n_classes - 1
+    def _without(self, ks: Sequence[int]) -> tuple[tuple, tuple]:
+        """The class list and ids without the 0-based positions ``ks``."""
+        keep = [i for i in range(len(self.classes)) if i not in set(ks)]
+        return tuple(self.classes[i] for i in keep), tuple(self.class_ids[i] for i in keep)
 
-    def remove_class(self, k: int) -> LabelMap:
+    def add_class(self, spec: ClassSpec | str, class_id: str | None = None, group: object = None) -> int:
+        """Add a class defined by example (paint it, then refine); returns its 0-based index.
+        Without features it can be painted but not refined."""
+        ids = (*self.class_ids, class_id or new_class_id())
+        if self.can_refine:
+            state = add_class(self._state(), spec)
+            self._push("add class", self.labels, new_state=state, ids=ids, group=group)
+        else:
+            spec = spec if isinstance(spec, ClassSpec) else ClassSpec(str(spec))
+            specs = as_class_specs([*self.classes, spec])
+            if spec.color is None:
+                specs[-1] = ClassSpec(spec.name, spec.prompts, default_color(len(specs) - 1))
+            self._push("add class", self.labels, classes=tuple(specs), ids=ids, group=group)
+        return len(self.classes) - 1
+
+    def delete_classes(self, ks: Sequence[int], group: object = None) -> np.ndarray:
+        """Delete classes ``ks`` (0-based) as one undo step: their pixels become unlabelled (and
+        unpainted), the label values of the classes after them move down. What a class layer
+        deleted in napari does; :meth:`remove_class` gives the pixels to other classes instead."""
+        ks = sorted({int(k) for k in ks})
+        if not ks:
+            return self.labels
+        gone = np.isin(self.labels, [k + 1 for k in ks])
+        lut = np.zeros(max(int(self.labels.max()) + 1, len(self.classes) + 1), self.labels.dtype)
+        kept = [k for k in range(1, len(self.classes) + 1) if k - 1 not in ks]
+        lut[kept] = np.arange(1, len(kept) + 1)
+        above = np.arange(len(self.classes) + 1, len(lut))
+        lut[above] = above - len(ks)
+        new = lut[self.labels]
+        state = None
+        if self.state is not None:
+            keep = [k - 1 for k in kept]
+            st = self.state
+            state = replace(st, attention=st.attention[keep], classes=tuple(st.classes[i] for i in keep),
+                            from_text=tuple(st.from_text[i] for i in keep),
+                            base=None if st.base is None else st.base[keep])
+        classes, ids = self._without(ks)
+        return self._push("delete class", new, np.asarray(self.edited) & ~gone, state, classes=classes, ids=ids,
+                          group=group)
+
+    def remove_class(self, k: int) -> np.ndarray:
         """Remove class ``k`` (0-based); its pixels go to the best remaining class. One undo step."""
-        state, new, edited = remove_class(self._state(), np.asarray(self.labels), np.asarray(self.edited), k,
+        state, new, edited = remove_class(self._state(), self.labels, np.asarray(self.edited), k,
                                           prior_cells=self.prior_cells, normalize=self.normalize)
-        return self._push("remove class", new, edited, state)
+        return self._push("remove class", new, edited, state, ids=self._without([k])[1])
 
-    def merge_classes(self, sources: Sequence[int] | int, into: int) -> LabelMap:
+    def merge_classes(self, sources: Sequence[int] | int, into: int) -> np.ndarray:
         """Merge ``sources`` into class ``into`` (0-based; pixels and strokes). One undo step."""
-        state, new, _ = merge_classes(self._state(), np.asarray(self.labels), np.asarray(self.edited), sources, into)
-        return self._push("merge classes", new, new_state=state)
+        state, new, _ = merge_classes(self._state(), self.labels, np.asarray(self.edited), sources, into)
+        dropped = sorted({int(s) for s in np.atleast_1d(sources)} - {int(into)})
+        return self._push("merge classes", new, new_state=state, ids=self._without(dropped)[1])
 
-    def rename_class(self, k: int, name: str, color: Sequence[int] | None = None) -> None:
+    def rename_class(self, k: int, name: str, color: Sequence[int] | None = None, group: object = None) -> None:
         """Rename (and recolour) class ``k`` (0-based); its pixels stay. One undo step."""
-        self._push("rename class", self.labels, new_state=rename_class(self._state(), k, name, color))
+        if self.state is not None:
+            self._push("rename class", self.labels, new_state=rename_class(self.state, k, name, color), group=group)
+            return
+        classes = list(self.classes)
+        old = classes[k]
+        classes[k] = ClassSpec(name, old.prompts, tuple(color) if color is not None else old.color)
+        self._push("rename class", self.labels, classes=tuple(as_class_specs(classes)), group=group)

@@ -74,8 +74,9 @@ def _write_array(folder: Path, name: str, array: np.ndarray, token: str | None =
     return filename
 
 
-def _class_entries(state) -> list[dict]:
-    return [dict(c.to_dict(), from_text=t) for c, t in zip(state.classes, state.from_text)]
+def _class_entries(session: Session) -> list[dict]:
+    state = session.state
+    return [dict(c.to_dict(), from_text=t, id=i) for c, t, i in zip(state.classes, state.from_text, session.class_ids)]
 
 
 def save_session(path: str | Path, session: Session) -> Path:
@@ -90,7 +91,7 @@ def save_session(path: str | Path, session: Session) -> Path:
     state = session.prepare()
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
-        "labels": _write_array(folder, "labels", np.asarray(session.labels)),
+        "labels": _write_array(folder, "labels", session.labels),
         "edited": _write_array(folder, "edited", session.edited.bits),
         "attention": _write_array(folder, "attention", state.attention.astype(np.float32, copy=False)),
         "features": _write_array(folder, "features", state.features, state.features_id),
@@ -105,7 +106,7 @@ def save_session(path: str | Path, session: Session) -> Path:
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "image": session.image,
         "shape": list(state.shape),
-        "classes": _class_entries(state),
+        "classes": _class_entries(session),
         "parameters": session.parameters,
         "model": session.model,
         "refine": {"stride": state.stride, "reduction": state.reduction, "features_id": state.features_id,
@@ -183,11 +184,12 @@ def load_session(path: str | Path) -> Session:
     except (KeyError, TypeError, ValueError) as e:
         detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
         raise SessionError(f"session {folder} is inconsistent: {detail}") from None
+    ids = tuple(str(d.get("id") or "") for d in index["classes"])
     session = Session(labels.astype(label_dtype(len(classes)), copy=False), edited, state,
                       dict(index.get("image") or {}),
                       dict(index.get("parameters") or {}), str(index.get("model") or ""),
                       float(refine.get("prior_cells", PRIOR_CELLS)), bool(refine.get("normalize", False)),
-                      class_list=classes)
+                      class_list=classes, class_ids=ids if all(ids) and len(set(ids)) == len(ids) else ())
     session.margin = grid_margin(refined_scores(state, labels, edited, prior_cells=session.prior_cells,
                                                     normalize=session.normalize))
     return session

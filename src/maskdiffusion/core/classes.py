@@ -7,6 +7,7 @@ command line, the napari widget and every export.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ __all__ = [
     "PRESETS",
     "as_class_specs",
     "default_color",
+    "new_class_id",
     "parse_class_list",
     "preset_classes",
     "read_class_file",
@@ -237,3 +239,9 @@ def preset_classes(name: str) -> list[ClassSpec]:
     if key not in PRESETS:
         raise ClassListError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return list(PRESETS[key])
+
+
+def new_class_id() -> str:
+    """A fresh class id: what an annotation's layers, sessions and undo steps know a class by,
+    whatever its position or name."""
+    return uuid.uuid4().hex[:8]

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .packed_rows import PackedRows
-
 __all__ = ["Marks"]
 
 _SET_BITS = np.array([bin(byte).count("1") for byte in range(256)], np.uint8)
 
 
-class Marks(PackedRows):
+class Marks:
     """An (H, W) bool mask stored as bits.
 
     Reads: ``marks[y0:y1, x0:x1]`` (a bool array; other keys index the whole mask),
@@ -53,6 +51,21 @@ class Marks(PackedRows):
         if mask.ndim != 2:
             raise ValueError(f"marks are an (H, W) mask, not {mask.shape}")
         return cls(mask.shape, np.packbits(mask.reshape(-1)))
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)
+                and key[0].step in (None, 1)):
+            y0, y1, _ = key[0].indices(self.shape[0])
+            return self.rows(y0, max(y0, y1))[:, key[1]]
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        values = self.rows(0, self.shape[0])
+        return values if dtype is None else values.astype(dtype)
 
     @property
     def nbytes(self) -> int:
