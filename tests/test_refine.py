@@ -402,3 +402,37 @@ def test_next_unsure_region_walks_from_the_largest():
     assert box2 == (70, 70, 80, 80)
     assert next_unsure_region(margin, quantile=0.2, step=2, visited=[centre, centre2]) is None
 
+
+def test_refinement_draws_no_lattice_along_the_tile_overlaps(tiny_model_dir):
+    """Issue 24 item 4: the features of an overlap came from the later tile's first rows, which
+    carry the model's edge effects, so a refinement turned bands just after each tile start into
+    one class (88% against 48% at worst elsewhere here; 100% on a 3000² image, see
+    ``benchmarks/bench_refine.py --lattice``). Each cell now takes its features from the tile it
+    lies deepest in (61% against 47%)."""
+    from scipy.ndimage import zoom
+
+    from maskdiffusion import segment
+    from maskdiffusion.model.loading import load_model
+
+    n, tile = 768, 256
+    rng = np.random.default_rng(0)
+    image = (zoom(rng.random((n // 32, n // 32, 3)), (32, 32, 1), order=3) * 255).clip(0, 255).astype(np.uint8)
+    result = segment(image, "tree,grass,sand,road", load_model(tiny_model_dir, device="cpu"), tile_size=tile,
+                     overlap=64, keep_features=True)
+    session = Session.from_result(result)
+    strokes, painted = session.labels.copy(), np.zeros(image.shape[:2], bool)
+    for k, (y, x) in enumerate([(n // 4, n // 4), (n // 2, n // 8), (3 * n // 4, 3 * n // 4), (n // 3, 2 * n // 3)],
+                               start=1):
+        strokes[y:y + 20, x:x + 80], painted[y:y + 20, x:x + 80] = k, True
+    session.edit(strokes, painted)
+    refined = session.refine()
+    stride = tile - 64
+    after_a_start = np.zeros(n, bool)
+    for start in [0, *range(stride, n - tile, stride), n - tile]:
+        after_a_start[start + 4:start + 28] = True
+
+    def worst(rows):
+        """The largest share one class takes of the given rows, or of the same columns."""
+        return max(max((refined[rows] == k).mean(), (refined[:, rows] == k).mean()) for k in range(1, 5))
+
+    assert worst(after_a_start) < worst(~after_a_start) + 0.25

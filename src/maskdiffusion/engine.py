@@ -171,7 +171,7 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
         f = runner(source.tile(tile.y, tile.x, tile.h, tile.w))
         maps, feats = class_maps(f.token_maps, layout.spans), normalize_features(f.coarse, f.fine)
         if keep_features:
-            features = _paste_grid(features, tile, feats, source.shape)
+            features = _paste_grid(features, tile, feats, source.shape, params.overlap)
         return maps, feats
 
     def blend(tile: Tile, scores):
@@ -242,13 +242,29 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     )
 
 
-def _paste_grid(grid, tile: Tile, feats, shape):
-    """Write a tile's (C, gh, gw) features into the image's float16 grid (later tiles win)."""
+#: Grid cells along a tile's top and left edges whose features carry the model's edge effects
+#: (zero padding of the strided convolutions): the refinement of a 3000² image turned them into
+#: one class. Cells of the overlap come from the tile they lie deepest in; at the image's top and
+#: left borders, where no tile lies deeper, they take the features of the first cell inside.
+EDGE_CELLS = 2
+
+
+def _paste_grid(grid, tile: Tile, feats, shape, overlap: int):
+    """Write a tile's (C, gh, gw) features into the image's float16 grid (:data:`EDGE_CELLS`):
+    past half the overlap from its top and left edges (the tile before keeps the cells up to
+    there), its edge cells at the image's border replaced by the first ones inside."""
     if grid is None:
         grid = np.zeros((feats.shape[0], -(-shape[0] // GRID_STRIDE), -(-shape[1] // GRID_STRIDE)), np.float16)
+    feats = feats.cpu().numpy()
     gy, gx = int(round(tile.y / GRID_STRIDE)), int(round(tile.x / GRID_STRIDE))
     h, w = min(feats.shape[1], grid.shape[1] - gy), min(feats.shape[2], grid.shape[2] - gx)
-    grid[:, gy : gy + h, gx : gx + w] = feats[:, :h, :w].cpu().numpy()
+    half = -(-overlap // 2 // GRID_STRIDE)
+    skip_y, skip_x = (half if tile.y > 0 else 0), (half if tile.x > 0 else 0)
+    grid[:, gy + skip_y : gy + h, gx + skip_x : gx + w] = feats[:, skip_y:h, skip_x:w]
+    if tile.y == 0 and h > EDGE_CELLS:
+        grid[:, :EDGE_CELLS, gx + skip_x : gx + w] = grid[:, EDGE_CELLS : EDGE_CELLS + 1, gx + skip_x : gx + w]
+    if tile.x == 0 and w > EDGE_CELLS:
+        grid[:, gy + skip_y : gy + h, :EDGE_CELLS] = grid[:, gy + skip_y : gy + h, EDGE_CELLS : EDGE_CELLS + 1]
     return grid
 
 
