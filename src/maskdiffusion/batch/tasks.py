@@ -143,7 +143,9 @@ def assign_tile(job: TileJob, config: BatchConfig, protos: np.ndarray, n_tiles: 
 
 
 def _metadata(job: TileJob, config: BatchConfig, result_meta: dict, geo) -> dict:
-    return dict(result_meta, image=str(job.input), georeference=geo.to_dict(),
+    from ..geo.raster_io import image_reference
+
+    return dict(result_meta, image=image_reference(job.input, job.output), georeference=geo.to_dict(),
                 batch={"fingerprint": job.fingerprint, "shared_prototypes": config.shared})
 
 

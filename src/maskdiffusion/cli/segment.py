@@ -128,7 +128,9 @@ def run(args) -> int:
         from ..core.scribbles import apply_scribbles
 
         result = _nodata_unlabelled(apply_scribbles(result, scribbles), valid, scribbles)
-    metadata = dict(result.metadata(), image=str(args.image), georeference=geo.to_dict())
+    from ..geo.raster_io import image_reference
+
+    metadata = dict(result.metadata(), image=image_reference(args.image, args.out), georeference=geo.to_dict())
     if args.scribbles is not None:
         metadata["scribbles"] = str(args.scribbles)
     _write_outputs(args, result, geo, metadata)

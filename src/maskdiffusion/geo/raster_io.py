@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,11 +41,13 @@ __all__ = [
     "ImageReadError",
     "POTSDAM_CRS",
     "image_info",
+    "image_reference",
     "read_class_names",
     "read_label_info",
     "read_image",
     "read_input",
     "read_window",
+    "referenced_image",
     "sidecar_path",
     "write_isprs_rgb",
     "write_labels",
@@ -562,3 +565,25 @@ def sidecar_path(out_path) -> Path:
 def write_sidecar(out_path, metadata: dict) -> Path:
     """Write ``metadata`` (classes, model, parameters, georeference) as JSON beside an output."""
     return write_json(sidecar_path(out_path), metadata)
+
+
+def image_reference(image_path, out_path) -> str:
+    """How a sidecar names its image: the path relative to the sidecar's folder (so that a folder
+    of results and images can move), absolute where no relative path exists (another drive)."""
+    image, folder = Path(image_path).absolute(), Path(out_path).absolute().parent
+    try:
+        return Path(os.path.relpath(image, folder)).as_posix()
+    except ValueError:
+        return str(image)
+
+
+def referenced_image(sidecar, metadata: dict) -> Path | None:
+    """The image a sidecar names (:func:`image_reference`; older sidecars named it as given on the
+    command line), if the file is there."""
+    name = metadata.get("image")
+    if not isinstance(name, str) or not name:
+        return None
+    for candidate in (Path(sidecar).parent / name, Path(name)):
+        if candidate.is_file():
+            return candidate
+    return None
