@@ -73,7 +73,6 @@ def _dims(text: str):
 
 def bench(size: int, repeat: int, dims_options) -> dict:
     from maskdiffusion.core.classes import preset_classes
-    from maskdiffusion.core.label_map import LabelMap
     from maskdiffusion.core.marks import Marks
     from maskdiffusion.core.params import SegmentParams
     from maskdiffusion.core.refine import assign, refined_scores
@@ -99,7 +98,7 @@ def bench(size: int, repeat: int, dims_options) -> dict:
         times, conf_times = [], []
         for _ in range(repeat):
             session.history.clear()
-            session.labels = LabelMap.from_array(labels, K)
+            session.labels = labels.copy()
             session.edited = Marks(session.labels.shape)
             session.edit(painted)
             t = time.perf_counter()

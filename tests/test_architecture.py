@@ -131,3 +131,21 @@ def test_no_module_global_state_between_the_docks_panels():
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 targets = [t.id for t in targets if isinstance(t, ast.Name)]
                 assert not mutable or all(t.isupper() or t == "__all__" for t in targets), f"{path.name}: {targets}"
+
+
+def test_napari_private_api_is_touched_in_one_module_only():
+    """napari's private attributes (``layer._staged_history``, ``viewer.window._qt_viewer``...)
+    change between releases: only ``napari/napari_compat.py`` may reach them, so one module says
+    what the plugin depends on. Any ``x._name`` outside it, where ``x`` is not ``self`` or
+    ``cls``, counts."""
+    wrong = []
+    for path in (PACKAGE / "napari").glob("*.py"):
+        if path.name == "napari_compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                wrong.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert wrong == []
+    compat = (PACKAGE / "napari" / "napari_compat.py").read_text(encoding="utf-8")
+    assert "_staged_history" in compat and "_qt_viewer" in compat, "the check looks where the private API is"

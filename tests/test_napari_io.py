@@ -112,8 +112,12 @@ def viewer_with_classes():
     classes = as_class_specs(["road", "tree", "building"])
     result = SegmentationResult(labels, classes, np.zeros(labels.shape, np.float32), np.zeros((3, 1, 1)), 16.0,
                                 SegmentParams(), model="tiny")
-    for data, kwargs, kind in layers.result_layer_data(image, {(): result}, semantic=True):
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    base = layers.base_metadata(image, result.metadata())
+    for k, spec in enumerate(classes, start=1):
+        data, kwargs, _ = layers.class_layer_data((labels == k).astype(np.uint8), spec, k, base)
+        viewer.add_labels(data, **kwargs)
+    data, kwargs, _ = layers.semantic_layer_data(labels, classes, base, image)
+    viewer.add_labels(data, **kwargs)
     return viewer, labels, geo
 
 
@@ -178,7 +182,7 @@ def test_bundle_round_trip_and_overwrite(viewer_with_classes, tmp_path):
                                                          "classes.json", "semantic.tif"]
     assert len(written) == 5
     info = json.loads((folder / "classes.json").read_text())
-    assert info["merge_rule"] == layers.MERGE_RULE and info["image"] == "ortho"
+    assert info["merge_rule"] == layers.MERGE_RULE and info["image_layer"] == "ortho"
     back = reader.read_path(str(folder / "classes.json"))
     assert [kw["name"] for _, kw, _ in back] == ["road", "tree", "building"]
     for (data, _, _), layer in zip(back, class_layers):

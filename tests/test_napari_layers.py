@@ -1,5 +1,5 @@
-"""Results to layers and back, and a run's layers kept in step with its sessions, on napari's
-ViewerModel (no Qt needed)."""
+"""An image's annotation kept in step with its class layers, and layer tuples, on napari's
+ViewerModel (no Qt needed: the annotation's turns run at once)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from maskdiffusion.core.params import SegmentParams  # noqa: E402
 from maskdiffusion.core.result import SegmentationResult  # noqa: E402
 from maskdiffusion.errors import BadInputError  # noqa: E402
 from maskdiffusion.napari import layers  # noqa: E402
+from maskdiffusion.napari.annotation import Annotation, AnnotatorState  # noqa: E402
 from maskdiffusion.napari.images import current_plane, describe_image, read_plane  # noqa: E402
-from maskdiffusion.napari.results import apply_results  # noqa: E402
-from maskdiffusion.napari.state import AnnotatorState  # noqa: E402
 
 CLASSES = as_class_specs([ClassSpec("road", ("street", "asphalt"), (128, 64, 128)), "tree", "building"])
 
@@ -48,36 +47,42 @@ def rgb_layer(shape=(32, 48), **kwargs) -> Image:
 PENDING: list = []
 
 
-def paint(layer, coord, label=layers.STROKE):
-    """A stroke as napari makes it: painted, then synced at the next turn of the event loop."""
-    layer.selected_label = label
-    layer.paint(coord, label)
+def later(callback, *_):
+    """The annotation's next turn: run by :func:`flush` (napari announces a paint before it
+    writes it, so a stroke is taken at a later turn)."""
+    PENDING.append(callback)
+
+
+def flush():
     while PENDING:
         PENDING.pop(0)()
 
 
-def run_into(viewer, state, image_layer, results, **options):
-    """Apply results synchronously (all pieces at once); strokes sync when :func:`paint` says."""
-    gen = apply_results(viewer, state, image_layer, describe_image(image_layer), results, **options)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            applied = stop.value
-            break
-    applied.run.defer = lambda f: f()
-    for layer in applied.run.all_layers:
-        layer.events.paint.disconnect()
-        applied.run.bind(layer, tuple, defer=PENDING.append)
-    return applied
+def annotate(viewer, state, image_layer, results, annotation=None) -> tuple[Annotation, dict]:
+    """A run's results into the viewer as the Segment tab puts them (the turns run at once)."""
+    import weakref
+
+    if annotation is None:
+        annotation = state.add(Annotation(viewer, describe_image(image_layer), image_ref=weakref.ref(image_layer),
+                                          defer=later))
+    annotation.start_run(next(iter(results.values())).classes)
+    changed = annotation.finish_run(results, lambda plane: {"plane": list(plane)})
+    flush()
+    return annotation, changed
 
 
-def consistent(run) -> bool:
+def paint(annotation, layer, coord, label=layers.STROKE):
+    """A stroke as napari makes it (the annotation takes it at its next turn: here at once)."""
+    layer.selected_label = label
+    layer.paint(coord, label)
+    flush()
+
+
+def consistent(annotation, plane=()) -> bool:
     """Every pixel in exactly one class layer or none, as the session says."""
-    session = run.session(())
-    stack = np.stack([np.asarray(ly.data) != 0 for ly in run.layers])
+    stack = np.stack([np.asarray(ly.data[plane]) != 0 for ly in annotation.ordered_layers()])
     shown = np.where(stack.any(0), stack.argmax(0) + 1, 0)
-    return bool((stack.sum(0) <= 1).all() and np.array_equal(shown, session.labels))
+    return bool((stack.sum(0) <= 1).all() and np.array_equal(shown, annotation.session(plane).labels))
 
 
 def test_describe_rgb_gray_and_band_stack():
@@ -104,35 +109,28 @@ def test_read_plane_of_a_banded_stack():
     assert current_plane(layer, info, (1, 0, 2, 2)) == (1,)
 
 
-def test_one_class_layer_per_class_with_colour_and_metadata():
-    image = describe_image(rgb_layer(scale=(0.5, 0.5), translate=(10, 20), name="ortho",
-                                     metadata={"georeference": {"crs": "EPSG:32633"}}))
+def test_one_class_layer_per_class_with_colour_metadata_and_identity():
+    viewer, state = ViewerModel(), AnnotatorState()
+    image = viewer.add_layer(rgb_layer(scale=(0.5, 0.5), translate=(10, 20), name="ortho",
+                                       metadata={"georeference": {"crs": "EPSG:32633"}}))
     labels = stripes()
-    out = list(layers.result_layer_data(image, {(): fake_result(labels)}, semantic=True, confidence=True))
-    assert [(kw["name"], t) for _, kw, t in out] == [("road", "labels"), ("tree", "labels"), ("building", "labels"),
-                                                      ("semantic map", "labels"), ("confidence", "image")]
-    for k, (data, kw, _) in enumerate(out[:3], start=1):
+    annotation, changed = annotate(viewer, state, image, {(): fake_result(labels)})
+    assert [ly.name for ly in changed["added"]] == ["road", "tree", "building"]
+    for k, layer in enumerate(annotation.ordered_layers(), start=1):
         spec = CLASSES[k - 1]
-        assert data.dtype == np.uint8 and np.array_equal(data, labels == k)
-        assert np.allclose(kw["colormap"].map(np.array([1]))[0][:3] * 255, spec.color, atol=1)
-        assert kw["colormap"].map(np.array([0]))[0][3] == 0
-        md = kw["metadata"]
-        assert (md["kind"], md["class"], md["value"], md["image"]) == ("class", spec.name, k, "ortho")
+        assert layer.data.dtype == np.uint8 and np.array_equal(layer.data, labels == k)
+        assert np.allclose(layer.colormap.map(np.array([1]))[0][:3] * 255, spec.color, atol=1)
+        assert layer.colormap.map(np.array([0]))[0][3] == 0
+        md = layer.metadata
+        assert (md["kind"], md["class"], md["image"]) == ("class", spec.name, "ortho")
         assert md["prompts"] == list(spec.prompts) and md["parameters"]["tile_size"] == 128
         assert md["georeference"] == {"crs": "EPSG:32633"} and md["model"] == "tiny-test-model"
-        assert kw["scale"] == (0.5, 0.5) and kw["translate"] == (10, 20)
-    assert np.array_equal(out[3][0], labels)
-
-
-def test_classes_painted_while_the_run_ran_get_their_metadata_and_no_new_array():
-    """Layers streamed during a run are given the run's labels band by band: their tuples carry
-    the class metadata and no whole-plane array (36 MB and ~0.1 s each at 6000²)."""
-    image = describe_image(rgb_layer(name="ortho"))
-    labels = stripes()
-    out = list(layers.result_layer_data(image, {(): fake_result(labels)}, existing=2))
-    assert [data is None for data, _, _ in out] == [True, True, False]
-    assert [kw["metadata"]["value"] for _, kw, _ in out] == [1, 2, 3] and out[1][1]["name"] == "tree"
-    assert np.array_equal(out[2][0], labels == 3)
+        assert md["annotation"] == annotation.id and annotation.value_of(md["class_id"]) == k
+        assert tuple(layer.scale) == (0.5, 0.5) and tuple(layer.translate) == (10, 20)
+        assert state.annotation_of(layer) is annotation
+    assert state.annotation_of(image) is annotation
+    image.name = "renamed"
+    assert state.annotation_of(image) is annotation, "bound by identity, not by name"
 
 
 def test_write_into_layer_outside_napari_history_changes_only_what_differs():
@@ -141,99 +139,99 @@ def test_write_into_layer_outside_napari_history_changes_only_what_differs():
     values[2:5, 3:7] = 1
     assert layers.write_into_layer(layer, values, (), (5, 15, 10, 20)) == 12
     assert layer.data[7:10, 13:17].all() and layer.data.sum() == 12
-    assert not layer._undo_history
     assert layers.write_into_layer(layer, values, (), (5, 15, 10, 20)) == 0
+    layer.undo()
+    assert layer.data.sum() == 12, "napari's own history did not record it"
     assert layers.write_into_layer(layer, np.zeros((20, 30), np.uint8), history=True) == 12
     layer.undo()
     assert layer.data.sum() == 12
 
 
-def test_a_new_layer_is_added_hidden_and_shown_by_a_piece_that_ends_its_turn():
-    """napari's insertion and the upload of the layer's texture at the redraw after it is shown
-    are separate turns: adding is one piece, showing another that says the turn ends there."""
-    viewer, state = ViewerModel(), AnnotatorState()
-    image = viewer.add_layer(rgb_layer(name="ortho"))
-    gen = apply_results(viewer, state, image, describe_image(image), {(): fake_result(stripes())})
-    pieces = []
-    while True:
-        try:
-            ends_turn = next(gen)
-        except StopIteration:
-            break
-        pieces.append((ends_turn, [(ly.name, ly.visible) for ly in viewer.layers[1:]]))
-    shows = [layer_states for ends_turn, layer_states in pieces if ends_turn]
-    assert [names[-1] for names in shows] == [("road", True), ("tree", True), ("building", True)]
-    added = [layer_states for ends_turn, layer_states in pieces if not ends_turn and layer_states]
-    assert added[0] == [("road", False)], "added hidden, shown by a later piece"
-
-
 def test_a_stroke_under_another_class_layer_wins_where_it_was_painted():
     viewer, state = ViewerModel(), AnnotatorState()
     image = viewer.add_layer(rgb_layer(name="ortho"))
-    run = run_into(viewer, state, image, {(): fake_result(stripes())}).run
-    road, tree = run.layers[0], run.layers[1]
+    annotation, _ = annotate(viewer, state, image, {(): fake_result(stripes())})
+    road, tree, _ = annotation.ordered_layers()
     assert road.data[5, 5] == 1 and tree.data[5, 5] == 0
-    paint(tree, (5, 5))
+    paint(annotation, tree, (5, 5))
     assert tree.data[5, 5] == layers.STROKE and road.data[5, 5] == 0, "the stroke shows, the road gives it up"
-    session = run.session(())
-    assert session.labels[5, 5] == 2 and session.edited[5, 5] and consistent(run)
-    paint(tree, (5, 5))
-    assert len(session.history) == 1, "painting a stroke over itself again adds nothing"
+    session = annotation.session()
+    assert session.labels[5, 5] == 2 and session.edited[5, 5] and consistent(annotation)
+    steps = len(session.history)
+    paint(annotation, tree, (5, 5))
+    assert len(session.history) == steps, "painting a stroke over itself again adds nothing"
     assert road.data[25, 8] == layers.DRAFT and not session.edited[25, 8]
-    paint(road, (25, 8), layers.STROKE)
+    paint(annotation, road, (25, 8), layers.STROKE)
     assert road.data[25, 8] == layers.STROKE and session.edited[25, 8] and session.labels[25, 8] == 1, \
         "painting a class over itself marks it as the annotator's"
 
 
 def test_erasing_releases_pixels_and_undo_in_any_layer_keeps_one_class_per_pixel():
-    viewer, state = ViewerModel(), AnnotatorState()
-    image = viewer.add_layer(rgb_layer(name="ortho"))
-    run = run_into(viewer, state, image, {(): fake_result(stripes())}).run
-    road, tree, building = run.layers
-    session = run.session(())
-    paint(tree, (5, 5))
-    paint(building, (20, 10))
-    paint(tree, (10, 20), 0)
-    assert session.labels[10, 20] == 0 and not session.edited[10, 20], "erased pixels are free for refinement"
-    assert consistent(run) and len(session.history) == 3
     from app_model.types import KeyBinding
 
+    viewer, state = ViewerModel(), AnnotatorState()
+    image = viewer.add_layer(rgb_layer(name="ortho"))
+    annotation, _ = annotate(viewer, state, image, {(): fake_result(stripes())})
+    road, tree, building = annotation.ordered_layers()
+    session = annotation.session()
+    paint(annotation, tree, (5, 5))
+    paint(annotation, building, (20, 10))
+    paint(annotation, tree, (10, 20), 0)
+    assert session.labels[10, 20] == 0 and not session.edited[10, 20], "erased pixels are free for refinement"
+    assert consistent(annotation) and len(session.history) == 3
     for layer in (road, building, tree):
         layer.keymap[KeyBinding.from_str("Control-Z")](layer)
-        assert consistent(run)
+        flush()
+        assert consistent(annotation)
     assert np.array_equal(session.labels, stripes()) and not session.edited.any()
-    assert run.redo(()) and consistent(run) and session.labels[5, 5] == 2
+    assert annotation.redo(())
+    flush()
+    assert consistent(annotation) and session.labels[5, 5] == 2
 
 
 def test_a_second_run_is_one_undo_step_for_all_layers_and_names_replaced_strokes():
     viewer, state = ViewerModel(), AnnotatorState()
     image = viewer.add_layer(rgb_layer(name="ortho"))
-    run = run_into(viewer, state, image, {(): fake_result(stripes())}).run
-    paint(run.layers[1], (5, 5))
-    applied = run_into(viewer, state, image, {(): fake_result(np.full((32, 48), 3))})
-    assert applied.run is run and not applied.added and applied.replaced_edits == ["tree"]
-    assert len(viewer.layers) == 4 and run.layers[2].data.all() and consistent(run)
-    assert run.undo(()) and consistent(run) and run.layers[1].data[5, 5] == layers.STROKE
+    annotation, _ = annotate(viewer, state, image, {(): fake_result(stripes())})
+    tree = annotation.ordered_layers()[1]
+    paint(annotation, tree, (5, 5))
+    again, changed = annotate(viewer, state, image, {(): fake_result(np.full((32, 48), 3))}, annotation)
+    assert again is annotation and not changed["added"] and changed["replaced"] == ["tree"]
+    assert len(viewer.layers) == 4 and annotation.ordered_layers()[2].data.all() and consistent(annotation)
+    assert annotation.undo(())
+    flush()
+    assert consistent(annotation) and tree.data[5, 5] == layers.STROKE
 
 
-def test_other_classes_or_another_image_get_their_own_layers():
+def test_a_deleted_class_layer_deletes_its_class_and_its_pixels_become_unlabelled():
+    """The label values of the classes after it move down; the layers know theirs by id."""
     viewer, state = ViewerModel(), AnnotatorState()
-    a, b = viewer.add_layer(rgb_layer(name="a")), viewer.add_layer(rgb_layer(name="b"))
-    first = run_into(viewer, state, a, {(): fake_result(stripes())})
-    second = run_into(viewer, state, b, {(): fake_result(stripes())})
-    assert len(second.added) == 3 and state.run_of(second.added[0]) is second.run
-    assert state.run_of(first.added[0]) is first.run and state.run_of(a) is first.run
-    a.name = "renamed"
-    assert state.run_of(a) is first.run, "runs are keyed by the layer, not its name"
+    image = viewer.add_layer(rgb_layer(name="ortho"))
+    annotation, _ = annotate(viewer, state, image, {(): fake_result(stripes())})
+    tree = annotation.ordered_layers()[1]
+    viewer.layers.remove(tree)
+    state.layer_removed(tree)
+    flush()
+    assert [spec.name for _, spec in annotation.classes] == ["road", "building"]
+    assert set(np.unique(annotation.session().labels)) == {0, 1, 2} and consistent(annotation)
+    building = viewer.layers["building"]
+    paint(annotation, building, (5, 5))
+    assert annotation.session().labels[5, 5] == 2 and consistent(annotation)
+    for _ in range(2):
+        annotation.undo(())
+        flush()
+    assert [spec.name for _, spec in annotation.classes] == ["road", "tree", "building"]
+    assert np.array_equal(annotation.session().labels, stripes()) and consistent(annotation)
+    assert "tree" in viewer.layers and viewer.layers["tree"] is not tree, "a new layer shows the class again"
 
 
 def test_current_plane_of_a_stack():
     viewer, state = ViewerModel(), AnnotatorState()
     stack = viewer.add_image(np.zeros((3, 32, 48), np.uint8), name="stack")
-    run = run_into(viewer, state, stack, {(1,): fake_result(stripes())}).run
-    road = run.layers[0]
+    annotation, _ = annotate(viewer, state, stack, {(1,): fake_result(stripes())})
+    road = annotation.ordered_layers()[0]
     assert road.data.shape == (3, 32, 48) and not road.data[0].any() and road.data[1].any()
-    assert list(run.sessions) == [(1,)]
+    assert list(annotation.sessions) == [(1,)]
 
 
 def test_merge_later_layer_wins_and_split_round_trips():

@@ -62,10 +62,10 @@ class ClassTable(QTableWidget):
         self.blockSignals(True)
         self.setRowCount(0)
         for spec in as_class_specs(classes) if classes else []:
-            self._append_row(spec.name, "" if spec.prompts == (spec.name,) else spec.prompt, spec.color)
+            self.append_row(spec.name, "" if spec.prompts == (spec.name,) else spec.prompt, spec.color)
         self.blockSignals(False)
 
-    def _append_row(self, name: str, prompt: str, color) -> None:
+    def append_row(self, name: str, prompt: str, color) -> None:
         row = self.rowCount()
         self.insertRow(row)
         self.setItem(row, _NAME, QTableWidgetItem(name))
@@ -186,7 +186,7 @@ class ClassEditor(QWidget):
         self.table.blockSignals(True)
         self.table.setRowCount(0)
         for name, prompt, color in rows:
-            self.table._append_row(name, prompt, color)
+            self.table.append_row(name, prompt, color)
         self.table.blockSignals(False)
         if current is not None:
             self.table.setCurrentCell(current, _NAME)

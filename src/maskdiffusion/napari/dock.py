@@ -1,8 +1,9 @@
-"""The MaskDiffusion dock: a Segment tab and a Refine tab around one shared state.
+"""The MaskDiffusion dock: a Segment tab and a Refine tab around one shared state, and Save labels….
 
-The dock owns the :class:`~.state.AnnotatorState` of its viewer and gives it to both panels;
-it keeps the state in step with the viewer's layers (removed layers are forgotten, the class
-layers of an opened session bundle are taken in) and tells the panels when layers change.
+The dock owns the :class:`~.annotation.AnnotatorState` of its viewer and gives it to both panels;
+it tells the state what happens in the viewer's layer list: class layers that arrive from a file
+are bound as annotations (:meth:`~.annotation.AnnotatorState.adopt`), deleted ones delete their
+class, and a label raster of ours that napari opened as a plain image is opened as its classes.
 """
 
 from __future__ import annotations
@@ -12,26 +13,37 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..errors import BadInputError, OutputError
-from .garbage import release
-from .layers import CLASS, base_metadata, semantic_layer_data
-from .notify import report
+from .annotation import AnnotatorState, remove_layers
+from .images import source_path
+from .notify import report, say
 from .refine_panel import RefinePanel
 from .segment_panel import SegmentPanel
-from .state import AnnotatorState, ImageRun
+from .turns import next_turn
+from .workers import make_worker, start
 
 if TYPE_CHECKING:
     import napari
 
+    from .annotation import Annotation
+
 __all__ = ["AnnotatorDock"]
 
 
-def _disconnect(connections, stop, *_) -> None:
+def _disconnect(connections, stop, state, *_) -> None:
     stop()
+    state.close()
     for event, callback in connections:
         event.disconnect(callback)
 
@@ -42,9 +54,10 @@ class AnnotatorDock(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
         self.viewer = viewer
-        self.state = AnnotatorState()
+        self.state = AnnotatorState(notify=say)
         self.segment = SegmentPanel(viewer, self.state)
         self.refine = RefinePanel(viewer, self.state)
+        self.state.on_change, self.state.background = self.refine.on_change, self.refine.background
         self.tabs = QTabWidget()
         self.tabs.addTab(self.segment, "Segment")
         self.tabs.addTab(self.refine, "Refine")
@@ -54,11 +67,12 @@ class AnnotatorDock(QWidget):
         row = QHBoxLayout()
         save = QPushButton("Save labels…")
         save.setToolTip("the image's label map (0 = unlabelled, k = k-th class) as a GeoTIFF with its classes, "
-                        "colours and georeference (or a palette PNG), and OUT.classes.json beside it")
+                        "colours and georeference (or a palette PNG), and OUT.classes.json beside it; an "
+                        "annotation opened from a file can be saved back in place")
         save.clicked.connect(self._save_dialog)
         self.saved_label = QLabel("")
-        self._label_worker = None
         self.saved_label.setWordWrap(True)
+        self._label_worker = None
         row.addWidget(save)
         row.addWidget(self.saved_label, 1)
         layout.addLayout(row)
@@ -69,70 +83,119 @@ class AnnotatorDock(QWidget):
         ]
         for event, callback in connections:
             event.connect(callback)
-        self.destroyed.connect(partial(_disconnect, connections, self.segment.stop))
-        QTimer.singleShot(0, self._adopt_sessions)
+        self.destroyed.connect(partial(_disconnect, connections, self.segment.stop, self.state))
+        self._arrived = list(viewer.layers)
+        next_turn(self.adopt)
 
     def reset_choices(self, *_) -> None:
         """Refill the panels' layer choices (napari calls this when layers change)."""
         self.segment.reset_choices()
         self.refine.reset_choices()
 
-    def current_run(self):
-        """The run of the selected layer, else the Refine tab's, else the Segment tab's image's."""
-        return (self.state.run_of(self.viewer.layers.selection.active) or self.refine.current()[0]
-                or self.state.run_of(self.segment.image_layer()))
+    def current(self) -> tuple[Annotation | None, tuple[int, ...]]:
+        """The annotation in front and its plane in view (see the Refine tab)."""
+        return self.refine.current()
+
+    # ------------------------------------------------------------------ layers coming and going
+
+    def _on_inserted(self, event) -> None:
+        layer = event.value
+        path = source_path(layer) if layer.metadata.get("kind") is None else None
+        if path is not None and hasattr(layer, "rgb"):
+            from .reader import labels_sidecar
+
+            sidecar = labels_sidecar(path)
+            if sidecar is not None:
+                next_turn(partial(self._open_as_classes, layer, sidecar))
+                return
+        self._arrived.append(layer)
+        if len(self._arrived) == 1:
+            next_turn(self.adopt)
+
+    def _open_as_classes(self, layer, sidecar: Path) -> None:
+        """napari opened one of our label rasters as a grey image: open it as its classes."""
+        def reopen():
+            self.viewer.open(str(sidecar), plugin="napari-maskdiffusion")
+            say(f"{Path(source_path(layer) or sidecar).name} holds MaskDiffusion labels: opened as "
+                             "its class layers (with its image, when found)")
+
+        remove_layers(self.viewer, [layer], reopen)
+
+    def adopt(self) -> None:
+        """Bind the class layers that arrived from a file (or a split) as annotations."""
+        arrived, self._arrived = self._arrived, []
+        if self.state.adopt(self.viewer, arrived):
+            self.refine.reset_choices()
+
+    def _on_removed(self, event) -> None:
+        self.state.layer_removed(event.value)
+        self.refine.reset_choices()
+
+    def _on_active(self, event=None) -> None:
+        self.segment.follow_selection()
+        self.refine.reset_choices()
+
+    # ------------------------------------------------------------------ Save labels…
 
     def _label_writer(self, path) -> Callable[[], list[str]]:
-        """Check what ``path`` would save and copy the current run's map (the plane in view; kept
-        packed, milliseconds); the returned call writes it with its sidecar, on any thread."""
-        from .writers import write_geotiff, write_palette_png
+        """Check what ``path`` would save and copy the map of the annotation in front (the plane in
+        view); the returned call writes it with its sidecar, on any thread."""
+        from .writers import write_annotation
 
-        run = self.current_run()
-        if run is None or not run.sessions:
-            raise BadInputError("nothing to save yet: segment an image first")
+        annotation, plane = self.current()
+        session = annotation.session(plane) if annotation is not None else None
+        if session is None:
+            raise BadInputError("nothing to save yet: segment an image first, or open a result")
+        for layer in annotation.ordered_layers():
+            annotation.take_strokes(layer, plane)
         path = Path(path)
         if path.suffix.lower() not in (".tif", ".tiff", ".png"):
             raise BadInputError(f"save labels as .tif, .tiff or .png, not {path.name}")
-        plane = self.refine.current()[1] if run is self.refine.current()[0] else ()
-        session = run.session(plane) or next(iter(run.sessions.values()))
-        base = base_metadata(run.image, run.layers[0].metadata if run.layers else {})
         labels, classes = session.labels.copy(), list(session.classes)
-        write = write_palette_png if path.suffix.lower() == ".png" else write_geotiff
+        meta = annotation.base_metadata()
 
         def write_now() -> list[str]:
-            data, kwargs, kind = semantic_layer_data(np.asarray(labels), classes, base)
             try:
-                return write(str(path), [(data, kwargs, kind)])
+                return write_annotation(path, labels, classes, meta)
             except OSError as e:
                 raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
 
         return write_now
 
-    def save_labels(self, path) -> list[str]:
-        """Write the current run's label map (the plane in view) with its sidecar now, on this
-        thread; returns the files. *Save labels…* writes with :meth:`save_labels_soon`."""
-        return self._labels_saved(self._label_writer(path)())
+    def save_labels(self, path=None) -> list[str]:
+        """Write the label map of the annotation in front with its sidecar now, on this thread
+        (``path`` None: back to the file it was opened from); returns the files."""
+        annotation, _ = self.current()
+        path = path or self.in_place_path(annotation)
+        if path is None:
+            raise BadInputError("give a file to save to: this annotation was not opened from a label file")
+        written = self._label_writer(path)()
+        return self._labels_saved(annotation, written)
 
     def save_labels_soon(self, path):
-        """Write the label map like :meth:`save_labels`, on a worker (at 6000² the map's unpacking
-        and the file's encoding took 0.5–0.7 s on the interface's thread); returns the worker, or
-        ``None`` after one notification of what is wrong."""
-        from napari.qt.threading import create_worker
-
+        """Write the label map like :meth:`save_labels`, on a worker (unpacking and encoding a
+        6000² map took 0.5–0.7 s); returns the worker, or ``None`` after one notification."""
+        annotation, _ = self.current()
         try:
             write = self._label_writer(path)
         except BadInputError as e:
             report(e)
             return None
         self.saved_label.setText("saving …")
-        self._label_worker = worker = create_worker(write, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(self._labels_saved)
-        worker.errored.connect(self._labels_not_saved)
-        worker.start()
-        return worker
+        self._label_worker = make_worker(write, returned=partial(self._labels_saved, annotation),
+                                         errored=self._labels_not_saved)
+        return start(self._label_worker, self.state.synchronous)
 
-    def _labels_saved(self, written: list[str]) -> list[str]:
-        self.saved_label.setText(f"saved {written[0]}")
+    @staticmethod
+    def in_place_path(annotation) -> str | None:
+        """The label raster an annotation was opened from, if it can be written back there."""
+        source = annotation.source if annotation is not None else {}
+        return source.get("path") if source.get("kind") == "labels" else None
+
+    def _labels_saved(self, annotation, written: list[str]) -> list[str]:
+        if annotation is not None:
+            annotation.source = {"kind": "labels", "path": written[0]}
+        self.saved_label.setText(f"saved {Path(written[0]).name} ({annotation.name if annotation else ''})")
         return written
 
     def _labels_not_saved(self, exc: BaseException) -> None:
@@ -140,56 +203,21 @@ class AnnotatorDock(QWidget):
         report(exc)
 
     def _save_dialog(self) -> None:
-        run = self.current_run()
-        name = (run.image.name if run is not None else "labels") + "_labels.tif"
-        path, _ = QFileDialog.getSaveFileName(self, "Save labels", name, "GeoTIFF (*.tif *.tiff);;Palette PNG (*.png)")
+        annotation, _ = self.current()
+        here = self.in_place_path(annotation)
+        if here is not None:
+            answer = QMessageBox.question(
+                self, "Save labels", f"Save the labels back to {here}, replacing it?\n(No: choose another file.)",
+                QMessageBox.Yes | QMessageBox.No | QMessageBox.Cancel, QMessageBox.Yes)
+            if answer == QMessageBox.Yes:
+                self.save_labels_soon(here)
+                return
+            if answer != QMessageBox.No:
+                return
+        start_at = Path(here or (annotation.image.path if annotation is not None and annotation.image.path else ""))
+        name = (annotation.name if annotation is not None else "labels") + "_labels.tif"
+        path, _ = QFileDialog.getSaveFileName(self, "Save labels", str(start_at.with_name(name) if here or
+                                              start_at.name else name),
+                                              "GeoTIFF (*.tif *.tiff);;Palette PNG (*.png)")
         if path:
             self.save_labels_soon(path)
-
-    def _on_inserted(self, event=None) -> None:
-        QTimer.singleShot(0, self._adopt_sessions)
-        QTimer.singleShot(0, self.refine.reset_choices)
-
-    def hideEvent(self, event) -> None:  # noqa: N802 (Qt's name)
-        release()
-        super().hideEvent(event)
-
-    def _on_removed(self, event) -> None:
-        release()
-        self.state.forget_layers([event.value])
-        self.refine.reset_choices()
-
-    def _on_active(self, event=None) -> None:
-        self.segment.follow_selection()
-        self.refine.reset_choices()
-
-    def _adopt_sessions(self) -> None:
-        """Take in the class layers of opened session bundles (their metadata names the bundle)."""
-        from ..session_bundle import load_session
-        from .images import describe_image
-
-        groups: dict[str, list] = {}
-        for layer in self.viewer.layers:
-            folder = layer.metadata.get("session")
-            if folder and layer.metadata.get("kind") == CLASS and self.state.run_of(layer) is None:
-                groups.setdefault(str(folder), []).append(layer)
-        for folder, layers in groups.items():
-            session = load_session(folder)
-            image_layer = next((ly for ly in self.viewer.layers if ly.metadata.get("session") == folder
-                                and ly.metadata.get("kind") != CLASS and hasattr(ly, "rgb")), None)
-            key = image_layer if image_layer is not None else layers[0]
-            image = describe_image(image_layer) if image_layer is not None else _layers_image(layers[0], session)
-            run = ImageRun(image, layers=layers, sessions={(): session}, session_path=Path(folder))
-            for layer in layers:
-                run.bind(layer, tuple)
-            self.state.runs[key] = run
-        if groups:
-            self.refine.reset_choices()
-
-
-def _layers_image(layer, session):
-    """A description of the image of a session whose image file is gone, from its class layer."""
-    from .images import LayerImage
-
-    return LayerImage(session.image.get("layer") or layer.name, tuple(layer.data.shape), None, ("gray",),
-                      tuple(layer.scale), tuple(layer.translate), session.image.get("georeference"))

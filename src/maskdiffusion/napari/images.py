@@ -15,7 +15,8 @@ import numpy as np
 if TYPE_CHECKING:
     from napari.layers import Image, Layer
 
-__all__ = ["LayerImage", "current_plane", "describe_image", "georeference", "image_layer_data", "level0", "read_plane"]
+__all__ = ["LayerImage", "current_plane", "describe_image", "georeference", "image_layer_data", "level0", "read_plane",
+           "source_path"]
 
 _BAND_AXIS_LABELS = {"band", "bands", "channel", "channels", "c"}
 
@@ -28,6 +29,7 @@ class LayerImage:
     shape: the label layers' shape: the data's shape without the band axis; its last two
         axes are (H, W), any before them are a stack of planes.
     scale, translate: those of the label axes.
+    path: the file the image was read from, if known (sidecars name it relative to themselves).
     """
 
     name: str
@@ -37,6 +39,7 @@ class LayerImage:
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     georeference: dict | None = None
+    path: str | None = None
 
     @property
     def n_bands(self) -> int:
@@ -102,7 +105,13 @@ def describe_image(layer: Image) -> LayerImage:
     else:
         scale = tuple(float(s) for s in layer.scale)
         translate = tuple(float(t) for t in layer.translate)
-    return LayerImage(layer.name, shape, band_axis, names, scale, translate, georeference(layer))
+    return LayerImage(layer.name, shape, band_axis, names, scale, translate, georeference(layer), source_path(layer))
+
+
+def source_path(layer: Layer) -> str | None:
+    """The file a layer was read from: napari's record of it, else our reader's metadata."""
+    path = getattr(getattr(layer, "source", None), "path", None) or layer.metadata.get("source")
+    return str(path) if path else None
 
 
 def current_plane(layer: Image, image: LayerImage, world_point: Sequence[float]) -> tuple[int, ...]:

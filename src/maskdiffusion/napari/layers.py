@@ -18,8 +18,7 @@ commands at the end.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,15 +27,17 @@ from ..core.classes import ClassSpec, default_color
 from ..core.labels import label_dtype
 from ..errors import BadInputError
 from .images import LayerImage, level0
+from .napari_compat import outside_history
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Labels, Layer
 
-    from ..core.result import SegmentationResult
 
 __all__ = [
+    "ANNOTATION",
     "CLASS",
+    "CLASS_ID",
     "CONFIDENCE",
     "DRAFT",
     "MERGE_RULE",
@@ -51,7 +52,6 @@ __all__ = [
     "layer_classes",
     "merge_class_layers",
     "merge_layer_data",
-    "result_layer_data",
     "safe_filename",
     "semantic_colormap",
     "semantic_layer_data",
@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 CLASS, SEMANTIC, CONFIDENCE = "class", "semantic", "confidence"
+#: Metadata keys binding a class layer to its annotation and class (:mod:`.annotation`).
+ANNOTATION, CLASS_ID = "annotation", "class_id"
 SOFTWARE = "napari-maskdiffusion"
 OPACITY = 0.7
 #: A class layer's values: the class as drafted, and as the annotator painted it.
@@ -72,7 +74,8 @@ MERGE_RULE = (
 )
 
 LayerDataTuple = tuple[np.ndarray, dict, str]
-_PER_CLASS = ("kind", "class", "value", "prompt", "prompts", "color", "classes", "merge_rule", "index")
+_PER_CLASS = ("kind", "class", "value", "prompt", "prompts", "color", "classes", "merge_rule", "index", ANNOTATION,
+              CLASS_ID)
 
 
 # --------------------------------------------------------------------------- colours and metadata
@@ -107,6 +110,8 @@ def base_metadata(image: LayerImage | None, meta: Mapping[str, Any]) -> dict:
     out["software"] = SOFTWARE
     if image is not None:
         out["image"] = image.name
+        if image.path:
+            out["image_path"] = image.path
         if image.georeference:
             out["georeference"] = image.georeference
     return out
@@ -133,44 +138,6 @@ def semantic_layer_data(data: np.ndarray, classes: Sequence[ClassSpec], metadata
     if image is not None:
         kwargs.update(scale=image.scale, translate=image.translate)
     return data, kwargs, "labels"
-
-
-# --------------------------------------------------------------------------- results -> layers
-
-
-def result_layer_data(image: LayerImage, results: Mapping[tuple[int, ...], SegmentationResult], *,
-                      semantic: bool = False, confidence: bool = False,
-                      existing: int = 0) -> Iterator[LayerDataTuple]:
-    """One class layer per class, then optionally the semantic map and the confidence, built one
-    at a time as they are taken (a 6000² layer's array is built in the turn that adds it).
-
-    ``results`` maps plane indices of ``image`` to their result; planes not run stay 0. The
-    first ``existing`` classes have layers already (painted while the run ran): their tuples
-    carry no array (None), the caller writes the results into those layers.
-    """
-    first = next(iter(results.values()))
-    classes = first.classes
-    base = base_metadata(image, first.metadata())
-    for k, spec in enumerate(classes, start=1):
-        if k <= existing:
-            yield class_layer_data(None, spec, k, base, image.scale, image.translate)
-            continue
-        data = np.zeros(image.shape, np.uint8)
-        for plane, r in results.items():
-            np.multiply(r.labels == k, np.uint8(DRAFT), out=data[plane])
-        yield class_layer_data(data, spec, k, base, image.scale, image.translate)
-    if semantic:
-        sem = np.zeros(image.shape, label_dtype(len(classes)))
-        for plane, r in results.items():
-            sem[plane] = r.labels
-        yield semantic_layer_data(sem, classes, {**base, "merge_rule": "argmax of the class scores"}, image)
-    if confidence:
-        conf = np.zeros(image.shape, np.float32)
-        for plane, r in results.items():
-            conf[plane] = r.confidence
-        yield (conf, {"name": "confidence", "colormap": "magma", "opacity": 0.7, "blending": "translucent",
-                      "metadata": {**base, "kind": CONFIDENCE}, "scale": image.scale,
-                      "translate": image.translate}, "image")
 
 
 # --------------------------------------------------------------------------- layers -> classes
@@ -272,20 +239,6 @@ def export_labels(data: np.ndarray, metadata: Mapping) -> tuple[np.ndarray, list
 # --------------------------------------------------------------------------- writing into a layer
 
 
-@contextmanager
-def _outside_history(layer: Labels) -> Iterator[None]:
-    """Writes that napari's own undo history does not record: a Session holds their undo."""
-    if not hasattr(layer, "_staged_history"):
-        yield
-        return
-    staged, blocked = layer._staged_history, layer._block_history
-    layer._staged_history, layer._block_history = [], True
-    try:
-        yield
-    finally:
-        layer._staged_history, layer._block_history = staged, blocked
-
-
 def write_into_layer(layer: Labels, values: np.ndarray, plane: tuple[int, ...] = (),
                      region: tuple[int, int, int, int] | None = None, *, history: bool = False,
                      refresh: bool = True) -> int:
@@ -320,7 +273,7 @@ def write_into_layer(layer: Labels, values: np.ndarray, plane: tuple[int, ...] =
         with layer.block_history():
             layer.data_setitem(index, new)
     else:
-        with _outside_history(layer):
+        with outside_history(layer):
             layer.data_setitem(index, new)
     return n
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from functools import partial
 
-from napari.qt.threading import create_worker
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton
 
-from .garbage import settle
+from .annotation import AnnotatorState
 from .notify import report
 from .settings import WidgetSettings, save_settings
-from .state import AnnotatorState
+from .workers import make_worker, start
 
 __all__ = ["DEVICES", "PRECISIONS", "ModelBox"]
 
@@ -102,18 +101,14 @@ class ModelBox(QGroupBox):
         if not key[0]:
             self.status.setText("give a model source: a hub id, a folder, a checkpoint file or random:tiny")
             return None
-        from .runs import load
+        from .workers import load
 
         self.status.setText(f"loading {key[0]} …")
         self._failed = False
-        settle(self)
-        self._loader = worker = create_worker(load, *key, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(partial(self._on_loaded, key))
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
+        self._loader = worker = make_worker(load, *key, returned=partial(self._on_loaded, key),
+                                            errored=self._on_error, finished=self._on_finished)
         self.changed.emit()
-        worker.start()
-        return worker
+        return start(worker, self.state.synchronous)
 
     def _on_loaded(self, key, model) -> None:
         self.state.set_model(model, key)
@@ -123,7 +118,6 @@ class ModelBox(QGroupBox):
         if self.source_combo.findText(key[0]) < 0:
             self.source_combo.insertItem(0, key[0])
         self.status.setText(self._describe())
-        settle(self)
 
     def _on_error(self, exc: BaseException) -> None:
         self._failed = True

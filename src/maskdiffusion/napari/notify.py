@@ -3,11 +3,11 @@ purpose, napari's traceback notification for a bug."""
 
 from __future__ import annotations
 
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 
 from ..errors import MaskDiffusionError
 
-__all__ = ["report"]
+__all__ = ["report", "say"]
 
 
 def report(exc: BaseException, what: str = "MaskDiffusion") -> None:
@@ -18,3 +18,8 @@ def report(exc: BaseException, what: str = "MaskDiffusion") -> None:
     from napari.utils.notifications import notification_manager
 
     notification_manager.receive_error(type(exc), exc, exc.__traceback__)
+
+
+def say(message: str) -> None:
+    """One line to the annotator about what the dock did (a class deleted, nothing to undo)."""
+    show_info(message)

@@ -3,17 +3,22 @@
 - ``OUT.classes.json`` (the sidecar of ``maskdiffusion segment``/``batch``/our writers): the
   result's class layers, georeferenced, and its image when the file is still there;
 - ``classes.json`` of a class bundle folder: its class layers;
-- ``NAME.mdsession`` (or its ``session.json``): the session's image and class layers, which
-  the dock takes in to continue refining;
+- ``NAME.mdsession`` (or its ``session.json``): the session's image and class layers (the
+  annotator's strokes as strokes), which the dock takes in to continue refining;
 - ISPRS Potsdam files (``top_potsdam_*.tif`` with their ``.tfw``, ``potsdam_*_label*.tif``):
   images keep their georeference (EPSG:32633), a multi-band tile opens as its band stack and an
   RGB view, labels as a semantic map of the six Potsdam classes.
+
+The layers of one file carry one annotation id (``metadata["annotation"]``) and where they came
+from (``metadata["source_file"]``), so the dock binds them as one annotation that can be saved
+back in place (:mod:`.annotation`). A sidecar names its image relative to itself.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +27,9 @@ from ..core.classes import ClassSpec, preset_classes
 from ..core.labels import from_stored
 from ..errors import BadInputError
 from .images import image_layer_data
-from .layers import SOFTWARE, base_metadata, class_layer_data, semantic_layer_data
+from .layers import ANNOTATION, SOFTWARE, STROKE, base_metadata, class_layer_data, semantic_layer_data
 
-__all__ = ["get_reader", "image_layer_data", "read_path"]
+__all__ = ["get_reader", "image_layer_data", "labels_sidecar", "read_path"]
 
 _SIDECAR = ".classes.json"
 _BUNDLE_FILE = "classes.json"
@@ -62,15 +67,29 @@ def read_path(path) -> list[tuple]:
         return [t for p in path for t in read_path(p)]
     kind = _kind(path)
     p = Path(path)
-    if kind == "session":
-        from .session_layers import read_session
+    if kind == "potsdam":
+        return read_potsdam(p)
+    layers = read_session(p) if kind == "session" else read_bundle(p.parent) if kind == "bundle" else read_result(p)
+    annotation = uuid.uuid4().hex[:12]
+    for _, kwargs, _ in layers:
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), ANNOTATION: annotation}
+    return layers
 
-        return read_session(p)
-    if kind == "bundle":
-        return read_bundle(p.parent)
-    if kind == "sidecar":
-        return read_result(p)
-    return read_potsdam(p)
+
+def labels_sidecar(path) -> Path | None:
+    """The sidecar of a label raster written by this plugin (``X.tif`` beside ``X.classes.json``),
+    else ``None``: what the dock opens when napari opened the raster as a plain image."""
+    from ..geo.raster_io import sidecar_path
+
+    p = Path(path)
+    if p.suffix.lower() not in _RASTER_SUFFIXES:
+        return None
+    sidecar = sidecar_path(p)
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return sidecar if isinstance(meta, dict) and meta.get("software") == SOFTWARE and "classes" in meta else None
 
 
 def _is_bundle(folder: Path) -> bool:
@@ -87,32 +106,83 @@ def _raster_of(sidecar: Path) -> Path | None:
                 None)
 
 
-def _class_layers(labels: np.ndarray, classes, meta: dict, image_name: str) -> list[tuple]:
+def _class_layers(labels: np.ndarray, classes, meta: dict, image_name: str, edited: np.ndarray | None = None,
+                  image_path: str | None = None) -> list[tuple]:
+    """One class layer per class of a label map (``edited`` pixels as strokes)."""
     base = base_metadata(None, meta)
     base["image"] = image_name
-    return [class_layer_data((labels == k).astype(np.uint8), spec, k, base) for k, spec in enumerate(classes, start=1)]
+    if image_path:
+        base["image_path"] = image_path
+    out = []
+    for k, spec in enumerate(classes, start=1):
+        mine = labels == k
+        data = mine.astype(np.uint8) if edited is None else np.where(mine & edited, STROKE, mine).astype(np.uint8)
+        out.append(class_layer_data(data, spec, k, base))
+    return out
+
+
+def _image_layers(meta: dict, sidecar: Path, fallback: str) -> tuple[list[tuple], str, str | None]:
+    """The image a sidecar names, when it is still on disk: its layers, the name the class layers
+    refer to, and its path."""
+    from ..geo.raster_io import read_image, referenced_image
+
+    source = referenced_image(sidecar, meta)
+    if source is None:
+        return [], meta.get("image_layer") or fallback, None
+    image, image_geo = read_image(source)
+    out = image_layer_data(image, image_geo, source.stem)
+    return out, out[-1][1]["name"] if len(out) > 1 else source.stem, str(source)
 
 
 def read_result(sidecar: Path) -> list[tuple]:
-    """A result (its sidecar): its image when still on disk, then one class layer per class."""
+    """A result (its sidecar): its image when still on disk, then one class layer per class. An
+    ISPRS-style colour-coded raster is decoded by the colours of its classes."""
     from ..geo.raster_io import read_image
 
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
     raster = _raster_of(sidecar)
     labels, geo = read_image(raster)
-    if labels.ndim != 2:
-        raise BadInputError(f"{raster} is not a one-band label raster")
     classes = [ClassSpec.from_dict(c) for c in meta.get("classes", [])]
-    labels = from_stored(labels, meta, len(classes), what=str(raster))
+    if labels.ndim == 3 and labels.shape[2] >= 3 and all(c.color for c in classes):
+        colors = np.array([(0, 0, 0), *(c.color for c in classes)], np.int64)
+        codes = colors @ np.array([1 << 16, 1 << 8, 1])
+        rgb = labels[..., :3].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
+        order = np.argsort(codes)
+        found = np.clip(np.searchsorted(codes[order], rgb), 0, len(codes) - 1)
+        labels = np.where(codes[order][found] == rgb, order[found], 0).astype(np.uint8)
+    elif labels.ndim != 2:
+        raise BadInputError(f"{raster} is not a one-band label raster")
+    else:
+        labels = from_stored(labels, meta, len(classes), what=str(raster))
     if geo.transform is not None and not meta.get("georeference"):
         meta["georeference"] = geo.to_dict()
-    out, image_name = [], raster.stem
-    source = Path(meta["image"]) if meta.get("image") else None
-    if source is not None and source.is_file():
-        image, image_geo = read_image(source)
-        out = image_layer_data(image, image_geo, source.stem)
-        image_name = out[-1][1]["name"] if len(out) > 1 else source.stem
-    return out + _class_layers(labels, classes, meta, image_name)
+    out, image_name, image_path = _image_layers(meta, sidecar, raster.stem)
+    meta["source_file"] = {"kind": "labels", "path": str(raster)}
+    return out + _class_layers(labels, classes, meta, image_name, image_path=image_path)
+
+
+def read_session(path) -> list[tuple]:
+    """A ``.mdsession`` bundle (or its ``session.json``): its image when the file is still there,
+    then its class layers, the annotator's strokes as strokes."""
+    from ..geo.raster_io import read_image
+    from ..session_bundle import SUFFIX, load_session
+
+    p = Path(path)
+    folder = (p.parent if p.name == _SESSION_FILE else p if p.suffix == SUFFIX else p.with_name(p.name + SUFFIX))
+    folder = folder.resolve()
+    session = load_session(folder)
+    name = session.image.get("layer") or folder.stem
+    out = []
+    source = session.image.get("path")
+    if source and Path(source).is_file():
+        image, geo = read_image(source)
+        out = image_layer_data(image, geo, name)
+    meta = {"model": session.model, "parameters": session.parameters, "session": str(folder),
+            "source_file": {"kind": "session", "path": str(folder)}}
+    if session.image.get("georeference"):
+        meta["georeference"] = session.image["georeference"]
+    return out + _class_layers(session.labels, session.classes, meta, name, np.asarray(session.edited),
+                               source if out else None)
 
 
 def read_potsdam(path: Path) -> list[tuple]:
@@ -137,10 +207,12 @@ def read_bundle(folder: Path) -> list[tuple]:
     from ..geo.raster_io import read_image
 
     info = json.loads((folder / _BUNDLE_FILE).read_text(encoding="utf-8"))
-    base = {k: v for k, v in info.items() if k not in ("classes", "bundle", "semantic", "merge_rule")}
-    out = []
+    base = {k: v for k, v in info.items() if k not in ("classes", "bundle", "semantic", "merge_rule", "label_values")}
+    out, image_name, image_path = _image_layers(info, folder / _BUNDLE_FILE, folder.stem)
+    base = {**base_metadata(None, base), "image": image_name, "source_file": {"kind": "bundle", "path": str(folder)}}
+    if image_path:
+        base["image_path"] = image_path
     for k, entry in enumerate(info["classes"], start=1):
         labels, _ = read_image(folder / entry["file"])
-        out.append(class_layer_data((labels != 0).astype(np.uint8), ClassSpec.from_dict(entry), k,
-                                    base_metadata(None, base)))
+        out.append(class_layer_data((labels != 0).astype(np.uint8), ClassSpec.from_dict(entry), k, base))
     return out

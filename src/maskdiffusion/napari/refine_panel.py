@@ -1,26 +1,27 @@
 """The dock's Refine tab: correct a few strokes, the rest follows, without a model call.
 
 Thin by design: the plane's :class:`~maskdiffusion.session.Session` refines, undoes and
-changes classes; the :class:`~.state.ImageRun` shows its map in the class layers. Heavy work
-(building the refinement cache, refining a 6000² tile) runs on a worker thread, and results
+changes classes; the :class:`~.annotation.Annotation` shows its map in the class layers. Heavy
+work (building the refinement cache, refining a 6000² tile) runs on a worker thread, and results
 are written into the layers a band of rows per event-loop turn.
 
 - **Refine** (key ``R``) reassigns every pixel the annotator did not set. **Undo** / **Redo**
-  (or Ctrl-Z / Ctrl-Shift-Z in any class layer) step through runs, strokes and refinements
-  for all layers at once. **Live** refines at the end of each stroke.
+  (or Ctrl-Z / Ctrl-Shift-Z in any class layer) step through runs, strokes, refinements and
+  class changes for all layers at once. **Live** refines at the end of each stroke.
 - **Class by example**: a new class layer to paint, known to the session by its strokes only.
   Rename, remove (its pixels go to the best remaining class) and merge act on the session.
 - **Confidence**: the margin between the two best classes, as an image layer; **Next unsure
   region** centres the view on the largest low-margin region not yet visited.
+
+The tab works on the annotation of the selected layer (a class layer or its image), else the
+one chosen in its list, else the latest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
@@ -37,12 +38,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.classes import ClassSpec, default_color
-from ..errors import BadInputError
-from .layers import CONFIDENCE, SOFTWARE, base_metadata, class_layer_data, merge_class_layers, split_semantic_layer
+from ..core.classes import ClassSpec, default_color, new_class_id
+from ..errors import BadInputError, NeedsFeaturesError
+from .annotation import Annotation, AnnotatorState
+from .layers import CONFIDENCE, SOFTWARE, merge_class_layers, split_semantic_layer
 from .notify import report
 from .session_box import SessionBox
-from .state import AnnotatorState, ImageRun
+from .workers import make_worker, start
 
 if TYPE_CHECKING:
     import napari
@@ -51,6 +53,7 @@ __all__ = ["RefinePanel"]
 
 CONFIDENCE_NAME = "unsure (refine)"
 BUSY = "busy with the last step: try again when it is shown"
+NO_ANNOTATION = "segment an image first (Segment tab), or open a result, a label file or a session"
 
 
 class RefinePanel(QWidget):
@@ -61,6 +64,7 @@ class RefinePanel(QWidget):
         self.viewer, self.state = viewer, state
         self._worker = None
         self._writing = None
+        self._chosen: Annotation | None = None
         self._visited: list[tuple[int, int]] = []
         self._example_color = default_color(0)
 
@@ -83,8 +87,8 @@ class RefinePanel(QWidget):
         box = QGroupBox("Refine")
         form = QFormLayout(box)
         self.run_combo = QComboBox()
-        self.run_combo.setToolTip("the segmented image whose class layers you correct")
-        self.run_combo.currentIndexChanged.connect(lambda _: self.refresh())
+        self.run_combo.setToolTip("the image whose class layers you correct (follows the selected layer)")
+        self.run_combo.activated.connect(self._choose)
         form.addRow("Image", self.run_combo)
         row = QHBoxLayout()
         self.refine_button = QPushButton("Refine (R)")
@@ -93,9 +97,9 @@ class RefinePanel(QWidget):
         self.undo_button = QPushButton("Undo")
         self.undo_button.setToolTip("undo the last run, stroke, refinement or class change in every layer "
                                     "(Ctrl-Z in a class layer does the same)")
-        self.undo_button.clicked.connect(lambda: self._step(ImageRun.undo))
+        self.undo_button.clicked.connect(lambda: self._step("undo"))
         self.redo_button = QPushButton("Redo")
-        self.redo_button.clicked.connect(lambda: self._step(ImageRun.redo))
+        self.redo_button.clicked.connect(lambda: self._step("redo"))
         for button in (self.refine_button, self.undo_button, self.redo_button):
             row.addWidget(button)
         form.addRow(row)
@@ -159,45 +163,46 @@ class RefinePanel(QWidget):
         row.addWidget(unsure)
         return box
 
-    # ------------------------------------------------------------------ the run in front
+    # ------------------------------------------------------------------ the annotation in front
 
-    def runs(self) -> list[ImageRun]:
-        return list(self.state.runs.values())
+    def annotations(self) -> list[Annotation]:
+        return list(self.state.annotations.values())
 
-    def current(self) -> tuple[ImageRun | None, tuple[int, ...]]:
-        """The chosen run and the plane the viewer shows of it."""
-        runs = self.runs()
-        index = self.run_combo.currentIndex()
-        run = runs[index] if 0 <= index < len(runs) else None
-        if run is None or not run.layers:
-            return run, ()
-        ndim = run.layers[0].ndim - 2
-        return run, tuple(int(i) for i in self.viewer.dims.current_step[:ndim])
+    def current(self) -> tuple[Annotation | None, tuple[int, ...]]:
+        """The annotation in front (the selected layer's, else the one chosen, else the latest)
+        and the plane the viewer shows of it."""
+        annotations = self.annotations()
+        found = self.state.annotation_of(self.viewer.layers.selection.active)
+        if found is None and self._chosen in annotations:
+            found = self._chosen
+        if found is None and annotations:
+            found = annotations[-1]
+        return found, found.current_plane() if found is not None else ()
+
+    def _choose(self, index: int) -> None:
+        annotations = self.annotations()
+        if 0 <= index < len(annotations):
+            self._chosen = annotations[index]
+            layers = self._chosen.ordered_layers()
+            if layers:
+                self.viewer.layers.selection.active = layers[0]
+        self.refresh()
 
     def reset_choices(self, *_) -> None:
-        """Refill the run list; follow the active layer's run."""
-        runs = self.runs()
+        """Refill the image list and show the annotation in front."""
+        annotations = self.annotations()
         current, _ = self.current()
-        active = self.state.run_of(self.viewer.layers.selection.active)
-        names = []
-        for run in runs:
-            key = self.state.image_of(run)
-            names.append(getattr(key, "name", run.image.name))
         self.run_combo.blockSignals(True)
         self.run_combo.clear()
-        self.run_combo.addItems(names)
-        target = active or current
-        if target in runs:
-            self.run_combo.setCurrentIndex(runs.index(target))
+        self.run_combo.addItems([a.name for a in annotations])
+        if current in annotations:
+            self.run_combo.setCurrentIndex(annotations.index(current))
         self.run_combo.blockSignals(False)
-        for run in runs:
-            run.on_change = self._on_run_change
-            run.background = self._background
         self.refresh()
 
     def refresh(self) -> None:
-        run, plane = self.current()
-        session = run.session(plane) if run is not None else None
+        annotation, plane = self.current()
+        session = annotation.session(plane) if annotation is not None else None
         names = [c.name for c in session.classes] if session is not None else []
         for combo in (self.class_combo, self.merge_combo):
             keep = combo.currentText()
@@ -208,44 +213,49 @@ class RefinePanel(QWidget):
                 combo.setCurrentText(keep)
             combo.blockSignals(False)
         busy = self._worker is not None or self._writing is not None
-        can = session is not None and session.can_refine and not busy
-        self.refine_button.setEnabled(can)
+        self.refine_button.setEnabled(session is not None and not busy)
         self.undo_button.setEnabled(session is not None and bool(session.history) and not busy)
         self.redo_button.setEnabled(session is not None and bool(session.future) and not busy)
         if session is None:
-            self.refine_button.setToolTip("segment an image first (Segment tab), or open a session")
+            self.refine_button.setToolTip(NO_ANNOTATION)
         elif not session.can_refine:
-            self.refine_button.setToolTip("this run kept no features: segment again to refine")
+            self.refine_button.setToolTip(NeedsFeaturesError.message)
         else:
             self.refine_button.setToolTip("reassign every pixel you did not paint, learning from your strokes")
 
-    def _on_run_change(self, run: ImageRun, what: str) -> None:
+    def on_change(self, annotation: Annotation, what: str) -> None:
+        """An annotation changed (a stroke, a class, an undo): show it; Live refines after strokes."""
         self.session_box.dirty = True
         self._visited.clear()
-        self._match_layers(run)
-        self.refresh()
+        self.reset_choices()
         if what == "paint" and self.live_check.isChecked() and self.refine_button.isEnabled():
             QTimer.singleShot(0, self.refine)
 
     # ------------------------------------------------------------------ refine and undo
 
-    def _session(self):
-        run, plane = self.current()
-        session = run.session(plane) if run is not None else None
+    def _session(self, needs_features: bool = False):
+        """The annotation in front, its plane and that plane's session; ``None`` (and one line)
+        when there is nothing to work on."""
+        annotation, plane = self.current()
+        session = annotation.session(plane) if annotation is not None else None
         if session is None:
-            report(BadInputError("no segmentation to refine: run MaskDiffusion on an image first, or open a session"))
-        return run, plane, session
+            self.status.setText(NO_ANNOTATION)
+            return annotation, plane, None
+        if needs_features and not session.can_refine:
+            self.status.setText(NeedsFeaturesError.message)
+            return annotation, plane, None
+        return annotation, plane, session
 
     def refine(self) -> None:
-        """Refine the chosen run's plane: take the latest strokes (in bands over event-loop
+        """Refine the annotation in front: take the latest strokes (in bands over event-loop
         turns), then refine on a worker and show the result the same way."""
-        run, plane, session = self._session()
+        annotation, plane, session = self._session(needs_features=True)
         if session is None or self._worker is not None:
             return
-        if not run.sync_soon(plane, lambda _: self._refine_synced(run, plane, session)):
+        if not annotation.sync_soon(plane, lambda: self._refine_synced(annotation, plane, session)):
             self.status.setText(BUSY)
 
-    def _refine_synced(self, run: ImageRun, plane, session) -> None:
+    def _refine_synced(self, annotation: Annotation, plane, session) -> None:
         if not session.edited.any():
             self.status.setText("nothing to learn from: paint a few strokes in the class layers first")
             return
@@ -256,30 +266,23 @@ class RefinePanel(QWidget):
             return session.history[-1]
 
         def then(step):
-            self._write_in_bands(run, plane, f"refined from {int(session.edited.sum())} painted pixels: "
-                                             f"{step.n_changed} pixels changed", step.changed)
+            self._write_in_bands(annotation, plane, f"refined from {session.edited.sum()} painted pixels: "
+                                                    f"{step.n_changed} pixels changed", step.changed)
 
-        run.in_background(work, then)
+        annotation.in_background(work, then)
 
-    def _background(self, work, then) -> None:
+    def background(self, work, then) -> None:
         """Run ``work`` on a worker thread, then ``then(result)`` on the interface's thread."""
-        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(then)
-        self._start(worker)
-
-    def _start(self, worker):
-        self._worker = worker
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_worker_finished)
+        self._worker = worker = make_worker(work, returned=then, errored=self._on_error,
+                                            finished=self._on_worker_finished)
         self.refresh()
-        worker.start()
-        return worker
+        start(worker, self.state.synchronous)
 
     def _on_error(self, exc: BaseException) -> None:
-        for run in self.runs():
-            if run.busy:
-                run.busy = False
-                run.hold_layers()
+        for annotation in self.annotations():
+            if annotation.busy:
+                annotation.busy = False
+                annotation.hold_layers()
         self.status.setText("failed (see the notification)")
         report(exc)
 
@@ -287,92 +290,53 @@ class RefinePanel(QWidget):
         self._worker = None
         self.refresh()
 
-    def _write_in_bands(self, run: ImageRun, plane, message: str, changed: np.ndarray | None = None) -> None:
+    def _write_in_bands(self, annotation: Annotation, plane, message: str, changed: np.ndarray | None = None) -> None:
         """Show the session's map in the layers a band of rows per event-loop turn."""
         def done():
             self._writing = None
-            self._after_change(run, message)
+            self._after_change(message)
 
         self._writing = done
-        run.write_soon(plane, changed, done)
+        annotation.show(plane, changed, done)
 
-    def _after_change(self, run: ImageRun, message: str) -> None:
+    def _after_change(self, message: str) -> None:
         self.session_box.dirty = True
         self._visited.clear()
-        self._match_layers(run)
         if self.confidence_check.isChecked():
             self.update_confidence()
         self.status.setText(message)
         self.refresh()
 
-    def _step(self, method: Callable[[ImageRun, tuple], bool]) -> None:
-        run, plane, session = self._session()
-        if session is not None and not method(run, plane):
-            self.status.setText("nothing to undo" if method is ImageRun.undo else "nothing to redo")
+    def _step(self, method: str) -> None:
+        annotation, plane, session = self._session()
+        if session is not None and getattr(annotation, method)(plane):
+            self.status.setText(f"{method} …")
 
     # ------------------------------------------------------------------ classes
 
-    def _match_layers(self, run: ImageRun) -> None:
-        """One class layer per class of the session, in class order (after class changes and undo);
-        nothing is written unless the classes changed."""
-        session = next(iter(run.sessions.values()), None)
-        if session is None or not run.layers:
-            return
-        names = [str(ly.metadata.get("class", ly.name)).lower() for ly in run.layers]
-        if names == [c.name.lower() for c in session.classes]:
-            return
-        by_name = dict(zip(names, run.layers))
-        wanted = {c.name.lower() for c in session.classes}
-        unmatched = [ly for name, ly in by_name.items() if name not in wanted]
-        renamed = [c for c in session.classes if c.name.lower() not in by_name]
-        if len(unmatched) == len(renamed):
-            for layer, spec in zip(unmatched, renamed):
-                by_name = {(spec.name.lower() if ly is layer else name): ly for name, ly in by_name.items()}
-        first = run.layers[0]
-        layers = []
-        for k, spec in enumerate(session.classes, start=1):
-            layer = by_name.pop(spec.name.lower(), None)
-            if layer is None:
-                data, kwargs, _ = class_layer_data(np.zeros(first.data.shape, np.uint8), spec, k,
-                                                   base_metadata(None, first.metadata), first.scale, first.translate)
-                layer = self.viewer.add_labels(data, **kwargs)
-                run.bind(layer, lambda: self.current()[1])
-            else:
-                layer.metadata = {**layer.metadata, "value": k, "class": spec.name}
-                if layer.name.lower() != spec.name.lower():
-                    layer.name = spec.name
-            layers.append(layer)
-        for leftover in by_name.values():
-            if leftover in self.viewer.layers:
-                self.viewer.layers.remove(leftover)
-        run.layers = layers
-        for plane in run.sessions:
-            run.write_soon(plane)
-
-    def _class_change(self, action: Callable, message: str) -> None:
-        """Run a class change on the session (cache built on a worker first), then show it."""
-        run, plane, session = self._session()
+    def _class_change(self, action, message: str, needs_features: bool = True) -> None:
+        """A class change on every plane of the annotation (the cache built on a worker first when
+        it needs one), then its layers brought in line and shown."""
+        annotation, plane, session = self._session(needs_features)
         if session is None:
             return
 
         def done(_=None):
             try:
-                action(session)
+                annotation.change_classes(action)
             except BadInputError as e:
                 report(e)
                 return
-            self._after_change(run, message)
+            self._after_change(message)
 
-        def synced(_):
-            if session.prepared:
+        def synced():
+            if not needs_features or all(s.prepared for s in annotation.sessions.values()):
                 done()
                 return
             self.status.setText("building the refinement cache …")
-            worker = create_worker(session.prepare, _start_thread=False, _ignore_errors=True)
-            worker.returned.connect(done)
-            self._start(worker)
+            annotation.in_background(lambda: [s.prepare() for s in annotation.sessions.values()], done)
 
-        if not run.sync_soon(plane, synced):
+        if not annotation.sync_soon(plane, synced):
             self.status.setText(BUSY)
 
     def add_example_class(self, name: str, color=None) -> None:
@@ -381,14 +345,22 @@ class RefinePanel(QWidget):
         if spec is None:
             report(BadInputError("give the new class a name"))
             return
+        class_id = new_class_id()
 
-        def add(session):
-            k = session.add_class(spec)
-            self._example_color = default_color(k + 1)
+        def add(session, group):
+            session.add_class(spec, class_id, group)
+
+        def added():
+            annotation, _ = self.current()
+            layer = annotation.layers.get(class_id) if annotation is not None else None
+            if layer is not None:
+                self.viewer.layers.selection.active = layer
+            self._example_color = default_color(len(self.class_combo) + 1)
             self._show_color()
             self.example_name.clear()
 
-        self._class_change(add, f"added {name!r}: paint a few strokes of it, then Refine")
+        self._class_change(add, f"added {name!r}: paint a few strokes of it, then Refine", needs_features=False)
+        QTimer.singleShot(0, added)
 
     def _index(self, session, name: str) -> int:
         for k, c in enumerate(session.classes):
@@ -397,26 +369,24 @@ class RefinePanel(QWidget):
         raise BadInputError(f"no class named {name!r}")
 
     def remove_class(self, name: str) -> None:
-        self._class_change(lambda s: s.remove_class(self._index(s, name)), f"removed {name!r}")
+        self._class_change(lambda s, group: s.remove_class(self._index(s, name)), f"removed {name!r}")
 
     def merge_class(self, source: str, into: str) -> None:
         if source.lower() != into.lower():
-            self._class_change(lambda s: s.merge_classes([self._index(s, source)], self._index(s, into)),
+            self._class_change(lambda s, group: s.merge_classes([self._index(s, source)], self._index(s, into)),
                                f"merged {source!r} into {into!r}")
 
     def rename_class(self, old: str, new: str) -> None:
-        self._class_change(lambda s: s.rename_class(self._index(s, old), new), f"renamed {old!r} to {new!r}")
+        self._class_change(lambda s, group: s.rename_class(self._index(s, old), new, group=group),
+                           f"renamed {old!r} to {new!r}", needs_features=False)
 
     def merge_layers(self) -> None:
-        run, _ = self.current()
+        """A semantic map of the class layers (a copy to export; the class layers stay the truth)."""
+        annotation, _ = self.current()
         try:
-            layer = merge_class_layers(self.viewer, run.layers if run is not None else None)
+            merge_class_layers(self.viewer, annotation.ordered_layers() if annotation is not None else None)
         except BadInputError as e:
             report(e)
-            return
-        if run is not None:
-            run.semantic = layer
-            run.bind(layer, lambda: self.current()[1])
 
     def split_layer(self) -> None:
         try:
@@ -428,19 +398,21 @@ class RefinePanel(QWidget):
 
     def update_confidence(self):
         """Show the session's grid margin as an image layer aligned with the class layers."""
-        run, plane = self.current()
-        session = run.session(plane) if run is not None else None
-        if session is None or session.margin is None or not run.layers:
+        annotation, plane = self.current()
+        session = annotation.session(plane) if annotation is not None else None
+        layers = annotation.ordered_layers() if annotation is not None else []
+        if session is None or session.margin is None or not layers:
             return None
-        ref = run.layers[0]
+        ref = layers[0]
         stride = session.state.stride
         scale = np.asarray(ref.scale[-2:], float)
         kwargs = {"scale": tuple(scale * stride), "translate": tuple(np.asarray(ref.translate[-2:])
                                                                      + scale * (stride - 1) / 2)}
         layer = next((ly for ly in self.viewer.layers if ly.metadata.get("role") == "refine"
-                      and ly.metadata.get("image") == ref.metadata.get("image")), None)
+                      and ly.metadata.get("annotation") == annotation.id), None)
         if layer is None:
-            meta = {"software": SOFTWARE, "kind": CONFIDENCE, "image": ref.metadata.get("image"), "role": "refine"}
+            meta = {"software": SOFTWARE, "kind": CONFIDENCE, "image": annotation.name, "role": "refine",
+                    "annotation": annotation.id}
             layer = self.viewer.add_image(session.margin, name=CONFIDENCE_NAME, colormap="magma", opacity=0.5,
                                           metadata=meta, blending="translucent", **kwargs)
         else:
@@ -451,9 +423,10 @@ class RefinePanel(QWidget):
 
     def next_unsure_region(self):
         """Centre the view on the largest low-margin region not visited since the last change."""
-        run, plane = self.current()
-        session = run.session(plane) if run is not None else None
-        if session is None or session.margin is None or not run.layers:
+        annotation, plane = self.current()
+        session = annotation.session(plane) if annotation is not None else None
+        layers = annotation.ordered_layers() if annotation is not None else []
+        if session is None or session.margin is None or not layers:
             self.status.setText("refine once to know where the segmentation is unsure")
             return None
         from ..core.confidence import next_unsure_region
@@ -467,7 +440,7 @@ class RefinePanel(QWidget):
         (gy, gx), _ = found
         self._visited.append((gy, gx))
         pixel = (gy * stride + (stride - 1) / 2, gx * stride + (stride - 1) / 2)
-        world = run.layers[0].data_to_world((*plane, *pixel))
+        world = layers[0].data_to_world((*plane, *pixel))
         camera = getattr(self.viewer, "scene", self.viewer).camera  # napari 0.9 moved it to the scene
         camera.center = tuple(world[-2:]) if self.viewer.dims.ndisplay == 2 else tuple(world)
         self.status.setText(f"unsure region around row {int(pixel[0])}, column {int(pixel[1])}")

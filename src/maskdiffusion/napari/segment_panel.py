@@ -1,9 +1,9 @@
 """The dock's Segment tab: pick an image, a model and classes; run in the background.
 
-Thin by design: the engine segments (:mod:`.runs` on a napari ``thread_worker``: progress per
-tile, Cancel at the next tile), :mod:`.results` puts the result into the viewer in pieces.
-Layers change only when the run returns, so a cancelled or failed run leaves the viewer as it
-was.
+Thin by design: the engine segments (:mod:`.workers` on a napari ``thread_worker``: progress
+per tile, Cancel at the next tile), and the image's :class:`~.annotation.Annotation` paints the
+rows as they come and makes the result its sessions; a cancelled or failed run takes its rows
+and layers back, so the viewer is as it was.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import ComboBox, Container, create_widget
 from napari.layers import Image
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -32,14 +31,14 @@ from qtpy.QtWidgets import (
 
 from ..core.classes import ClassListError, read_class_file, write_class_file
 from ..errors import BadInputError
+from .annotation import Annotation, AnnotatorState
 from .class_table import ClassEditor, class_line
-from .garbage import settle
 from .images import current_plane, describe_image, read_plane
 from .model_box import ModelBox
 from .notify import report
 from .params_form import params_form, params_from_form
 from .settings import load_settings, save_settings
-from .state import AFTER_SHOW_MS, AnnotatorState, Turn, next_turn
+from .workers import make_worker, start
 
 if TYPE_CHECKING:
     import napari
@@ -83,7 +82,6 @@ class SegmentPanel(QWidget):
         self.settings = load_settings()
         self._worker = None
         self._steps = None
-        self._applying = None
         self._preparing = None
         self._progress: dict = {}
         self._bands_key = None
@@ -247,8 +245,8 @@ class SegmentPanel(QWidget):
 
     @property
     def running(self) -> bool:
-        """A run is segmenting, or its layers are still being added."""
-        return self._worker is not None or self._applying is not None
+        """A run is segmenting."""
+        return self._worker is not None
 
     def _update_buttons(self, *_) -> None:
         ready, loading = self.model_box.ready, self.model_box.loading
@@ -271,6 +269,18 @@ class SegmentPanel(QWidget):
 
     # ------------------------------------------------------------------ run
 
+    def _annotation_for(self, layer, image, classes, planes) -> Annotation:
+        """The image's annotation when this run can update it (the same classes, or every plane
+        it has is run again), else a new one."""
+        import weakref
+
+        found = self.state.annotation_of(layer)
+        names = [c.name.lower() for c in classes]
+        if (found is not None and found.run is None and found.image.shape == image.shape
+                and ([spec.name.lower() for _, spec in found.classes] == names or set(found.sessions) <= set(planes))):
+            return found
+        return self.state.add(Annotation(self.viewer, image, image_ref=weakref.ref(layer)))
+
     def run(self):
         """Start segmenting the chosen image; returns the worker (``None`` if the input is bad)."""
         layer = self.image_layer()
@@ -289,37 +299,33 @@ class SegmentPanel(QWidget):
             planes = image.planes(current_plane(layer, image, self.viewer.dims.point))
         else:
             planes = image.planes()
-        from .runs import segment_planes
+        from .workers import segment_planes
 
         self.settings.classes = class_line(classes)
         save_settings(self.settings)
-        self._progress = {"layer": layer, "image": image, "planes": planes, "start": None, "classes": classes,
-                          "unsupervised": bool(params.unsupervised),
-                          "semantic": self.semantic_check.isChecked(), "confidence": self.confidence_check.isChecked()}
+        annotation = self._annotation_for(layer, image, classes, planes)
+        annotation.start_run([] if params.unsupervised else classes)
+        self._progress = {"layer": layer, "image": image, "planes": planes, "start": None, "annotation": annotation,
+                          "confidence": self.confidence_check.isChecked()}
         params = params.replace(return_confidence=self.confidence_check.isChecked())
         self._steps = segment_planes(partial(read_plane, layer, image), planes, classes, self.state.model, params)
-        self._worker = worker = create_worker(lambda: (yield from self._steps), _start_thread=False,
-                                              _ignore_errors=True)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
+        self._worker = worker = make_worker(lambda: (yield from self._steps), yielded=self._on_progress,
+                                            returned=self._on_returned, errored=self._on_error,
+                                            aborted=self._on_aborted, finished=self._on_finished)
         self.progress_bar.setRange(0, 0)
         self.progress_bar.setVisible(True)
         self.status.setText(f"segmenting {layer.name!r}: loading …")
         self._update_buttons()
-        worker.start()
-        return worker
+        return start(worker, self.state.synchronous)
 
     def cancel(self) -> None:
-        """Stop the run at the next tile; the viewer stays as it was."""
+        """Stop the run at the next tile; the viewer is put back as it was."""
         if self._worker is not None:
             self.status.setText("cancelling at the next tile …")
             self._worker.quit()
 
     def _on_progress(self, item) -> None:
-        from .runs import PlaneStarted
+        from .workers import PlaneStarted
 
         job = self._progress
         if self._worker is None or self._worker.abort_requested or not job:
@@ -329,8 +335,8 @@ class SegmentPanel(QWidget):
             return
         if item.stage == "load" or item.total <= 0:
             return
-        if item.region is not None and job["classes"] and not job["unsupervised"]:
-            self._show_region(job, item)
+        if item.region is not None and job["annotation"].run.classes:
+            job["annotation"].show_rows(job["planes"][job.get("plane", 0)], item.region, item.labels)
         plane, n_planes = job.get("plane", 0), job.get("planes_total", 1)
         done, total = plane * item.total + item.done, n_planes * item.total
         if job["start"] is None:
@@ -344,103 +350,74 @@ class SegmentPanel(QWidget):
             text += f", {_time_left(elapsed / finished * (total - done))}"
         self.status.setText(text)
 
-    def _show_region(self, job: dict, step) -> None:
-        """Paint a region the engine finished (or drafted) into the class layers as it arrives."""
-        from .live_labels import LiveLabels
-
-        if job.get("live") is None:
-            job["live"] = LiveLabels(self.viewer, self.state, job["layer"], job["image"], job["classes"])
-        job["live"].add(job["planes"][job.get("plane", 0)], step.region, step.labels)
-
     def _on_returned(self, results) -> None:
-        from .results import apply_results
-
-        job = self._progress
-        live = job.pop("live", None)
-        if job.get("layer") not in self.viewer.layers:
-            if live is not None:
-                live.take_back()
+        job, self._progress = self._progress, {}
+        annotation: Annotation = job["annotation"]
+        if job["layer"] not in self.viewer.layers:
+            self._take_back(annotation)
             self.status.setText("the image was removed during the run: nothing was added")
             return
-        streamed = live.release() if live is not None else None
-        self._applying = apply_results(self.viewer, self.state, job["layer"], job["image"], results,
-                                       semantic=job["semantic"], confidence=job["confidence"],
-                                       current_plane=self.current_plane, streamed=streamed)
-        self.status.setText("adding the layers …")
-        next_turn(self._apply_next)
-
-    def current_plane(self) -> tuple[int, ...]:
-        job_image = self._progress.get("image") if self._progress else None
-        ndim = len(job_image.stack_shape) if job_image is not None else 0
-        return tuple(int(i) for i in self.viewer.dims.current_step[:ndim])
-
-    def _apply_next(self) -> None:
-        """Pieces of the result for one :class:`~.state.Turn` of the event loop, so the interface
-        never freezes for all of it; a layer shown ends the turn (see :mod:`.results`)."""
-        if self._applying is None:
-            return
-        turn, delay = Turn(), 1
-        try:
-            while turn.fits():
-                if next(self._applying):
-                    delay = AFTER_SHOW_MS
-                    break
-        except StopIteration as stop:
-            next_turn(partial(self._finish, self._applying, stop.value))
-            return
-        except Exception as e:
-            self._applying = None
-            self._update_buttons()
-            report(e)
-            return
-        next_turn(self._apply_next, delay)
-
-    def _finish(self, applying, applied) -> None:
-        """The run is in the viewer (a turn after its last piece): say so, build its caches."""
-        if self._applying is not applying:
-            return
-        self._applying = None
-        n = len(applied.run.classes)
-        if applied.added:
-            self.status.setText(f"done: {n} classes, {len(applied.added)} new layers")
+        changed = annotation.finish_run(results, partial(self._session_info, job))
+        n = len(annotation.classes)
+        if job["confidence"]:
+            self._add_confidence(job, results)
+        if changed["added"] and not changed["replaced"] and len(annotation.sessions) == len(results):
+            self.status.setText(f"done: {n} classes, {len(changed['added'])} new layers")
         else:
             self.status.setText(f"done: {n} classes, the layers were updated (Ctrl-Z in any of them undoes the run)")
-        if applied.replaced_edits:
-            names = ", ".join(applied.replaced_edits)
+        if changed["replaced"]:
+            names = ", ".join(changed["replaced"])
             self.status.setText(self.status.text() + f"; your strokes in {names} were replaced")
             show_warning(f"MaskDiffusion replaced your strokes in {names}: Ctrl-Z in a class layer brings them back")
-        elif applied.updated:
-            show_info("MaskDiffusion updated the layers: Ctrl-Z in a class layer undoes this run")
-        self._update_buttons()
-        next_turn(partial(self._rest, applied.run))
-
-    def _rest(self, run) -> None:
-        """The run is shown: freeze what is alive out of the collector's walk (a 20–40 ms
-        collection at 6000², alone in its turn, not while the cache build starts), then build
-        the run's refinement caches on a worker (a Refine clicked first waits for them)."""
-        from .runs import prepare_sessions
-
-        settle(self)
-        sessions = [s for s in run.sessions.values() if s.can_refine and not s.prepared]
+        if changed["deleted"]:
+            show_info(f"{', '.join(changed['deleted'])} deleted during the run: the run brought the class back; "
+                      "delete its layer again to delete the class")
+        layers = annotation.ordered_layers()
+        if layers:
+            self.viewer.layers.selection.active = layers[0]
+        sessions = [s for s in annotation.sessions.values() if s.can_refine and not s.prepared]
         if sessions:
-            self._preparing = worker = create_worker(prepare_sessions, sessions, _start_thread=False,
-                                                     _ignore_errors=True)
-            worker.finished.connect(partial(setattr, self, "_preparing", None))
-            worker.start()
+            from .workers import prepare_sessions
 
-    def _take_back(self) -> None:
-        live = self._progress.pop("live", None) if self._progress else None
-        if live is not None:
-            live.take_back()
+            self._preparing = make_worker(prepare_sessions, sessions,
+                                          finished=partial(setattr, self, "_preparing", None))
+            start(self._preparing, self.state.synchronous)
+
+    def _session_info(self, job: dict, plane) -> dict:
+        image = job["image"]
+        return {"layer": image.name, "path": image.path, "georeference": image.georeference, "plane": list(plane),
+                "shape": list(image.shape[-2:])}
+
+    def _add_confidence(self, job: dict, results) -> None:
+        import numpy as np
+
+        from .layers import CONFIDENCE, base_metadata
+
+        image = job["image"]
+        conf = np.zeros(image.shape, np.float32)
+        for plane, result in results.items():
+            conf[plane] = result.confidence
+        meta = {**base_metadata(image, {}), "kind": CONFIDENCE}
+        self.viewer.add_image(conf, name="confidence", colormap="magma", opacity=0.7, blending="translucent",
+                              metadata=meta, scale=image.scale, translate=image.translate)
+
+    def _take_back(self, annotation: Annotation) -> None:
+        annotation.cancel_run()
+        if not annotation.sessions:
+            self.state.forget(annotation)
 
     def _on_error(self, exc: BaseException) -> None:
-        self._take_back()
+        job, self._progress = self._progress, {}
+        if job:
+            self._take_back(job["annotation"])
         self.status.setText("failed (see the notification)")
         report(exc)
 
     def _on_aborted(self) -> None:
-        self._take_back()
-        self.status.setText("cancelled: no layer was changed")
+        job, self._progress = self._progress, {}
+        if job:
+            self._take_back(job["annotation"])
+        self.status.setText("cancelled: the layers are as they were")
 
     def _on_finished(self) -> None:
         if self._steps is not None:
@@ -456,8 +433,9 @@ class SegmentPanel(QWidget):
             for signal in (worker.yielded, worker.returned, worker.errored, worker.aborted):
                 signal.disconnect()
             worker.quit()
-        self._take_back()
-        self._applying = None
+        job, self._progress = self._progress, {}
+        if job:
+            self._take_back(job["annotation"])
 
     # ------------------------------------------------------------------ class files
 

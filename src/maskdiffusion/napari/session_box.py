@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox
 
@@ -22,11 +21,12 @@ from ..errors import OutputError
 from ..session_bundle import SUFFIX, save_session
 from .layers import safe_filename
 from .notify import report
+from .workers import make_worker, start
 
 if TYPE_CHECKING:
     import napari
 
-    from .state import AnnotatorState, ImageRun
+    from .annotation import Annotation, AnnotatorState
 
 __all__ = ["AUTOSAVE_MINUTES", "SessionBox"]
 
@@ -37,7 +37,7 @@ class SessionBox(QGroupBox):
     """Save…, Open…, autosave minutes and where the session was last written."""
 
     def __init__(self, viewer: napari.viewer.Viewer, state: AnnotatorState,
-                 current: Callable[[], tuple[ImageRun | None, tuple]], parent=None):
+                 current: Callable[[], tuple[Annotation | None, tuple]], parent=None):
         super().__init__("Session", parent)
         self.viewer, self.state, self.current = viewer, state, current
         self.dirty = False
@@ -71,10 +71,10 @@ class SessionBox(QGroupBox):
         if QApplication.instance() is not None:
             QApplication.instance().aboutToQuit.connect(self._save_before_quit)
 
-    def _default_path(self, run: ImageRun) -> Path:
+    def _default_path(self, run: Annotation) -> Path:
         from .settings import settings_path
 
-        return settings_path().parent / "sessions" / (safe_filename(run.image.name) + SUFFIX)
+        return settings_path().parent / "sessions" / (safe_filename(run.name) + SUFFIX)
 
     def _current_session(self):
         """The chosen run, its current plane and that plane's session (``None`` if none)."""
@@ -95,7 +95,8 @@ class SessionBox(QGroupBox):
         if session is None:
             return None
         self._wait_for_write()
-        run.sync_all(plane)
+        for layer in run.ordered_layers():
+            run.take_strokes(layer, plane)
         self.dirty = False
         try:
             folder = self._write(self._target(run, path), session, session.snapshot())
@@ -106,7 +107,7 @@ class SessionBox(QGroupBox):
 
     def save_soon(self, path: str | Path | None = None) -> bool:
         """Save the chosen run's current plane without freezing the interface: the strokes read
-        back a band of rows per turn (:meth:`~.state.ImageRun.sync_soon`), the map copied, the
+        back a band of rows per turn (:meth:`~.state.Annotation.sync_soon`), the map copied, the
         bundle written on a worker. Strokes made meanwhile go to the next save. ``False`` if
         there is nothing to save, a save is being written or the run is busy."""
         run, plane, session = self._current_session()
@@ -114,16 +115,14 @@ class SessionBox(QGroupBox):
             return False
         target = self._target(run, path)
 
-        def synced(_painted: int) -> None:
+        def synced() -> None:
             self.dirty = False
             self.path_label.setText("saving …")
             self._written_event.clear()
-            self._writing = worker = create_worker(self._write, target, session, session.snapshot(),
-                                                   _start_thread=False, _ignore_errors=True)
-            worker.returned.connect(lambda folder: self._written(run, folder))
-            worker.errored.connect(self._write_failed)
-            worker.finished.connect(self._write_finished)
-            worker.start()
+            self._writing = make_worker(self._write, target, session, session.snapshot(),
+                                        returned=lambda folder: self._written(run, folder),
+                                        errored=self._write_failed, finished=self._write_finished)
+            start(self._writing, self.state.synchronous)
 
         return run.sync_soon(plane, synced)
 
@@ -136,7 +135,7 @@ class SessionBox(QGroupBox):
         if self._needs_saving():
             self.save()
 
-    def _target(self, run: ImageRun, path: str | Path | None) -> Path:
+    def _target(self, run: Annotation, path: str | Path | None) -> Path:
         return Path(path) if path else (run.session_path or self._default_path(run))
 
     def _write(self, path: Path, session, snapshot) -> Path:
@@ -152,8 +151,9 @@ class SessionBox(QGroupBox):
         finally:
             self._written_event.set()
 
-    def _written(self, run: ImageRun, folder: Path) -> Path:
+    def _written(self, run: Annotation, folder: Path) -> Path:
         run.session_path = folder
+        run.source = {"kind": "session", "path": str(folder)}
         self.path_label.setText(f"saved to {folder}")
         return folder
 

@@ -23,9 +23,13 @@ import numpy as np
 from ..core.classes import ClassSpec, default_color
 from ..core.labels import label_dtype, label_values
 from ..errors import BadInputError
-from .layers import CLASS, MERGE_RULE, SEMANTIC, SOFTWARE, export_labels, safe_filename
+from .layers import ANNOTATION, CLASS, CLASS_ID, MERGE_RULE, SEMANTIC, SOFTWARE, export_labels, safe_filename
 
-__all__ = ["write_bundle", "write_geotiff", "write_isprs_rgb", "write_palette_png"]
+__all__ = ["write_annotation", "write_bundle", "write_geotiff", "write_isprs_rgb", "write_palette_png"]
+
+#: Layer metadata that describes one layer in the viewer, not the file written.
+_NOT_EXPORTED = ("class", "value", "prompts", "color", "index", ANNOTATION, CLASS_ID, "source_file", "session",
+                 "role")
 
 
 def write_geotiff(path: str, layer_data: list[tuple]) -> list[str]:
@@ -56,12 +60,31 @@ def _jsonable(metadata: dict) -> dict:
     return json.loads(json.dumps(to_jsonable(metadata), default=str))
 
 
-def _export_metadata(metadata: dict, classes: list[ClassSpec]) -> dict:
-    meta = {k: v for k, v in _jsonable(metadata).items() if k not in ("class", "value", "prompts", "color", "index")}
+def _export_metadata(metadata: dict, classes: list[ClassSpec], out_path: Path) -> dict:
+    """The sidecar of ``out_path``: the classes, their label values, and the image named by a path
+    relative to the sidecar (the layer's name as ``image_layer``, for when the file is gone)."""
+    from ..geo.raster_io import image_reference
+
+    meta = {k: v for k, v in _jsonable(metadata).items() if k not in _NOT_EXPORTED}
     meta["classes"] = [dict(c.to_dict(), value=k) for k, c in enumerate(classes, start=1)]
     meta["label_values"] = label_values(classes)
     meta.setdefault("software", SOFTWARE)
+    name, path = meta.pop("image", None), meta.pop("image_path", None)
+    if name:
+        meta["image_layer"] = name
+    if path:
+        meta["image"] = image_reference(path, out_path)
     return meta
+
+
+def write_annotation(path, labels: np.ndarray, classes: list[ClassSpec], metadata: dict) -> list[str]:
+    """An annotation's label map as a label GeoTIFF (``.tif``) or palette PNG, with its sidecar
+    (what the dock's *Save labels…* writes)."""
+    from .layers import semantic_layer_data
+
+    path = Path(path)
+    kind = "png" if path.suffix.lower() == ".png" else "geotiff"
+    return _write_map(path, [semantic_layer_data(labels, classes, metadata)], kind)
 
 
 def _existing_kind(path: Path) -> str | None:
@@ -115,7 +138,7 @@ def _write_map(path: Path, layer_data: list[tuple], kind: str) -> list[str]:
         raise BadInputError(
             f"{path.name}: only 2-D (H, W) Labels layers can be written as one map, got shape {labels.shape}"
         )
-    export_meta = _export_metadata(metadata, classes)
+    export_meta = _export_metadata(metadata, classes, path)
     geo = _geo(metadata)
     if kind == "isprs":
         _refuse_other(path, "an RGB label image", {"rgb labels"})
@@ -198,7 +221,7 @@ def write_bundle(path: str, layer_data: list[tuple]) -> list[str]:
 
     first_meta = entries[0][2]
     common = {k: v for k, v in first_meta.items()
-              if k not in ("kind", "class", "value", "prompt", "prompts", "color", "index", "classes", "merge_rule")}
+              if k not in ("kind", "prompt", "classes", "merge_rule", *_NOT_EXPORTED)}
     geo = _geo(first_meta)
     classes = [spec for spec, _, _ in entries]
     files = []
@@ -209,13 +232,14 @@ def write_bundle(path: str, layer_data: list[tuple]) -> list[str]:
         for k, (spec, mask, _) in enumerate(entries, start=1):
             name = f"{k:02d}_{safe_filename(spec.name)}.tif"
             raster_io.write_labels(tmp / name, mask.astype(np.uint8), [spec], geo,
-                                   _export_metadata({**common, "kind": CLASS}, [spec]))
+                                   _export_metadata({**common, "kind": CLASS}, [spec], folder / name))
             semantic[mask] = k
             files.append(name)
-        sem_meta = _export_metadata({**common, "kind": SEMANTIC, "merge_rule": MERGE_RULE}, classes)
+        sem_meta = _export_metadata({**common, "kind": SEMANTIC, "merge_rule": MERGE_RULE}, classes,
+                                    folder / "semantic.tif")
         raster_io.write_labels(tmp / "semantic.tif", semantic, classes, geo, sem_meta)
         info = {
-            **_jsonable(common),
+            **_export_metadata(common, classes, folder / "classes.json"),
             "software": SOFTWARE,
             "bundle": 1,
             "classes": [dict(c.to_dict(), value=i + 1, file=f) for i, (c, f) in enumerate(zip(classes, files))],
