@@ -677,3 +677,89 @@ def test_a_model_load_keeps_collections_off_its_thread_and_freezes_what_it_made(
         gc.callbacks.pop()
     assert "start" not in seen and gc.isenabled() and gc.get_freeze_count() > frozen
     gc.unfreeze()
+
+
+def test_a_tile_size_can_be_typed_and_a_value_out_of_range_says_so(annotator, qtbot):
+    """Issue 27 item 18: every keystroke was clamped to the minimum 64, so typing 128 gave 4096."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    viewer, dock = annotator
+    dock.segment.params_toggle.setChecked(True)
+    spin = dock.segment.parameters["tile_size"]
+    for text, value in (("128", 128), ("768", 768), ("1024", 1024)):
+        spin.native.lineEdit().selectAll()
+        QTest.keyClicks(spin.native, text)
+        QTest.keyClick(spin.native, Qt.Key_Tab)
+        assert spin.value == value and dock.segment.run_button.isEnabled()
+    spin.native.lineEdit().selectAll()
+    QTest.keyClicks(spin.native, "5000")
+    QTest.keyClick(spin.native, Qt.Key_Tab)
+    assert spin.value == 5000 and not dock.segment.run_button.isEnabled()
+    assert "between 64 and 4096" in dock.segment.params_error.text() and dock.segment.params_error.isVisibleTo(dock)
+    spin.value = 100
+    assert "multiple of 64" in dock.segment.params_error.text() and not dock.segment.run_button.isEnabled()
+
+
+def test_the_class_editor_shows_what_is_wrong_and_gives_new_classes_their_own_colours(annotator):
+    """Issue 27 item 19: classes split from a comma list in a cell took other classes' colours;
+    an invalid line's reason was only in a tooltip; an empty list left Run enabled."""
+    _, dock = annotator
+    editor = dock.segment.classes_editor
+    editor.line.setText("tree, grass, sand, road")
+    editor.line.editingFinished.emit()
+    editor.table.item(0, 0).setText("oak, pine")
+    colours = [c.color for c in dock.segment.classes()]
+    assert len(set(colours)) == len(colours) == 5
+    editor.line.setText("a, a")
+    editor.line.editingFinished.emit()
+    assert "duplicate" in editor.error_label.text() and editor.error_label.isVisibleTo(editor)
+    editor.line.setText("road")
+    editor.line.editingFinished.emit()
+    assert not editor.error_label.isVisibleTo(editor) and dock.segment.run_button.isEnabled()
+    editor.set_classes([])
+    assert not dock.segment.run_button.isEnabled() and "no classes" in dock.segment.run_button.toolTip()
+
+
+def test_save_selected_layers_offers_our_writer_and_the_dock_points_to_it(annotator, qtbot):
+    """Issue 27 item 20: napari preselects its own writer for labels (npe2 sorts writers of the
+    same specificity by registration, so ours cannot come first): the dock says which to pick."""
+    from napari.plugins import _npe2
+
+    viewer, dock = annotator
+    annotation = run_and_wait(dock, qtbot)
+    filters, _ = _npe2.file_extensions_string_for_layers(annotation.ordered_layers())
+    assert "MaskDiffusion GeoTIFF labels" in filters
+    save = next(b for b in dock.findChildren(type(dock.segment.run_button)) if b.text() == "Save labels…")
+    assert "MaskDiffusion GeoTIFF labels" in save.toolTip()
+
+
+def test_class_layers_come_together_with_the_first_rows_on_a_small_image(annotator, qtbot):
+    """Issue 27 item 21: on a 400² image the empty class layers came one per turn (about 1.5 s
+    each) and the rows only after all of them: they now come together with the first rows."""
+    viewer, dock = annotator
+    dock.state.synchronous = False
+    dock.segment.parameters["tile_size"].value = 128
+    seen = []
+
+    def look(step):
+        if getattr(step, "region", None) is not None and not seen:
+            shown = [ly for ly in viewer.layers if ly.metadata.get("kind") == "class"]
+            seen.append((len(shown), sum(int(np.count_nonzero(ly.data)) for ly in shown)))
+
+    worker = dock.segment.run()
+    worker.yielded.connect(look)
+    wait_idle(dock, qtbot)
+    assert seen and seen[0][0] == len(CLASSES) and seen[0][1] > 0, seen
+
+
+def test_the_picker_follows_the_image_in_view_and_status_lines_follow_the_image(annotator, qtbot, tmp_path):
+    """Issue 27 item 22: the picker showed the first image, not the one opened; "saved photo02"
+    stayed while photo09 was in front."""
+    viewer, dock = annotator
+    run_and_wait(dock, qtbot)
+    dock.save_labels(tmp_path / "neon.tif")
+    assert "saved neon.tif" in dock.saved_label.text() and dock.segment.status.text().startswith("done")
+    other = viewer.add_image(np.zeros((64, 64), np.uint8), name="photo09")
+    qtbot.waitUntil(lambda: dock.segment.image_layer() is other, timeout=5000)
+    assert dock.segment.status.text() == "" and "neon.tif" not in dock.saved_label.text()

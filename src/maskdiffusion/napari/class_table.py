@@ -11,6 +11,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QHeaderView,
+    QLabel,
     QLineEdit,
     QPushButton,
     QTableWidget,
@@ -99,7 +100,8 @@ class ClassTable(QTableWidget):
         ]
 
     def classes(self) -> list[ClassSpec]:
-        """The table as validated classes; a name holding commas is several classes.
+        """The table as validated classes; a name holding commas is several classes, the new
+        ones in colours no other class has.
 
         Raises ``ClassListError`` with the reason (an empty name, a duplicate...).
         """
@@ -109,7 +111,14 @@ class ClassTable(QTableWidget):
             prompts = tuple(p for p in prompt.split("|") if p.strip())
             for i, part in enumerate(names):
                 specs.append(ClassSpec(part, prompts if len(names) == 1 else (), color if i == 0 else None))
-        return as_class_specs(specs) if specs else []
+        return as_class_specs(with_free_colors(specs)) if specs else []
+
+
+def with_free_colors(specs: list[ClassSpec]) -> list[ClassSpec]:
+    """Classes without a colour of their own get the first palette colours no other class has."""
+    used = {s.color for s in specs if s.color}
+    free = (default_color(i) for i in range(10**6) if default_color(i) not in used)
+    return [s if s.color else ClassSpec(s.name, s.prompts, next(free)) for s in specs]
 
 
 class ClassEditor(QWidget):
@@ -134,6 +143,11 @@ class ClassEditor(QWidget):
         top.addWidget(self.line, 1)
         top.addWidget(self.preset_combo)
         layout.addLayout(top)
+        self.error_label = QLabel("")
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet("color: #ff6060;")
+        self.error_label.setVisible(False)
+        layout.addWidget(self.error_label)
         self.table = ClassTable()
         self.table.setMinimumHeight(90)
         self.table.itemChanged.connect(self._table_edited)
@@ -144,8 +158,7 @@ class ClassEditor(QWidget):
         specs = as_class_specs(classes) if classes else []
         self.table.set_classes(specs)
         self.line.setText(class_line(specs))
-        self.error = ""
-        self.changed.emit()
+        self._show_error("")
 
     def classes(self) -> list[ClassSpec]:
         """The classes, validated (``ClassListError`` names what is wrong)."""
@@ -157,24 +170,28 @@ class ClassEditor(QWidget):
         try:
             specs = parse_class_list(text) if text.strip() else []
         except ClassListError as e:
-            self.error = str(e)
-            self.changed.emit()
+            self._show_error(str(e))
             return
-        specs = [ClassSpec(s.name, s.prompts, colors.get(s.name.lower(), s.color)) for s in specs]
+        specs = with_free_colors([ClassSpec(s.name, s.prompts, colors.get(s.name.lower())) for s in specs])
         self.table.set_classes(specs)
-        self.error = ""
-        self.changed.emit()
+        self._show_error("")
 
     def _table_edited(self, _item) -> None:
         try:
             specs = self.table.classes()
         except ClassListError as e:
-            self.error = str(e)
-        else:
-            self.error = ""
-            if any("," in name for name, _, _ in self.table.rows()):
-                self.table.set_classes(specs)
-            self.line.setText(class_line(specs))
+            self._show_error(str(e))
+            return
+        if any("," in name for name, _, _ in self.table.rows()):
+            self.table.set_classes(specs)
+        self.line.setText(class_line(specs))
+        self._show_error("")
+
+    def _show_error(self, error: str) -> None:
+        """What is wrong with the classes, under the line (Run is greyed meanwhile)."""
+        self.error = error
+        self.error_label.setText(error)
+        self.error_label.setVisible(bool(error))
         self.changed.emit()
 
     def _on_preset(self, index: int) -> None:

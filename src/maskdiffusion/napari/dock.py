@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AnnotatorDock"]
 
+SAVE_HINT = "the whole map, its classes and georeference"
+
 
 def _disconnect(connections, stop, state, *_) -> None:
     stop()
@@ -68,9 +70,11 @@ class AnnotatorDock(QWidget):
         save = QPushButton("Save labels…")
         save.setToolTip("the image's label map (0 = unlabelled, k = k-th class) as a GeoTIFF with its classes, "
                         "colours and georeference (or a palette PNG), and OUT.classes.json beside it; an "
-                        "annotation opened from a file can be saved back in place")
+                        "annotation opened from a file can be saved back in place. (File › Save Selected "
+                        "Layer(s) preselects napari's own writer, which keeps no classes nor georeference: "
+                        "choose 'MaskDiffusion GeoTIFF labels' there.)")
         save.clicked.connect(self._save_dialog)
-        self.saved_label = QLabel("")
+        self.saved_label = QLabel(SAVE_HINT)
         self.saved_label.setWordWrap(True)
         self._label_worker = None
         row.addWidget(save)
@@ -134,6 +138,9 @@ class AnnotatorDock(QWidget):
     def _on_active(self, event=None) -> None:
         self.segment.follow_selection()
         self.refine.reset_choices()
+        annotation, _ = self.current()
+        path = self.in_place_path(annotation)
+        self.saved_label.setText(f"{annotation.name}: {Path(path).name}" if path else SAVE_HINT)
 
     # ------------------------------------------------------------------ Save labels…
 
@@ -195,7 +202,8 @@ class AnnotatorDock(QWidget):
     def _labels_saved(self, annotation, written: list[str]) -> list[str]:
         if annotation is not None:
             annotation.source = {"kind": "labels", "path": written[0]}
-        self.saved_label.setText(f"saved {Path(written[0]).name} ({annotation.name if annotation else ''})")
+        self.saved_label.setText(f"saved {Path(written[0]).name} ({annotation.name})" if annotation
+                                 else f"saved {Path(written[0]).name}")
         return written
 
     def _labels_not_saved(self, exc: BaseException) -> None:

@@ -169,14 +169,13 @@ class RefinePanel(QWidget):
         return list(self.state.annotations.values())
 
     def current(self) -> tuple[Annotation | None, tuple[int, ...]]:
-        """The annotation in front (the selected layer's, else the one chosen, else the latest)
-        and the plane the viewer shows of it."""
+        """The annotation in front and the plane the viewer shows of it: the selected layer's
+        (none for an image not annotated yet), else the one chosen in the list, else the latest."""
         annotations = self.annotations()
-        found = self.state.annotation_of(self.viewer.layers.selection.active)
-        if found is None and self._chosen in annotations:
-            found = self._chosen
-        if found is None and annotations:
-            found = annotations[-1]
+        active = self.viewer.layers.selection.active
+        found = self.state.annotation_of(active)
+        if found is None and not (hasattr(active, "rgb") and active.metadata.get("kind") is None):
+            found = self._chosen if self._chosen in annotations else annotations[-1] if annotations else None
         return found, found.current_plane() if found is not None else ()
 
     def _choose(self, index: int) -> None:

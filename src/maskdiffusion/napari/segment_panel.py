@@ -86,6 +86,7 @@ class SegmentPanel(QWidget):
         self._progress: dict = {}
         self._bands_key = None
         self._picked = None
+        self._known_images = [ly for ly in viewer.layers if isinstance(ly, Image)]
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._image_box())
@@ -138,6 +139,7 @@ class SegmentPanel(QWidget):
         toggle.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
         toggle.setArrowType(Qt.RightArrow)
         self.parameters = params_form()
+        self.parameters.changed.connect(self._update_buttons)
         self.semantic_check = QCheckBox("semantic map layer")
         self.confidence_check = QCheckBox("confidence layer")
         extra = QWidget()
@@ -159,8 +161,13 @@ class SegmentPanel(QWidget):
 
         toggle.toggled.connect(show)
         self.params_toggle = toggle
+        self.params_error = QLabel("")
+        self.params_error.setWordWrap(True)
+        self.params_error.setStyleSheet("color: #ff6060;")
+        self.params_error.setVisible(False)
         column.addWidget(toggle)
         column.addWidget(body)
+        column.addWidget(self.params_error)
         return box
 
     def _run_row(self) -> QHBoxLayout:
@@ -176,11 +183,17 @@ class SegmentPanel(QWidget):
     # ------------------------------------------------------------------ choices
 
     def reset_choices(self, *_) -> None:
-        """Refill the layer picker (napari calls this when layers change): the picked image stays
-        picked; with none (or a removed one) the image in view is picked."""
+        """Refill the layer picker (napari calls this when layers change): an image just opened
+        is picked (it is the one in view); else the picked image stays picked; with none (or a
+        removed one) the image in view is picked."""
         picked = self._picked
+        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and ly.metadata.get("kind") is None]
+        opened = [ly for ly in images if not any(ly is known for known in self._known_images)]
+        self._known_images = images
         self.image_form.reset_choices()
-        if picked is not None and picked in self.viewer.layers:
+        if opened and not self.running:
+            self.image_picker.value = opened[-1]
+        elif picked is not None and picked in self.viewer.layers:
             self.image_picker.value = picked
         elif not self.running:
             shown = self.shown_image()
@@ -210,6 +223,8 @@ class SegmentPanel(QWidget):
 
     def _on_image_changed(self, *_) -> None:
         layer = self.image_layer()
+        if layer is not self._picked and not self.running:
+            self.status.setText("")  # it spoke of another image
         self._picked = layer
         info = describe_image(layer) if layer is not None else None
         bands = info is not None and info.n_bands > 1 and not layer.rgb
@@ -232,6 +247,8 @@ class SegmentPanel(QWidget):
         info = describe_image(layer)
         if info.n_bands <= 1 or layer.rgb:
             return None
+        if not all(picker.value in info.band_names for picker in self.band_pickers):  # another image's, until reset
+            return info.default_bands()
         return tuple(info.band_names.index(picker.value) for picker in self.band_pickers)
 
     def classes(self):
@@ -248,11 +265,25 @@ class SegmentPanel(QWidget):
         """A run is segmenting."""
         return self._worker is not None
 
+    def _input_error(self) -> str:
+        """What keeps the classes or the parameters from running, shown under the parameters."""
+        try:
+            params = self.params()
+        except BadInputError as e:
+            return str(e)
+        if self.classes_editor.error:
+            return self.classes_editor.error
+        if not self.classes_editor.table.rowCount() and not params.unsupervised:
+            return "no classes: type a few names, e.g. tree, grass, road (or set Unsupervised)"
+        return ""
+
     def _update_buttons(self, *_) -> None:
         ready, loading = self.model_box.ready, self.model_box.loading
         has_image = self.image_layer() is not None
-        self.run_button.setEnabled(ready and not self.running and not loading and has_image
-                                   and not self.classes_editor.error)
+        error = self._input_error()
+        self.params_error.setText(error if error and not self.classes_editor.error else "")
+        self.params_error.setVisible(bool(self.params_error.text()))
+        self.run_button.setEnabled(ready and not self.running and not loading and has_image and not error)
         self.cancel_button.setEnabled(self._worker is not None)
         self.model_box.load_button.setEnabled(not loading and not self.running)
         if not has_image:
@@ -261,10 +292,8 @@ class SegmentPanel(QWidget):
             tip = "the model is loading"
         elif not ready:
             tip = "load the model first"
-        elif self.classes_editor.error:
-            tip = self.classes_editor.error
         else:
-            tip = "segment the image into the classes"
+            tip = error or "segment the image into the classes"
         self.run_button.setToolTip(tip)
 
     # ------------------------------------------------------------------ run
