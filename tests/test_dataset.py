@@ -1,6 +1,7 @@
 """A dataset project: statuses, files, georeference, resume, the lock, every bad input, the
-class memory and the exports, with the tiny model on a folder of 13 synthetic images (two of
-them georeferenced GeoTIFFs, one unreadable; sizes and band counts differ)."""
+class memory and the exports, with the tiny model on a list of 14 images: 13 synthetic files
+(two of them georeferenced GeoTIFFs, one unreadable; sizes and band counts differ) and one
+missing file."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def _image(rng, h, w, bands):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """13 files listed in ``images.txt`` in this order: the first five to do are a gray PNG,
-    an RGBA PNG, the two GeoTIFFs and a uint16 TIFF; then PNG/JPEG photos; one unreadable."""
+    an RGBA PNG, the two GeoTIFFs and a uint16 TIFF; then PNG/JPEG photos; one unreadable;
+    and last a file the list names that does not exist."""
     folder = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(7)
     names = ["a_gray.png", "b_rgba.png", "c_broken.png"]
@@ -74,7 +76,7 @@ def images(tmp_path_factory) -> Path:
         name = f"photo_{i}.{'jpg' if i % 3 == 0 else 'png'}"
         Image.fromarray(_image(rng, 64 + 16 * (i % 3), 64 + 32 * (i % 2), 3)).save(folder / name)
         names.append(name)
-    (folder / "images.txt").write_text("# the dataset\n" + "\n".join(names) + "\n")
+    (folder / "images.txt").write_text("# the dataset\n" + "\n".join(names) + "\nz_missing.png\n")
     return folder
 
 
@@ -105,8 +107,9 @@ def test_walk_five_images_then_a_restart_resumes_at_the_sixth(images, model, tmp
     unreadable image failed with its reason, a drafted image waiting, and resume."""
     out = tmp_path / "out"
     with make(out, images) as project:
-        assert len(project) == 13 and project.counts() == {"to do": 12, "drafted": 0, "corrected": 0, "done": 0,
-                                                           "failed": 1}
+        assert len(project) == 14 and project.counts() == {"to do": 12, "drafted": 0, "corrected": 0, "done": 0,
+                                                           "failed": 2}
+        assert "no such file" in project.entry(13).reason
         broken = project.entry(2)
         assert broken.status is Status.FAILED and "c_broken.png" in broken.reason and "not an image" in broken.reason
         walked = []
@@ -402,7 +405,7 @@ def test_export_and_dataset_commands(done_project, images, tmp_path, capsys):
     assert "for 3 done images" in capsys.readouterr().err
     assert main(["dataset", str(done_project)]) == 0
     out = capsys.readouterr().out
-    assert "13 images: 8 to do, 0 drafted, 1 corrected, 3 done, 1 failed" in out
+    assert "14 images: 8 to do, 0 drafted, 1 corrected, 3 done, 2 failed" in out
     assert "next to do: #2 b_rgba.png" in out and "c_broken.png: " in out
     empty = tmp_path / "empty"
     assert main(["dataset", str(empty), "--images", str(images / "images.txt"), "--classes", CLASSES,

@@ -17,6 +17,9 @@ MODULES = [
     "maskdiffusion.core.labels",
     "maskdiffusion.core.label_map",
     "maskdiffusion.core.marks",
+    "maskdiffusion.core.memory",
+    "maskdiffusion.dataset.project",
+    "maskdiffusion.dataset.lock",
     "maskdiffusion.napari.state",
 ]
 

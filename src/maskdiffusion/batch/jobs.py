@@ -23,7 +23,7 @@ from ..core.params import DEFAULT_MODEL, SegmentParams
 from ..errors import BadInputError
 
 __all__ = ["BatchConfig", "BatchInputError", "TileJob", "check_out_dir", "expand_inputs", "finished_output",
-           "foreign_output", "is_finished", "plan_jobs", "previous_records", "written_files",
+           "foreign_output", "is_finished", "model_key", "plan_jobs", "previous_records", "written_files",
            "CACHE_DIR", "IMAGE_SUFFIXES", "PROTOTYPES_FILE", "STATUS_FILE"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -62,6 +62,14 @@ class BatchConfig:
             "shared_prototypes": self.shared,
         }
         return {**identity, "save_refine": True} if self.save_refine else identity
+
+
+def model_key(model: str | None) -> str | None:
+    """The model as a run records it: a local file or folder by its absolute path (so runs
+    started from other folders match), anything else (a hub id, ``random:tiny``) as given."""
+    if model is not None and Path(model).expanduser().exists():
+        return str(Path(model).expanduser().resolve())
+    return model
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from ..batch import (
     expand_inputs,
     foreign_output,
     is_finished,
+    model_key,
     plan_jobs,
     previous_records,
     process,
@@ -79,9 +80,7 @@ def config_from_args(args) -> BatchConfig:
                               + ("--shared-prototypes" if args.shared_prototypes else "--unsupervised"))
     classes = tuple(classes_from_args(args))
     params = params_from_args(args)
-    model = model_source(args.model)
-    if model is not None and Path(model).expanduser().exists():
-        model = str(Path(model).expanduser().resolve())
+    model = model_key(model_source(args.model))
     threads = args.threads
     if threads is None and not args.scheduler:
         threads = max(1, (os.cpu_count() or 1) // (args.workers or 1))

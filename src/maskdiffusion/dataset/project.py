@@ -184,11 +184,13 @@ class Project:
         classes raises :class:`ProjectMismatchError` unless ``new``. Images whose file cannot
         be read are marked failed with the reason; the rest go on.
         """
+        from ..batch.jobs import model_key
         from ..geo.atomic import make_folder
 
         folder = Path(folder).expanduser().resolve()
         specs = tuple(as_class_specs(classes))
         params = params or SegmentParams()
+        model = model_key(model) or DEFAULT_MODEL
         paths = find_images(images)
         _check_folder(folder, images, paths)
         paths = [p for p in paths if folder not in p.parents]
@@ -197,7 +199,7 @@ class Project:
         try:
             if cls.exists(folder):
                 old = cls(folder, _read_project(folder), lock)
-                problem = old._differs(specs, params, model or DEFAULT_MODEL)
+                problem = old._differs(specs, params, model)
                 if problem is None:
                     old._add_images(paths)
                     return old._reconciled()
@@ -209,14 +211,14 @@ class Project:
                 "format": FORMAT, "version": VERSION, "created": _now(),
                 "source": [str(p) for p in images] if not isinstance(images, (str, os.PathLike)) else str(images),
                 "classes": [dict(c.to_dict(), by_example=False) for c in specs],
-                "model": model or DEFAULT_MODEL, "device": device, "dtype": dtype,
+                "model": model, "device": device, "dtype": dtype,
                 "parameters": params.to_dict(),
                 "memory": {"enabled": bool(memory), "n0": MEMORY_CELLS, "version": 0},
                 "images": [],
             }
             project = cls(folder, data, lock)
             project._add_images(paths)
-            return project
+            return project._reconciled()
         except BaseException:
             lock.release()
             raise
