@@ -134,10 +134,10 @@ class ClassMemory:
         n = self.counts(classes)
         return n / (n + self.n0)
 
-    def means(self, classes: Sequence[ClassSpec | str]) -> np.ndarray:
-        """(K, C) m_k / n_k, zero for classes the memory does not know."""
+    def means(self, classes: Sequence[ClassSpec | str]) -> tuple[np.ndarray, np.ndarray]:
+        """(K, C) m_k / n_k (zero for classes the memory does not know) and the (K,) shares a_k."""
         sums, counts = self._totals(_names(classes))
-        return sums / np.maximum(counts, 1e-12)[:, None]
+        return sums / np.maximum(counts, 1e-12)[:, None], counts / (counts + self.n0)
 
     def _check_dims(self, dims: int, what: str) -> None:
         if self.dims is not None and self.dims != dims:
@@ -145,16 +145,12 @@ class ClassMemory:
                                 "was learnt with another model; reset the memory to use this one")
 
     def mix(self, protos, classes: Sequence[ClassSpec | str]):
-        """The engine's hook: (K, C) prototypes (torch or numpy) of ``classes`` mixed with the memory,
+        """The engine's hook: (K, C) torch prototypes of ``classes`` mixed with the memory,
         c_k = (1 − a_k)·c_k + a_k·m_k/n_k; classes the memory does not know keep theirs exactly."""
-        share = self.shares(classes)
+        means, share = self.means(classes)
         if not share.any():
             return protos
         self._check_dims(protos.shape[1], "the model's feature map")
-        means = self.means(classes)
-        if isinstance(protos, np.ndarray):
-            a = share[:, None].astype(protos.dtype)
-            return np.where(a > 0, (1 - a) * protos + a * means.astype(protos.dtype), protos)
         import torch
 
         a = torch.as_tensor(share, dtype=protos.dtype, device=protos.device)[:, None]
@@ -164,10 +160,9 @@ class ClassMemory:
     def prior(self, state: RefineState) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The memory's prototypes of ``state``'s classes in its feature space (through its basis)
         and their shares a_k, for :attr:`RefineState.prior`; (None, None) when it knows none."""
-        share = self.shares(state.classes)
+        means, share = self.means(state.classes)
         if not share.any():
             return None, None
-        means = self.means(state.classes)
         if state.basis is not None:
             self._check_dims(state.basis.shape[0], "this image's refinement state")
             means = means @ state.basis
@@ -185,8 +180,8 @@ def apply_memory(state: RefineState, memory: ClassMemory | None, classes: Sequen
     draft scores ``state.base`` move by what the new prior changes in each prototype,
     ⟨f̂, c_k^new − c_k^old⟩: a stored draft (a batch output, or one made before the latest
     corrections) becomes the draft the memory gives now, and an empty memory gives back the
-    paper's. Without ``rescore`` the scores already hold
-    the memory (the engine drafted with it): only the prior is set, for refinement.
+    paper's. Without ``rescore`` the scores already hold the memory (the engine drafted with
+    it): only the prior is set, for refinement.
     """
     known = {c.name.lower() for c in state.classes}
     for spec in classes:

@@ -180,9 +180,10 @@ class Project:
         Returns
         -------
         Project, holding the folder's lock. A folder with a project of the same classes and
-        settings is resumed (images it lacks, added to the folder since, are appended); one with other
-        classes raises :class:`ProjectMismatchError` unless ``new``. Images whose file cannot
-        be read are marked failed with the reason; the rest go on.
+        settings is resumed (images it lacks, added to the folder since, are appended; ``memory``
+        is switched as asked); one with other classes raises :class:`ProjectMismatchError`
+        unless ``new``. Images whose file cannot be read are marked failed with the reason; the
+        rest go on.
         """
         from ..batch.jobs import model_key
         from ..geo.atomic import make_folder
@@ -198,9 +199,15 @@ class Project:
         lock = ProjectLock(folder).acquire()
         try:
             if cls.exists(folder):
-                old = cls(folder, _read_project(folder), lock)
-                problem = old._differs(specs, params, model)
+                try:
+                    old = cls(folder, _read_project(folder), lock)
+                    problem = old._differs(specs, params, model)
+                except ProjectError as error:
+                    if not new:
+                        raise
+                    old, problem = None, str(error)
                 if problem is None:
+                    old._data["memory"]["enabled"] = bool(memory)
                     old._add_images(paths)
                     return old._reconciled()
                 if not new:
@@ -213,7 +220,7 @@ class Project:
                 "classes": [dict(c.to_dict(), by_example=False) for c in specs],
                 "model": model, "device": device, "dtype": dtype,
                 "parameters": params.to_dict(),
-                "memory": {"enabled": bool(memory), "n0": MEMORY_CELLS, "version": 0},
+                "memory": {"enabled": bool(memory), "n0": MEMORY_CELLS},
                 "images": [],
             }
             project = cls(folder, data, lock)
@@ -536,13 +543,11 @@ class Project:
         names = [c.name for c in self.classes]
         self.memory.update(d["name"], state.features, values, names, state.stride, state.basis)
         _write_contribution(self.folder / MEMORY / f"{d['name']}.npz", self.memory.images[d["name"]])
-        self._data["memory"]["version"] += 1
         return True
 
     def _forget(self, key: str) -> None:
         self.memory.forget(key)
         (self.folder / MEMORY / f"{key}.npz").unlink(missing_ok=True)
-        self._data["memory"]["version"] += 1
 
     # ------------------------------------------------------------------ consistency
 
@@ -643,7 +648,7 @@ def _read_project(folder: Path) -> dict:
         SegmentParams.from_dict(data["parameters"])
         for d in data["images"]:
             Status(d["status"]), d["path"], d["name"]
-        data["memory"].setdefault("version", 0)
+        float(data["memory"]["n0"]), bool(data["memory"]["enabled"])
     except (KeyError, TypeError, ValueError) as e:
         raise ProjectError(f"the project file {path} is inconsistent: {e}") from None
     return data
