@@ -13,8 +13,8 @@ and the benchmark records each draft's mIoU and the pixels the annotator must ch
 
 (a) **The real pipeline** (``Project`` → ``draft`` → ``save_labels``) with the tiny random-weight
 model. Random weights give features that hardly carry a class from one image to the next, so
-it also measures the ceiling: the mIoU of image n's draft from the exact class means of images
-1…n−1 alone (a_k = 1, the best any weighting of this memory could do).
+it also measures the memory alone: the mIoU of image n's draft from the exact class means of
+images 1…n−1 (a_k = 1, no attention at all).
 (b) **The weighting on features that carry the classes across images**, without a model: the
 same label maps, features f̂ simulated in 2880 dimensions as a class direction plus a per-image
 shift plus noise (what a trained model's features are assumed to be), class maps as the true
@@ -70,7 +70,7 @@ def miou(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def real_pipeline(dataset, folder: Path, model_source: str) -> dict:
-    """(a): Project/draft/save_labels with and without the memory, and the memory's ceiling."""
+    """(a): Project/draft/save_labels with and without the memory, and the memory alone."""
     from PIL import Image
 
     from maskdiffusion.core.memory import ClassMemory
@@ -87,7 +87,7 @@ def real_pipeline(dataset, folder: Path, model_source: str) -> dict:
     size = dataset[0][0].shape[0]
     params = SegmentParams(tile_size=size, overlap=0)
     model = load_model(model_source)
-    curves = {"paper_miou": [], "memory_miou": [], "ceiling_miou": [], "paper_changes": [], "memory_changes": [],
+    curves = {"paper_miou": [], "memory_miou": [], "alone_miou": [], "paper_changes": [], "memory_changes": [],
               "draft_s": [], "pixels": size * size}
     oracle = ClassMemory(n0=1e-9)
     with Project.create(folder / "memory", images, CLASSES, params=params, model=model_source) as learning, \
@@ -106,9 +106,9 @@ def real_pipeline(dataset, folder: Path, model_source: str) -> dict:
             if oracle.images:
                 best = assign(np.einsum("kc,chw->khw", oracle.means(CLASSES)[0], state.features.astype(np.float32)),
                               state.shape, state.stride)
-                curves["ceiling_miou"].append(miou(best, truth))
+                curves["alone_miou"].append(miou(best, truth))
             else:
-                curves["ceiling_miou"].append(None)
+                curves["alone_miou"].append(None)
             oracle.learn(str(n), state, truth)
             learning.save_labels(n, truth, status="done")
             print(f"(a) image {n + 1}: mIoU paper {curves['paper_miou'][-1]:.3f}, memory "
@@ -179,8 +179,8 @@ def plot(real: dict, sim: dict, n0_values, path: Path, model: str) -> None:
     ax = axes[0]
     ax.plot(n, real["paper_miou"], "o-", color="gray", label="paper (no memory)")
     ax.plot(n, real["memory_miou"], "o-", color="tab:blue", label="with the memory of images 1…n−1")
-    ceiling = [np.nan if v is None else v for v in real["ceiling_miou"]]
-    ax.plot(n, ceiling, "--", color="tab:green", label="ceiling: class means of images 1…n−1 alone")
+    alone = [np.nan if v is None else v for v in real["alone_miou"]]
+    ax.plot(n, alone, "--", color="tab:green", label="memory alone: class means of images 1…n−1")
     ax.set(title=f"(a) real pipeline, {model} (random weights)", xlabel="image n", ylabel="draft mIoU", ylim=(0, 1))
     ax.legend(fontsize=8)
     ax = axes[1]

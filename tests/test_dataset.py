@@ -268,10 +268,9 @@ def test_labels_of_another_size_or_with_values_past_the_classes_are_refused(imag
 def test_without_memory_the_paper_preset_is_bit_identical(images, model, tmp_path):
     image = read_input(images / "e_geo.tif")[0]
     paper = segment(image, CLASSES, model, PARAMS)
-    for memory in (ClassMemory(), _memory_of("sand", 7)):
-        mixed = drain(iter_segment(image, CLASSES, model, PARAMS, prototype_memory=memory))
-        assert np.array_equal(mixed.labels, paper.labels)
-        assert np.array_equal(mixed.confidence, paper.confidence)
+    mixed = drain(iter_segment(image, CLASSES, model, PARAMS, prototype_memory=_memory_of("sand", 7)))
+    assert np.array_equal(mixed.labels, paper.labels), "a memory that knows none of the classes changes nothing"
+    assert np.array_equal(mixed.confidence, paper.confidence)
     with make(tmp_path / "out", images, memory=False) as project:
         project.save_labels(0, np.ones((80, 72), np.uint8))
         ready = drain(draft(project, 4, model))

@@ -98,18 +98,15 @@ def export_project(project: Project, out=None, format: str = "coco", *, val_frac
         make_folder(out / "labels")
         make_folder(out / "images")
 
-    def labels_of(entry):
-        return read_image(entry.labels)
-
     written = list(targets.values())
     with StagedOutputs():
         if format == "coco":
             from ..geo.exports import write_coco_images
 
-            write_coco_images(targets["coco"], ((labels_of(e)[0], relative_path(e.path, out).replace("\\", "/"))
+            write_coco_images(targets["coco"], ((read_image(e.labels)[0], relative_path(e.path, out).replace("\\", "/"))
                                                 for e in done), classes)
         for e in done if format != "coco" else ():
-            labels, geo = labels_of(e)
+            labels, geo = read_image(e.labels)
             if format == "isprs":
                 write_isprs_rgb(targets[e.name], labels, classes, geo)
                 continue

@@ -207,7 +207,7 @@ class Project:
                         raise
                     old, problem = None, str(error)
                 if problem is None:
-                    old._data["memory"]["enabled"] = bool(memory)
+                    old.memory_enabled = memory
                     old._add_images(paths)
                     return old._reconciled()
                 if not new:
@@ -296,7 +296,16 @@ class Project:
 
     @property
     def memory_enabled(self) -> bool:
+        """Whether corrected images teach the next drafts; setting it is saved at once (what
+        was learnt stays, unused while off)."""
         return bool(self._data["memory"]["enabled"])
+
+    @memory_enabled.setter
+    def memory_enabled(self, on: bool) -> None:
+        self._writable()
+        with self._mutex:
+            self._data["memory"]["enabled"] = bool(on)
+            self._save()
 
     @property
     def writable(self) -> bool:
