@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "src" / "maskdiffusion"
 FACES = {"cli", "napari"}
-LIBRARIES = {"batch", "evaluation"}
+LIBRARIES = {"batch", "evaluation", "dataset"}
 #: What each layer of the house may import from the package (besides itself and errors).
 ALLOWED = {
     "core": {"core"},
@@ -21,6 +21,7 @@ ALLOWED = {
     "session_bundle": {"core", "geo", "session"},
     "batch": {"core", "model", "geo", "engine", "batch"},
     "evaluation": {"core", "model", "geo", "engine", "evaluation"},
+    "dataset": {"core", "model", "geo", "engine", "batch", "session", "dataset"},
 }
 GUI = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "vispy")
 

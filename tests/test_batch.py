@@ -378,3 +378,45 @@ def test_leftovers_of_interrupted_runs_are_removed_and_nothing_else(tmp_path):
         p.write_bytes(b"")
     remove_temporaries([job])
     assert not any(p.exists() for p in leftovers) and all(p.exists() for p in kept)
+
+
+def test_save_refine_drafts_are_refined_and_corrected_in_a_dataset_without_a_model(tiles, cluster, tiny_model_dir,
+                                                                                    tmp_path):
+    """``--save-refine`` writes what Refine needs beside each result; a project whose output
+    folder is batch's takes those drafts as they are (same classes and settings), refines one
+    and learns from its correction with no model; other settings do not count."""
+    from maskdiffusion.dataset import Project, Status, draft
+    from maskdiffusion.engine import drain
+    from maskdiffusion.geo.refine_file import read_refine_state
+
+    out = tmp_path / "out"
+    assert batch(*run_args(tiles, out, tiny_model_dir, "--scheduler", cluster, "--save-refine")) == 0
+    inputs = sorted(tiles.glob("*_RGBIR.tif"))
+    state, meta = read_refine_state(out / f"{inputs[0].stem}.refine.npz")
+    labels = read_image(out / f"{inputs[0].stem}.tif")[0]
+    assert state.shape == labels.shape and state.base is not None and state.features.dtype == np.float16
+    assert meta["batch"]["fingerprint"] == json.loads((out / f"{inputs[0].stem}.classes.json").read_text())[
+        "batch"]["fingerprint"]
+    assert json.loads((out / "batch_status.json").read_text())["settings"]["save_refine"] is True
+    assert batch(*run_args(tiles, out, tiny_model_dir, "--scheduler", cluster, "--save-refine")) == 0
+    assert {r["status"] for r in status_of(out).values()} == {"skipped"}
+
+    params = SegmentParams(tile_size=128)
+    with Project.create(out, tiles / "*_RGBIR.tif", CLASSES, params=params, model=str(tiny_model_dir)) as project:
+        assert project.counts()["drafted"] == 3
+        ready = drain(draft(project, 0, "no-such-model"))
+        assert ready.source == "batch" and np.array_equal(ready.labels, labels)
+        session = ready.session()
+        painted = np.array(session.labels)
+        painted[:30, :30] = 3
+        session.edit(painted, np.pad(np.ones((30, 30), bool), ((0, 98), (0, 98))))
+        refined = np.asarray(session.refine())
+        assert (refined[:30, :30] == 3).all()
+        project.save_labels(0, refined, status=Status.DONE)
+        assert project.memory.knows("building") and project.memory.dims == 160
+        assert drain(draft(project, 1, "no-such-model")).state.prior is not None
+    with Project.create(tmp_path / "other", tiles / "*_RGBIR.tif", CLASSES, model=str(tiny_model_dir)) as other:
+        assert other.counts()["drafted"] == 0, "batch's drafts of other settings (tile 512) elsewhere are not used"
+    with Project.create(out, tiles / "*_RGBIR.tif", "road,tree", params=params, model=str(tiny_model_dir),
+                        new=True) as changed:
+        assert changed.counts()["drafted"] == 0, "batch's drafts with other classes are not used"

@@ -17,6 +17,9 @@ MODULES = [
     "maskdiffusion.core.labels",
     "maskdiffusion.core.marks",
     "maskdiffusion.napari.turns",
+    "maskdiffusion.core.memory",
+    "maskdiffusion.dataset.project",
+    "maskdiffusion.dataset.lock",
 ]
 
 

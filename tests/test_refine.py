@@ -131,6 +131,7 @@ def test_session_memory_counts_every_array_it_keeps(result):
     state = session.state
     held = session.memory()
     arrays = state.features.nbytes + state.attention.nbytes + state.base.nbytes + session.margin.nbytes
+    arrays += 0 if state.basis is None else state.basis.nbytes
     assert held["map"] == session.labels.nbytes and held["marks"] == session.edited.nbytes
     assert held["cache"] == arrays
     painted, edited = np.array(session.labels), np.zeros(session.labels.shape, bool)

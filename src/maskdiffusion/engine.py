@@ -89,12 +89,15 @@ def drain(steps: Generator[Progress, None, SegmentationResult],
 
 def iter_segment(image, classes=None, model=None, params: SegmentParams | None = None, *,
                  device: str | None = "auto", dtype: str | None = None, keep_features: bool = False,
-                 valid: np.ndarray | None = None, **overrides) -> Generator[Progress, None, SegmentationResult]:
+                 valid: np.ndarray | None = None, prototype_memory=None,
+                 **overrides) -> Generator[Progress, None, SegmentationResult]:
     """Like :func:`segment`, as a generator of :class:`Progress` returning the result.
 
     ``keep_features`` keeps f̂ on the class-map grid in ``result.features`` (float16) and the
     blended scores on that grid in ``result.grid_scores``, for refinement without another
-    model call. ``valid`` is as in :func:`segment`.
+    model call. ``valid`` is as in :func:`segment`. ``prototype_memory`` (a
+    :class:`~maskdiffusion.core.memory.ClassMemory`, used by a dataset) mixes what corrected
+    images taught into every class prototype (``docs/algorithm.md`` §4.7); without it, the paper's.
     Bad input raises before the first yield: ``ClassListError``, ``ParamsError`` and
     ``InputImageError`` (all ``ValueError``) with one clear message.
 
@@ -120,7 +123,7 @@ def iter_segment(image, classes=None, model=None, params: SegmentParams | None =
     params = (params or SegmentParams()).replace(**overrides) if overrides else (params or SegmentParams())
     specs = _class_specs(classes, params)
     source = ImageSource(image, params.bands, params.scale, valid=valid)
-    return _run(source, specs, model, params, device, dtype, keep_features)
+    return _run(source, specs, model, params, device, dtype, keep_features, prototype_memory)
 
 
 def _class_specs(classes, params: SegmentParams) -> list[ClassSpec]:
@@ -135,7 +138,7 @@ def _load(model, device, dtype):
     return model if isinstance(model, SDModel) else load_model(model, device, dtype)
 
 
-def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype, keep_features: bool):
+def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype, keep_features: bool, memory=None):
     import torch
 
     from .core.prototypes import (
@@ -166,6 +169,9 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     grid_scores = GridAccumulator(source.shape, n_out) if keep_features else None
     features = None
 
+    def mixed(protos):
+        return protos if memory is None else memory.mix(protos, specs)
+
     def capture(tile: Tile):
         nonlocal features
         f = runner(source.tile(tile.y, tile.x, tile.h, tile.w))
@@ -192,7 +198,7 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     if not shared:
         for tile in tiles:
             maps, feats = capture(tile)
-            blend(tile, class_scores(feats, prototypes(maps, feats)))
+            blend(tile, class_scores(feats, mixed(prototypes(maps, feats))))
             attention.add(tile, maps.cpu().numpy())
             if tile is tiles[-1]:
                 blender.finish()
@@ -208,13 +214,13 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
                 if specs:
                     n, d = prototype_sums(maps, feats)
                     num, den = (n, d) if num is None else (num + n, den + d)
-                    draft = class_scores(feats, prototypes(maps, feats)) if not params.unsupervised else None
+                    draft = class_scores(feats, mixed(prototypes(maps, feats))) if not params.unsupervised else None
                 yield step(tile.index + 1, "features", tile, draft)
             if params.unsupervised:
                 centers, clusters_to_classes = _fit_clusters(cache, tiles, source.shape, params, len(specs))
                 assign = partial(cluster_scores, centroids=torch.from_numpy(centers).to(sd.device))
             else:
-                assign = partial(class_scores, protos=num / den.clamp_min(1e-12)[:, None])
+                assign = partial(class_scores, protos=mixed(num / den.clamp_min(1e-12)[:, None]))
             for tile in tiles:
                 blend(tile, assign(cache.features(tile.index).to(sd.device)))
                 if tile is tiles[-1]:

@@ -9,6 +9,7 @@
     attention-<id>.npy        (K, gh, gw) float32 class maps (zero for example-only classes)
     features-<id>.npy         (D, gh, gw) reduced features (float16)
     base-<id>.npy             (K, gh, gw) float32 scores of the run on the grid (optional)
+    prior-<id>.npy, prior_share-<id>.npy  what a dataset's class memory taught (optional)
 
 Each array is written to a new name, atomically, then ``session.json`` (atomically) names the
 new set, then files it no longer names are removed: a crash at any point leaves a bundle that
@@ -39,6 +40,7 @@ VERSION = 2
 SUFFIX = ".mdsession"
 _INDEX = "session.json"
 _ARRAYS = ("labels", "edited", "attention", "features")
+_OPTIONAL = ("base", "prior", "prior_share")
 
 
 class SessionError(BadInputError):
@@ -96,8 +98,9 @@ def save_session(path: str | Path, session: Session) -> Path:
         "attention": _write_array(folder, "attention", state.attention.astype(np.float32, copy=False)),
         "features": _write_array(folder, "features", state.features, state.features_id),
     }
-    if state.base is not None:
-        arrays["base"] = _write_array(folder, "base", state.base.astype(np.float32, copy=False))
+    for name in _OPTIONAL:
+        if getattr(state, name) is not None:
+            arrays[name] = _write_array(folder, name, getattr(state, name).astype(np.float32, copy=False))
     index = {
         "format": FORMAT,
         "version": VERSION,
@@ -162,7 +165,8 @@ def load_session(path: str | Path) -> Session:
         raise SessionError(f"no session bundle at {folder}")
     index = _read_index(folder)
     arrays = {name: _load_array(folder, index, name) for name in _ARRAYS}
-    base = _load_array(folder, index, "base") if "base" in (index.get("arrays") or {}) else None
+    optional = {name: _load_array(folder, index, name).astype(np.float32, copy=False)
+                for name in _OPTIONAL if name in (index.get("arrays") or {})}
     try:
         shape = tuple(int(n) for n in index["shape"])
         classes = tuple(ClassSpec.from_dict(d) for d in index["classes"])
@@ -177,8 +181,7 @@ def load_session(path: str | Path) -> Session:
                              f"expected {shape} integers")
         state = RefineState(arrays["features"], arrays["attention"].astype(np.float32, copy=False), classes, shape,
                               float(refine["stride"]), from_text, dict(refine.get("reduction") or {}),
-                              str(refine.get("features_id") or uuid.uuid4().hex[:12]),
-                              None if base is None else base.astype(np.float32, copy=False))
+                              str(refine.get("features_id") or uuid.uuid4().hex[:12]), **optional)
     except SessionError:
         raise
     except (KeyError, TypeError, ValueError) as e:

@@ -34,6 +34,7 @@ from .jobs import (
     expand_inputs,
     foreign_output,
     is_finished,
+    model_key,
     plan_jobs,
     previous_records,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "expand_inputs",
     "foreign_output",
     "is_finished",
+    "model_key",
     "plan_jobs",
     "previous_records",
     "process",

@@ -22,8 +22,8 @@ from ..core.classes import ClassSpec
 from ..core.params import DEFAULT_MODEL, SegmentParams
 from ..errors import BadInputError
 
-__all__ = ["BatchConfig", "BatchInputError", "TileJob", "check_out_dir", "expand_inputs", "foreign_output",
-           "is_finished", "plan_jobs", "previous_records", "written_files",
+__all__ = ["BatchConfig", "BatchInputError", "TileJob", "check_out_dir", "expand_inputs", "finished_output",
+           "foreign_output", "is_finished", "model_key", "plan_jobs", "previous_records", "written_files",
            "CACHE_DIR", "IMAGE_SUFFIXES", "PROTOTYPES_FILE", "STATUS_FILE"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -31,7 +31,7 @@ STATUS_FILE = "batch_status.json"
 PROTOTYPES_FILE = "batch_prototypes.npz"
 CACHE_DIR = ".maskdiffusion-cache"
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_TEMPORARY = re.compile(r"^\.(?P<stem>.+?)(\.classes)?\.[0-9a-f]{12}\.tmp\.(tif|json)$")
+_TEMPORARY = re.compile(r"^\.(?P<stem>.+?)(\.classes|\.refine)?\.[0-9a-f]{12}\.tmp\.(tif|json|npz)$")
 _CACHED = re.compile(r"^(?P<stem>.+)\.[0-9a-f]{16}\.npz$")
 
 class BatchInputError(BadInputError):
@@ -49,10 +49,11 @@ class BatchConfig:
     dtype: str | None = None
     threads: int | None = None
     shared: bool = False
+    save_refine: bool = False
 
     def identity(self) -> dict:
-        """What changes the labels (not the threads): hashed into every tile's fingerprint."""
-        return {
+        """What changes the outputs (not the threads): hashed into every tile's fingerprint."""
+        identity = {
             "classes": [c.to_dict() for c in self.classes],
             "parameters": self.params.to_dict(),
             "model": self.model or DEFAULT_MODEL,
@@ -60,6 +61,15 @@ class BatchConfig:
             "dtype": self.dtype,
             "shared_prototypes": self.shared,
         }
+        return {**identity, "save_refine": True} if self.save_refine else identity
+
+
+def model_key(model: str | None) -> str | None:
+    """The model as a run records it: a local file or folder by its absolute path (so runs
+    started from other folders match), anything else (a hub id, ``random:tiny``) as given."""
+    if model is not None and Path(model).expanduser().exists():
+        return str(Path(model).expanduser().resolve())
+    return model
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class TileJob:
     input: Path
     output: Path
     fingerprint: str
+    save_refine: bool = False
 
     @property
     def stem(self) -> str:
@@ -77,6 +88,16 @@ class TileJob:
     @property
     def sidecar(self) -> Path:
         return self.output.with_suffix(".classes.json")
+
+    @property
+    def refine(self) -> Path:
+        """What refinement needs of the tile (``--save-refine``), :mod:`maskdiffusion.geo.refine_file`."""
+        return self.output.with_suffix(".refine.npz")
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files a finished tile has."""
+        return (self.output, self.sidecar) + ((self.refine,) if self.save_refine else ())
 
     def cache(self) -> Path:
         """The shared-prototypes features of this tile, kept between the two passes."""
@@ -112,15 +133,16 @@ def expand_inputs(items: Sequence[str | os.PathLike], exclude: Path | None = Non
     return list(found)
 
 
-def check_out_dir(items: Sequence[str | os.PathLike], out_dir: Path) -> None:
+def check_out_dir(items: Sequence[str | os.PathLike], out_dir: Path, name: str = "--out-dir") -> None:
     """Refuse an output folder that is, or contains, a folder the inputs come from: its outputs
-    (``<stem>.tif``) would replace input files there, and a rerun would take them for inputs."""
+    (``<stem>.tif``) would replace input files there, and a rerun would take them for inputs.
+    ``name`` is what the message calls the output folder."""
     out_dir = out_dir.resolve()
     for item in items:
         folder = _input_folder(os.fspath(item)).resolve()
         if folder == out_dir or out_dir in folder.parents:
-            raise BatchInputError(f"--out-dir {out_dir} is or contains the input folder {folder}: the outputs would "
-                                  "replace input files there; choose another --out-dir")
+            raise BatchInputError(f"{name} {out_dir} is or contains the input folder {folder}: the outputs would "
+                                  f"replace input files there; choose another {name}")
 
 
 def _input_folder(text: str) -> Path:
@@ -163,14 +185,44 @@ def plan_jobs(inputs: Sequence[Path], out_dir: Path, config: BatchConfig) -> lis
     if config.shared:
         run["tile_set"] = sorted(signatures.values(), key=lambda s: s["name"])
     return [
-        TileJob(path, out_dir / f"{stem}.tif", digest({"run": run, "input": signatures[stem]}))
+        TileJob(path, out_dir / f"{stem}.tif", digest({"run": run, "input": signatures[stem]}), config.save_refine)
         for stem, path in by_stem.items()
     ]
 
 
 def is_finished(job: TileJob) -> bool:
-    """Output and sidecar both readable, and both made from this input with this run's settings."""
-    return _stored_fingerprint(job.sidecar) == job.fingerprint == _stored_fingerprint(job.output)
+    """Every file of the tile readable, and made from this input with this run's settings."""
+    return all(_stored_fingerprint(path) == job.fingerprint for path in job.files)
+
+
+def finished_output(out_dir: Path, image: Path) -> tuple[TileJob, dict] | None:
+    """The tile a past run finished for ``image`` in ``out_dir`` and the settings it was made
+    with (``batch_status.json``'s ``settings``), or ``None``.
+
+    Finished means what a rerun with those settings would skip: recorded done (or skipped)
+    in the status file, every file present and carrying the fingerprint of those settings and
+    of ``image`` as it is now (size, modification time).
+    """
+    try:
+        status = json.loads((out_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        settings, tiles = status["settings"], status["tiles"]
+        record = tiles[image.stem]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(record, dict) or record.get("status") not in ("done", "skipped") or not image.is_file():
+        return None
+    if Path(record.get("input", "")).resolve() != image.resolve():
+        return None
+    run = dict(settings)
+    if settings.get("shared_prototypes"):
+        try:
+            run["tile_set"] = sorted((_input_signature(Path(t["input"])) for t in tiles.values()),
+                                     key=lambda s: s["name"])
+        except (OSError, KeyError, TypeError):
+            return None
+    job = TileJob(image, out_dir / f"{image.stem}.tif", digest({"run": run, "input": _input_signature(image)}),
+                  bool(settings.get("save_refine")))
+    return (job, settings) if is_finished(job) else None
 
 
 def foreign_output(job: TileJob, record: dict | None = None) -> Path | None:
@@ -181,7 +233,7 @@ def foreign_output(job: TileJob, record: dict | None = None) -> Path | None:
     wrote, same size and modification time (a file of ours that no longer reads, say).
     """
     written = (record or {}).get("written") or {}
-    for path in (job.output, job.sidecar):
+    for path in job.files:
         if not path.exists() and not path.is_symlink():
             continue
         if path.is_file() and _stored_fingerprint(path) is not None:
@@ -203,7 +255,7 @@ def previous_records(out_dir: Path) -> dict[str, dict]:
 
 def written_files(job: TileJob) -> dict[str, list[int]]:
     """Size and modification time of the job's outputs, as the status file records them."""
-    return {p.name: _file_stamp(p) for p in (job.output, job.sidecar) if p.is_file()}
+    return {p.name: _file_stamp(p) for p in job.files if p.is_file()}
 
 
 def _file_stamp(path: Path) -> list[int]:
@@ -212,19 +264,24 @@ def _file_stamp(path: Path) -> list[int]:
 
 
 def _stored_fingerprint(path: Path) -> str | None:
-    """The batch fingerprint a sidecar or a label raster's tags carry (``None`` if none or unreadable)."""
+    """The batch fingerprint a sidecar, a label raster's tags or a refinement file carry (``None``
+    if none or unreadable)."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    from ..geo.refine_file import RefineFileError, read_refine_state
 
     try:
         if path.suffix.lower() == ".json":
             metadata = json.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix.lower() == ".npz":
+            metadata = read_refine_state(path)[1]
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 with rasterio.open(path) as src:
                     metadata = json.loads(src.tags().get("MASKDIFFUSION_METADATA", "{}"))
-    except (OSError, ValueError, RasterioError):
+    except (OSError, ValueError, RasterioError, RefineFileError):
         return None
     batch = metadata.get("batch") if isinstance(metadata, dict) else None
     return batch.get("fingerprint") if isinstance(batch, dict) else None

@@ -101,8 +101,14 @@ def segment_tile(job: TileJob, config: BatchConfig) -> dict:
     with _tile_record(job, config) as record:
         model = worker_model(config)
         image, geo, valid = read_input(job.input)
-        result = segment(image, list(config.classes), model, config.params, return_confidence=False, valid=valid)
-        _write_output(job, result.labels, result.classes, geo, _metadata(job, config, result.metadata(), geo))
+        result = segment(image, list(config.classes), model, config.params, return_confidence=False, valid=valid,
+                         keep_features=config.save_refine)
+        state = None
+        if config.save_refine:
+            from ..core.refine import RefineState
+
+            state = RefineState.from_result(result)
+        _write_output(job, result.labels, result.classes, geo, _metadata(job, config, result.metadata(), geo), state)
         record["written"] = written_files(job)
     return record
 
@@ -149,14 +155,18 @@ def _metadata(job: TileJob, config: BatchConfig, result_meta: dict, geo) -> dict
                 batch={"fingerprint": job.fingerprint, "shared_prototypes": config.shared})
 
 
-def _write_output(job: TileJob, labels, classes, geo, metadata: dict) -> None:
-    """Labels and sidecar, committed together (:class:`~maskdiffusion.geo.atomic.StagedOutputs`):
-    a failure or a kill leaves the tile's old files as they were, never one without the other."""
+def _write_output(job: TileJob, labels, classes, geo, metadata: dict, state=None) -> None:
+    """Labels, sidecar and (``--save-refine``) the refinement state, committed together
+    (:class:`~maskdiffusion.geo.atomic.StagedOutputs`): a failure or a kill leaves the tile's
+    old files as they were, never one without the others."""
     from ..geo.atomic import StagedOutputs
     from ..geo.raster_io import write_labels, write_sidecar
+    from ..geo.refine_file import write_refine_state
 
     with StagedOutputs():
         write_labels(job.output, labels, classes, geo, metadata)
+        if state is not None:
+            write_refine_state(job.refine, state, metadata)
         write_sidecar(job.output, metadata)
 
 

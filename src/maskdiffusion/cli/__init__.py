@@ -21,14 +21,14 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    from . import batch, evaluate, random_model, segment
+    from . import batch, dataset, evaluate, export, random_model, segment
 
     parser = argparse.ArgumentParser(
         prog="maskdiffusion",
         description="Zero-shot semantic segmentation from class names with Stable Diffusion (MaskDiffusion).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (segment, evaluate, batch, random_model):
+    for module in (segment, evaluate, batch, dataset, export, random_model):
         module.add_parser(commands)
     return parser
 

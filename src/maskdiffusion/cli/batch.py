@@ -19,6 +19,7 @@ from ..batch import (
     expand_inputs,
     foreign_output,
     is_finished,
+    model_key,
     plan_jobs,
     previous_records,
     process,
@@ -60,6 +61,10 @@ def add_parser(commands) -> None:
     p.add_argument("--shared-prototypes", action="store_true",
                    help="one set of class prototypes over all inputs, so a class means the same on every tile "
                         "(two passes; features are kept in OUT_DIR/.maskdiffusion-cache in between)")
+    p.add_argument("--save-refine", action="store_true",
+                   help="also save what Refine needs beside each result (OUT_DIR/<name>.refine.npz: reduced features, "
+                        "class maps, draft scores, compressed), so a draft is refined, and corrected in a dataset, "
+                        "with no model")
     p.add_argument("--overwrite", action="store_true", help="redo every tile, even finished ones")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary (failed tiles are still named)")
     add_param_arguments(p)
@@ -70,15 +75,17 @@ def config_from_args(args) -> BatchConfig:
     """The run's settings from parsed arguments; bad ones raise before any worker starts."""
     if args.shared_prototypes and args.unsupervised:
         raise BatchInputError("--shared-prototypes needs class names; it does not apply to --unsupervised")
+    if args.save_refine and (args.shared_prototypes or args.unsupervised):
+        raise BatchInputError("--save-refine works with per-tile class prototypes only, not with "
+                              + ("--shared-prototypes" if args.shared_prototypes else "--unsupervised"))
     classes = tuple(classes_from_args(args))
     params = params_from_args(args)
-    model = model_source(args.model)
-    if model is not None and Path(model).expanduser().exists():
-        model = str(Path(model).expanduser().resolve())
+    model = model_key(model_source(args.model))
     threads = args.threads
     if threads is None and not args.scheduler:
         threads = max(1, (os.cpu_count() or 1) // (args.workers or 1))
-    return BatchConfig(classes, params, model, args.device, args.dtype, threads, args.shared_prototypes)
+    return BatchConfig(classes, params, model, args.device, args.dtype, threads, args.shared_prototypes,
+                       args.save_refine)
 
 
 def run(args) -> int:

@@ -18,6 +18,17 @@ from .refine import RefineState, check_maps, refine
 __all__ = ["add_class", "merge_classes", "remove_class", "rename_class"]
 
 
+def _prior_of(state: RefineState, rows) -> dict:
+    """The prior and its shares (:mod:`.memory`) of the classes at positions ``rows`` of
+    ``state`` (-1: a new class, which has none), as ``replace`` keywords."""
+    if state.prior is None:
+        return {}
+    rows = np.asarray(rows, np.int64)
+    prior, share = state.prior[rows], state.prior_share[rows]
+    prior[rows < 0], share[rows < 0] = 0, 0
+    return {"prior": prior, "prior_share": share}
+
+
 def add_class(state: RefineState, spec: ClassSpec | str) -> RefineState:
     """A state with one more class, defined only by its strokes (no attention map).
 
@@ -30,7 +41,8 @@ def add_class(state: RefineState, spec: ClassSpec | str) -> RefineState:
     attention = np.concatenate([state.attention, np.zeros((1, *state.grid_shape), np.float32)])
     base = None if state.base is None else np.concatenate([state.base, np.full((1, *state.grid_shape), np.nan,
                                                                                np.float32)])
-    return replace(state, attention=attention, classes=tuple(specs), from_text=(*state.from_text, False), base=base)
+    return replace(state, attention=attention, classes=tuple(specs), from_text=(*state.from_text, False), base=base,
+                   **_prior_of(state, [*range(state.n_classes), -1]))
 
 
 def _drop_value(labels: np.ndarray, k: int, n_classes: int) -> np.ndarray:
@@ -56,7 +68,8 @@ def remove_class(state: RefineState, labels: np.ndarray, edited: np.ndarray, k: 
     new_state = replace(state, attention=np.delete(state.attention, k, 0),
                         classes=state.classes[:k] + state.classes[k + 1:],
                         from_text=state.from_text[:k] + state.from_text[k + 1:],
-                        base=None if state.base is None else np.delete(state.base, k, 0))
+                        base=None if state.base is None else np.delete(state.base, k, 0),
+                        **_prior_of(state, np.delete(np.arange(K), k)))
     new_edited = edited & ~mine
     out = refine(new_state, _drop_value(labels, k, K), new_edited, keep=~mine, **options)
     return new_state, out, new_edited
@@ -93,7 +106,8 @@ def merge_classes(state: RefineState, labels: np.ndarray, edited: np.ndarray, so
         attention = np.delete(attention, s, 0)
         base = None if base is None else np.delete(base, s, 0)
         del classes[s], from_text[s]
-    merged = replace(state, attention=attention, classes=tuple(classes), from_text=tuple(from_text), base=base)
+    merged = replace(state, attention=attention, classes=tuple(classes), from_text=tuple(from_text), base=base,
+                     **_prior_of(state, [i for i in range(K) if i not in sources]))
     return merged, out, edited.copy()
 
 

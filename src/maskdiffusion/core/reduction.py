@@ -64,7 +64,7 @@ def _principal_directions(sample: np.ndarray, q: int, seed: int) -> np.ndarray:
 
 def reduce_features(features: np.ndarray, dims: int | str | None = "auto", attention: np.ndarray | None = None, *,
                     dtype=np.float16, min_agreement: float = MIN_AGREEMENT, max_bytes: int = MAX_BYTES,
-                    sample: int = 8192, seed: int = 0) -> tuple[np.ndarray, dict]:
+                    sample: int = 8192, seed: int = 0, return_basis: bool = False) -> tuple:
     """Project (C, gh, gw) unit features on their first D principal directions.
 
     The directions are the leading right singular vectors of up to ``sample`` random cells
@@ -74,14 +74,20 @@ def reduce_features(features: np.ndarray, dims: int | str | None = "auto", atten
     ``max_bytes``; else all channels are kept. ``dims=None`` keeps all channels.
 
     Returns the (D, gh, gw) array in ``dtype`` and a JSON-ready description (``method``,
-    ``dims``, ``source_dims``, ``agreement`` on the sample when measured).
+    ``dims``, ``source_dims``, ``agreement`` on the sample when measured); with
+    ``return_basis`` also the (C, D) float32 projection (``None`` when every channel is kept),
+    which carries a feature between the two spaces (:mod:`.memory`).
     """
     C, gh, gw = features.shape
     flat = flat_cells(features)
     n = gh * gw
     keep_all = {"method": "none", "dims": C, "source_dims": C}
+
+    def done(out, info, basis=None):
+        return (out, info, basis) if return_basis else (out, info)
+
     if dims is None or (isinstance(dims, int) and dims >= C):
-        return features.astype(dtype, copy=False), keep_all
+        return done(features.astype(dtype, copy=False), keep_all)
     rng = np.random.default_rng(seed)
     cells = np.sort(rng.choice(n, min(n, sample), replace=False))
     sampled = flat[:, cells].T.astype(np.float32)
@@ -103,7 +109,7 @@ def reduce_features(features: np.ndarray, dims: int | str | None = "auto", atten
                 basis = basis_q[:, :d]
                 break
         if basis is None:
-            return features.astype(dtype, copy=False), {**keep_all, "agreement": 1.0}
+            return done(features.astype(dtype, copy=False), {**keep_all, "agreement": 1.0})
     else:
         dims = int(dims)
         if not 1 <= dims <= len(cells):
@@ -117,4 +123,4 @@ def reduce_features(features: np.ndarray, dims: int | str | None = "auto", atten
     info = {"method": "pca", "dims": int(basis.shape[1]), "source_dims": C, "sample_cells": int(len(cells))}
     if agreement is not None:
         info["agreement"] = agreement
-    return out.reshape(-1, gh, gw), info
+    return done(out.reshape(-1, gh, gw), info, np.ascontiguousarray(basis, np.float32))

@@ -48,6 +48,7 @@ __all__ = [
     "assign",
     "check_maps",
     "class_prototypes",
+    "cover_fractions",
     "grid_scores",
     "refine",
     "refined_scores",
@@ -74,6 +75,10 @@ class RefineState:
     features_id: names the feature array (sessions skip rewriting an unchanged one).
     base: (K, gh, gw) float32 scores of the run on the grid (NaN rows for classes added later),
         or None to score with image-wide prototypes alone.
+    basis: (C, D) float32 projection of f̂ onto ``features`` (None: ``features`` are f̂ itself),
+        which carries features between the model's space and the state's (:mod:`.memory`).
+    prior, prior_share: (K, D) float32 prototypes learnt from earlier images of a dataset and
+        the share a_k (K,) each takes of its class's prototype (:mod:`.memory`), or None.
     """
 
     features: np.ndarray
@@ -85,6 +90,9 @@ class RefineState:
     reduction: dict = field(default_factory=dict)
     features_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     base: np.ndarray | None = None
+    basis: np.ndarray | None = None
+    prior: np.ndarray | None = None
+    prior_share: np.ndarray | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -99,6 +107,10 @@ class RefineState:
             raise BadInputError(f"{len(self.classes)} classes but {len(self.attention)} attention maps")
         if self.base is not None and self.base.shape != self.attention.shape:
             raise BadInputError(f"draft scores {self.base.shape} differ from the attention maps {self.attention.shape}")
+        if (self.prior is None) != (self.prior_share is None) or (
+                self.prior is not None and (self.prior.shape != (len(self.classes), len(self.features))
+                                            or self.prior_share.shape != (len(self.classes),))):
+            raise BadInputError("a prior needs one prototype of the features' dimension and one share per class")
 
     @classmethod
     def from_result(cls, result: SegmentationResult, dims: int | str | None = "auto", dtype=np.float16,
@@ -110,13 +122,14 @@ class RefineState:
         if result.features is None:
             raise BadInputError("the result has no features: segment with keep_features=True to refine it")
         attention = np.asarray(result.attention, np.float32)
-        feats, info = reduce_features(result.features, dims, attention, dtype=dtype, min_agreement=min_agreement,
-                                      seed=seed)
+        feats, info, basis = reduce_features(result.features, dims, attention, dtype=dtype,
+                                             min_agreement=min_agreement, seed=seed, return_basis=True)
         base = getattr(result, "grid_scores", None)
         if base is not None and base.shape != attention.shape:
             base = None
         return cls(feats, attention, tuple(result.classes), result.labels.shape, float(result.attention_stride),
-                   (True,) * len(result.classes), info, base=None if base is None else np.asarray(base, np.float32))
+                   (True,) * len(result.classes), info, base=None if base is None else np.asarray(base, np.float32),
+                   basis=basis)
 
     @cached_property
     def attention_sums(self) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +155,7 @@ class RefineState:
     @property
     def arrays(self) -> tuple[np.ndarray, ...]:
         """The arrays the state holds (the refinement cache)."""
-        return tuple(a for a in (self.features, self.attention, self.base) if a is not None)
+        return tuple(a for a in (self.features, self.attention, self.base, self.basis, self.prior) if a is not None)
 
     @property
     def nbytes(self) -> int:
@@ -181,6 +194,25 @@ def stroke_weights(labels: np.ndarray, edited: np.ndarray, n_classes: int, grid_
     return (counts / float(stride) ** 2).astype(np.float32).reshape(n_classes, gh, gw)
 
 
+def cover_fractions(labels: np.ndarray, n_classes: int, grid_shape: tuple[int, int], stride: float,
+                    rows: int = 512) -> np.ndarray:
+    """(K, gh, gw) float32: the fraction of each grid cell whose label is each class (1..K).
+
+    :func:`stroke_weights` of a map where every pixel counts, read a band of ``rows`` at a time
+    (a 6000² map costs no index arrays of its size); a full cell counts 1.
+    """
+    gh, gw = grid_shape
+    labels = np.asarray(labels)
+    col = _cell_index(np.arange(labels.shape[1]), gw, stride)
+    counts = np.zeros(n_classes * gh * gw, np.int64)
+    for y in range(0, labels.shape[0], rows):
+        band = labels[y:y + rows].astype(np.int64)
+        cell = _cell_index(np.arange(y, y + len(band)), gh, stride)[:, None] * gw + col
+        ok = (band >= 1) & (band <= n_classes)
+        counts += np.bincount((band[ok] - 1) * (gh * gw) + cell[ok], minlength=len(counts))
+    return (counts / float(stride) ** 2).astype(np.float32).reshape(n_classes, gh, gw)
+
+
 def class_prototypes(state: RefineState, weights: np.ndarray | None = None, prior_cells: float = PRIOR_CELLS,
                      normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Class prototypes from the attention maps and the annotator's strokes.
@@ -193,8 +225,11 @@ def class_prototypes(state: RefineState, weights: np.ndarray | None = None, prio
     so the strokes' mean feature takes the share n_k / (n_k + prior_cells) of the prototype:
     without strokes c_k is the paper's prototype; a stroke covering ``prior_cells`` cells
     halves the attention's say; many strokes outweigh it. A class without attention (defined
-    by example) is the mean feature under its strokes. ``normalize`` scales each prototype to
-    unit length (cosine scores) instead of the paper's plain inner product.
+    by example) is the mean feature under its strokes. With a ``state.prior`` (what earlier
+    images of a dataset taught, :mod:`.memory`) the attention prototype is first mixed with it,
+    (1 − a_k)·c_k^att + a_k·prior_k, and a class known only from it has the prior as its
+    prototype. ``normalize`` scales each prototype to unit length (cosine scores) instead of
+    the paper's plain inner product.
 
     Returns (K, D) float32 prototypes and the (K,) bool mask of classes that have one (an
     example-only class before its first stroke has none).
@@ -207,8 +242,12 @@ def class_prototypes(state: RefineState, weights: np.ndarray | None = None, prio
     stroke_sum = prototype_sums(w[:, touched], flat_cells(state.features)[:, touched])[0].numpy()
     n = w.sum(1)
     text = np.asarray(state.from_text) & (mass > 0)
-    share = np.where(text, n / (n + prior_cells), 1.0)[:, None]
     attn_mean = attn_sum / np.maximum(mass, 1e-12)[:, None]
+    if state.prior is not None:
+        a = state.prior_share[:, None]
+        attn_mean = np.where(text[:, None], (1 - a) * attn_mean + a * state.prior, state.prior)
+        text = text | (state.prior_share > 0)
+    share = np.where(text, n / (n + prior_cells), 1.0)[:, None]
     stroke_mean = stroke_sum / np.maximum(n, 1e-12)[:, None]
     protos = np.where(n[:, None] > 0, (1 - share) * attn_mean + share * stroke_mean, attn_mean)
     active = text | (n > 0)

@@ -26,7 +26,8 @@ from ..errors import BadInputError, OutputError
 from .atomic import atomic_output, write_json
 from .raster_io import GeoInfo
 
-__all__ = ["label_polygons", "polygon_placement", "rle_decode", "rle_encode", "write_coco", "write_polygons"]
+__all__ = ["label_polygons", "polygon_placement", "rle_decode", "rle_encode", "write_coco", "write_coco_images",
+           "write_polygons"]
 
 _VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON"}
 
@@ -173,13 +174,37 @@ def write_coco(path, labels: np.ndarray, classes: Sequence[ClassSpec], image_inf
     cannot hold holes, so enclosed regions of other classes are covered by the outline and
     appear in their own annotations too). Atomic.
     """
+    return write_coco_images(path, [(labels, image_info)], classes, mode)
+
+
+def write_coco_images(path, images, classes: Sequence[ClassSpec], mode: str = "rle") -> Path:
+    """Write several label maps as one COCO JSON (a dataset): ``images`` yields
+    ``(labels, image_info)`` pairs as :func:`write_coco` takes them, read one at a time; image
+    ids default to 1, 2, ... Atomic.
+    """
     if mode not in ("rle", "polygons"):
         raise BadInputError(f"COCO mode must be 'rle' or 'polygons', got {mode!r}")
     classes = as_class_specs(classes)
-    labels = _class_array(labels, len(classes))
-    image = {"file_name": image_info} if isinstance(image_info, str) else dict(image_info)
-    image.setdefault("id", 1)
-    image.update(height=int(labels.shape[0]), width=int(labels.shape[1]))
+    entries, annotations = [], []
+    for n, (labels, image_info) in enumerate(images, start=1):
+        labels = _class_array(labels, len(classes))
+        image = {"file_name": image_info} if isinstance(image_info, str) else dict(image_info)
+        image.setdefault("id", n)
+        image.update(height=int(labels.shape[0]), width=int(labels.shape[1]))
+        entries.append(image)
+        annotations += _annotations(labels, image["id"], len(annotations) + 1, mode)
+    coco = {
+        "info": {"description": "semantic segmentation written by napari-maskdiffusion"},
+        "images": entries,
+        "categories": [{"id": k, "name": c.name, "supercategory": "", "color": list(c.color)}
+                       for k, c in enumerate(classes, start=1)],
+        "annotations": annotations,
+    }
+    return write_json(path, coco)
+
+
+def _annotations(labels: np.ndarray, image_id, first_id: int, mode: str) -> list[dict]:
+    """One COCO annotation per class present in ``labels``, numbered from ``first_id``."""
     if mode == "polygons":
         polygons, values = label_polygons(labels)
     annotations = []
@@ -192,19 +217,12 @@ def write_coco(path, labels: np.ndarray, classes: Sequence[ClassSpec], image_inf
         else:
             segmentation = _coco_polygons([p for p, v in zip(polygons, values) if v == k])
         annotations.append({
-            "id": len(annotations) + 1,
-            "image_id": image["id"],
+            "id": first_id + len(annotations),
+            "image_id": image_id,
             "category_id": int(k),
             "segmentation": segmentation,
             "area": int(mask.sum()),
             "bbox": _bbox(mask),
             "iscrowd": 0,
         })
-    coco = {
-        "info": {"description": "semantic segmentation written by napari-maskdiffusion"},
-        "images": [image],
-        "categories": [{"id": k, "name": c.name, "supercategory": "", "color": list(c.color)}
-                       for k, c in enumerate(classes, start=1)],
-        "annotations": annotations,
-    }
-    return write_json(path, coco)
+    return annotations
