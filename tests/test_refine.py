@@ -407,9 +407,10 @@ def test_next_unsure_region_walks_from_the_largest():
 def test_refinement_draws_no_lattice_along_the_tile_overlaps(tiny_model_dir):
     """Issue 24 item 4: the features of an overlap came from the later tile's first rows, which
     carry the model's edge effects, so a refinement turned bands just after each tile start into
-    one class (88% against 48% at worst elsewhere here; 100% on a 3000² image, see
-    ``benchmarks/bench_refine.py --lattice``). Each cell now takes its features from the tile it
-    lies deepest in (61% against 47%)."""
+    one class (100% on a 3000² image). Each cell now takes its features from the tile it lies
+    deepest in: across a tile start the refinement changes class no more than the draft does
+    (here the largest jump of a class's share between the 32 rows before and after a start was
+    0.76 against the draft's 0.34; now 0.34)."""
     from scipy.ndimage import zoom
 
     from maskdiffusion import segment
@@ -428,12 +429,15 @@ def test_refinement_draws_no_lattice_along_the_tile_overlaps(tiny_model_dir):
     session.edit(strokes, painted)
     refined = session.refine()
     stride = tile - 64
-    after_a_start = np.zeros(n, bool)
-    for start in [0, *range(stride, n - tile, stride), n - tile]:
-        after_a_start[start + 4:start + 28] = True
 
-    def worst(rows):
-        """The largest share one class takes of the given rows, or of the same columns."""
-        return max(max((refined[rows] == k).mean(), (refined[:, rows] == k).mean()) for k in range(1, 5))
+    def jump(labels):
+        """The largest change of a class's share between the rows (or columns) just before and
+        just after a tile start."""
+        worst = 0.0
+        for start in [*range(stride, n - tile, stride), n - tile]:
+            for view in (labels, labels.T):
+                after, before = view[start + 8:start + 40], view[start - 40:start - 8]
+                worst = max(worst, *(abs((after == k).mean() - (before == k).mean()) for k in range(1, 5)))
+        return worst
 
-    assert worst(after_a_start) < worst(~after_a_start) + 0.25
+    assert jump(refined) <= jump(result.labels) + 0.1

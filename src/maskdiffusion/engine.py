@@ -248,29 +248,20 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     )
 
 
-#: Grid cells along a tile's top and left edges whose features carry the model's edge effects
-#: (zero padding of the strided convolutions): the refinement of a 3000² image turned them into
-#: one class. Cells of the overlap come from the tile they lie deepest in; at the image's top and
-#: left borders, where no tile lies deeper, they take the features of the first cell inside.
-EDGE_CELLS = 2
-
-
 def _paste_grid(grid, tile: Tile, feats, shape, overlap: int):
-    """Write a tile's (C, gh, gw) features into the image's float16 grid (:data:`EDGE_CELLS`):
-    past half the overlap from its top and left edges (the tile before keeps the cells up to
-    there), its edge cells at the image's border replaced by the first ones inside."""
+    """Write a tile's (C, gh, gw) features into the image's float16 grid from half the overlap
+    past its top and left edges on (the tile before keeps the cells up to there): a cell of an
+    overlap takes its features from the tile it lies deepest in, as the blended scores mostly do.
+    A tile's first rows and columns carry the model's edge effects: when later tiles won the
+    whole overlap, a refinement of a 3000² image turned bands 10–40 px after every tile start
+    into one class."""
     if grid is None:
         grid = np.zeros((feats.shape[0], -(-shape[0] // GRID_STRIDE), -(-shape[1] // GRID_STRIDE)), np.float16)
-    feats = feats.cpu().numpy()
     gy, gx = int(round(tile.y / GRID_STRIDE)), int(round(tile.x / GRID_STRIDE))
     h, w = min(feats.shape[1], grid.shape[1] - gy), min(feats.shape[2], grid.shape[2] - gx)
     half = -(-overlap // 2 // GRID_STRIDE)
     skip_y, skip_x = (half if tile.y > 0 else 0), (half if tile.x > 0 else 0)
-    grid[:, gy + skip_y : gy + h, gx + skip_x : gx + w] = feats[:, skip_y:h, skip_x:w]
-    if tile.y == 0 and h > EDGE_CELLS:
-        grid[:, :EDGE_CELLS, gx + skip_x : gx + w] = grid[:, EDGE_CELLS : EDGE_CELLS + 1, gx + skip_x : gx + w]
-    if tile.x == 0 and w > EDGE_CELLS:
-        grid[:, gy + skip_y : gy + h, :EDGE_CELLS] = grid[:, gy + skip_y : gy + h, EDGE_CELLS : EDGE_CELLS + 1]
+    grid[:, gy + skip_y : gy + h, gx + skip_x : gx + w] = feats[:, skip_y:h, skip_x:w].cpu().numpy()
     return grid
 
 
