@@ -52,10 +52,10 @@ def annotator(make_napari_viewer, qtbot, tiny_model_dir):
 
 def test_run_gives_one_layer_per_class(annotator, qtbot):
     viewer, dock = annotator
-    dock.segment.confidence_check.setChecked(True)
     annotation = run_and_wait(dock, qtbot)
     assert dock.segment.status.text().startswith("done: 3 classes, 3 new layers")
-    assert [ly.name for ly in viewer.layers] == ["neon_OSBS_029", *CLASSES, "confidence"]
+    dock.refine.confidence_check.setChecked(True)
+    assert [ly.name for ly in viewer.layers] == ["neon_OSBS_029", *CLASSES, "unsure (refine)"]
     assert annotation is dock.state.annotation_of(viewer.layers["tree"]) and one_class_per_pixel(annotation)
     for spec, layer in zip(dock.segment.classes(), annotation.ordered_layers()):
         assert layer.data.shape == (400, 400) and set(np.unique(layer.data)) == {0, layers.DRAFT}

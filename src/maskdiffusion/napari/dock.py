@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import BadInputError, OutputError
 from .annotation import AnnotatorState, remove_layers
+from .dataset_panel import DatasetPanel
 from .images import source_path
 from .notify import report, say
 from .refine_panel import RefinePanel
@@ -43,9 +44,10 @@ __all__ = ["AnnotatorDock"]
 SAVE_HINT = "the whole map, its classes and georeference"
 
 
-def _disconnect(connections, stop, state, *_) -> None:
+def _disconnect(connections, stop, state, dataset, *_) -> None:
     stop()
     state.close()
+    dataset.close_project()
     for event, callback in connections:
         event.disconnect(callback)
 
@@ -59,10 +61,12 @@ class AnnotatorDock(QWidget):
         self.state = AnnotatorState(notify=say)
         self.segment = SegmentPanel(viewer, self.state)
         self.refine = RefinePanel(viewer, self.state)
+        self.dataset = DatasetPanel(viewer, self.state, self.segment)
         self.state.on_change, self.state.background = self.refine.on_change, self.refine.background
         self.tabs = QTabWidget()
         self.tabs.addTab(self.segment, "Segment")
         self.tabs.addTab(self.refine, "Refine")
+        self.tabs.addTab(self.dataset, "Dataset")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
@@ -87,7 +91,7 @@ class AnnotatorDock(QWidget):
         ]
         for event, callback in connections:
             event.connect(callback)
-        self.destroyed.connect(partial(_disconnect, connections, self.segment.stop, self.state))
+        self.destroyed.connect(partial(_disconnect, connections, self.segment.stop, self.state, self.dataset))
         self._arrived = list(viewer.layers)
         next_turn(self.adopt)
 

@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
 from ..core.classes import ClassSpec, default_color, new_class_id
 from ..errors import BadInputError, NeedsFeaturesError
 from .annotation import Annotation, AnnotatorState
-from .layers import CONFIDENCE, SOFTWARE, merge_class_layers, split_semantic_layer
+from .layers import CONFIDENCE, SOFTWARE
 from .notify import report
 from .session_box import SessionBox
 from .workers import make_worker, start
@@ -140,15 +140,6 @@ class RefinePanel(QWidget):
         row.addWidget(remove)
         row.addWidget(merge)
         row.addWidget(self.merge_combo, 1)
-        form.addRow(row)
-        row = QHBoxLayout()
-        to_map, to_classes = QPushButton("Merge layers → map"), QPushButton("Split map → layers")
-        to_map.setToolTip("one semantic map of the class layers, kept in step with them")
-        to_classes.setToolTip("split the selected semantic map into one class layer per class")
-        to_map.clicked.connect(self.merge_layers)
-        to_classes.clicked.connect(self.split_layer)
-        row.addWidget(to_map)
-        row.addWidget(to_classes)
         form.addRow(row)
         return box
 
@@ -378,20 +369,6 @@ class RefinePanel(QWidget):
     def rename_class(self, old: str, new: str) -> None:
         self._class_change(lambda s, group: s.rename_class(self._index(s, old), new, group=group),
                            f"renamed {old!r} to {new!r}", needs_features=False)
-
-    def merge_layers(self) -> None:
-        """A semantic map of the class layers (a copy to export; the class layers stay the truth)."""
-        annotation, _ = self.current()
-        try:
-            merge_class_layers(self.viewer, annotation.ordered_layers() if annotation is not None else None)
-        except BadInputError as e:
-            report(e)
-
-    def split_layer(self) -> None:
-        try:
-            split_semantic_layer(self.viewer)
-        except BadInputError as e:
-            report(e)
 
     # ------------------------------------------------------------------ confidence
 

@@ -17,7 +17,6 @@ from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox,
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
@@ -140,19 +139,7 @@ class SegmentPanel(QWidget):
         toggle.setArrowType(Qt.RightArrow)
         self.parameters = params_form()
         self.parameters.changed.connect(self._update_buttons)
-        self.semantic_check = QCheckBox("semantic map layer")
-        self.confidence_check = QCheckBox("confidence layer")
-        extra = QWidget()
-        extra_row = QHBoxLayout(extra)
-        extra_row.setContentsMargins(0, 0, 0, 0)
-        extra_row.addWidget(QLabel("Also add"))
-        extra_row.addWidget(self.semantic_check)
-        extra_row.addWidget(self.confidence_check)
-        body = QWidget()
-        body_column = QVBoxLayout(body)
-        body_column.setContentsMargins(0, 0, 0, 0)
-        body_column.addWidget(self.parameters.native)
-        body_column.addWidget(extra)
+        body = self.parameters.native
         body.setVisible(False)
 
         def show(on: bool) -> None:
@@ -334,9 +321,8 @@ class SegmentPanel(QWidget):
         save_settings(self.settings)
         annotation = self._annotation_for(layer, image, classes, planes)
         annotation.start_run([] if params.unsupervised else classes)
-        self._progress = {"layer": layer, "image": image, "planes": planes, "start": None, "annotation": annotation,
-                          "confidence": self.confidence_check.isChecked()}
-        params = params.replace(return_confidence=self.confidence_check.isChecked())
+        self._progress = {"layer": layer, "image": image, "planes": planes, "start": None, "annotation": annotation}
+        params = params.replace(return_confidence=False)
         self._steps = segment_planes(partial(read_plane, layer, image), planes, classes, self.state.model, params)
         self._worker = worker = make_worker(lambda: (yield from self._steps), yielded=self._on_progress,
                                             returned=self._on_returned, errored=self._on_error,
@@ -388,8 +374,6 @@ class SegmentPanel(QWidget):
             return
         changed = annotation.finish_run(results, partial(self._session_info, job))
         n = len(annotation.classes)
-        if job["confidence"]:
-            self._add_confidence(job, results)
         if changed["added"] and not changed["replaced"] and len(annotation.sessions) == len(results):
             self.status.setText(f"done: {n} classes, {len(changed['added'])} new layers")
         else:
@@ -416,19 +400,6 @@ class SegmentPanel(QWidget):
         image = job["image"]
         return {"layer": image.name, "path": image.path, "georeference": image.georeference, "plane": list(plane),
                 "shape": list(image.shape[-2:])}
-
-    def _add_confidence(self, job: dict, results) -> None:
-        import numpy as np
-
-        from .layers import CONFIDENCE, base_metadata
-
-        image = job["image"]
-        conf = np.zeros(image.shape, np.float32)
-        for plane, result in results.items():
-            conf[plane] = result.confidence
-        meta = {**base_metadata(image, {}), "kind": CONFIDENCE}
-        self.viewer.add_image(conf, name="confidence", colormap="magma", opacity=0.7, blending="translucent",
-                              metadata=meta, scale=image.scale, translate=image.translate)
 
     def _take_back(self, annotation: Annotation) -> None:
         annotation.cancel_run()
