@@ -108,8 +108,7 @@ class Annotation:
     image_ref: Callable | None = None
     source: dict = field(default_factory=dict)
     session_path: object = None
-    busy: bool = False
-    pending_writes: int = 0
+    busy: int = 0
     run: _Run | None = None
     on_change: Callable | None = None
     notify: Callable[[str], None] = print
@@ -159,12 +158,26 @@ class Annotation:
     @property
     def idle(self) -> bool:
         """No run, background step or write in flight: strokes are taken, steps may start."""
-        return not self.busy and self.pending_writes == 0 and self.run is None
+        return not self.busy and self.run is None
 
     def hold_layers(self) -> None:
         """Layers editable exactly while the annotation is :attr:`idle`."""
         for layer in self.layers.values():
             layer.editable = self.idle
+
+    def _hold(self, then: Callable | None = None) -> Callable:
+        """Busy (layers read-only) until the returned call, which then calls ``then`` with its
+        arguments."""
+        self.busy += 1
+        self.hold_layers()
+
+        def release(*args):
+            self.busy -= 1
+            self.hold_layers()
+            if then is not None:
+                then(*args)
+
+        return release
 
     def _changed(self, what: str) -> None:
         if self.on_change is not None:
@@ -243,14 +256,6 @@ class Annotation:
                 return class_id
         return None
 
-    def _rekey(self, layer: Labels, class_id: str) -> None:
-        """The layer a run added for one of its classes takes the class's id."""
-        for old, own in list(self.layers.items()):
-            if own is layer:
-                del self.layers[old]
-        self.layers[class_id] = layer
-        layer.metadata[CLASS_ID] = class_id
-
     def match_layers(self, then: Callable[[], None] | None = None) -> list[Labels]:
         """One bound layer per class, named and coloured after it; layers of classes that are gone
         are removed (one per frame). Returns the layers added. Writes nothing."""
@@ -302,15 +307,19 @@ class Annotation:
     def take_strokes(self, layer: Labels, plane: tuple[int, ...] = (), region: Region | None = None) -> int:
         """Take a stroke from ``layer`` into the plane's session (one undo step) and show it in every
         layer; returns the number of pixels painted (0 while not :attr:`idle`)."""
-        if not self.idle:
-            return 0
+        n = self._take(layer, plane, region) if self.idle else None
+        if n is not None:
+            self._changed("paint")
+        return n or 0
+
+    def _take(self, layer: Labels, plane: tuple[int, ...], region: Region | None) -> int | None:
+        """:meth:`take_strokes` at any time; ``None`` if the layer showed the session's map."""
         found = self.read_strokes(layer, plane, region)
         if found is None:
-            return 0
+            return None
         box, new, painted, released = found
         n = self.sessions[tuple(plane)].edit(new, painted, released, region=box)
         self.write(plane, box)
-        self._changed("paint")
         return n
 
     def sync_soon(self, plane: tuple[int, ...], then: Callable[[], None]) -> bool:
@@ -320,23 +329,12 @@ class Annotation:
         if session is None or not self.idle:
             return False
         height, width = session.labels.shape
-        self.busy = True
-        self.hold_layers()
 
         def band(y0: int, y1: int):
             for layer in self.ordered_layers():
-                found = self.read_strokes(layer, plane, (y0, y1, 0, width))
-                if found is not None:
-                    box, new, painted, released = found
-                    session.edit(new, painted, released, region=box)
-                    self.write(plane, box)
+                self._take(layer, plane, (y0, y1, 0, width))
 
-        def done():
-            self.busy = False
-            self.hold_layers()
-            then()
-
-        in_turns((partial(band, *b) for b in row_bands(height, width)), done, self.defer)
+        in_turns((partial(band, *b) for b in row_bands(height, width)), self._hold(then), self.defer)
         return True
 
     # ------------------------------------------------------------------ session -> layers
@@ -376,16 +374,7 @@ class Annotation:
             pieces += [partial(self._write_band, p, b, counts, not dense) for b in row_bands(height, width, y0, y1)]
             if dense:
                 pieces.append(partial(self._refresh_changed, counts))
-        self.pending_writes += 1
-        self.hold_layers()
-
-        def done():
-            self.pending_writes -= 1
-            self.hold_layers()
-            if then is not None:
-                then()
-
-        in_turns(pieces, done, self.defer)
+        in_turns(pieces, self._hold(then), self.defer)
 
     def _write_band(self, plane, band, counts: list[int], refresh: bool) -> None:
         written = self.write(plane, (band[0], band[1], 0, self.sessions[plane].labels.shape[1]), refresh=refresh)
@@ -403,16 +392,8 @@ class Annotation:
         meanwhile: no stroke is taken and no step starts until ``then(result)`` has run."""
         if self.background is None:
             then(work())
-            return
-        self.busy = True
-        self.hold_layers()
-
-        def finish(result):
-            self.busy = False
-            self.hold_layers()
-            then(result)
-
-        self.background(work, finish)
+        else:
+            self.background(work, self._hold(then))
 
     def _step(self, plane: tuple[int, ...], method: str) -> bool:
         """Undo or redo the plane's last step in every layer; a class change made on every plane
@@ -499,18 +480,14 @@ class Annotation:
         value = self.value_of(class_id) if class_id is not None else None
         if self._naming or value is None:
             return
-        old = self.classes[value - 1][1].name
-        new = layer.name.strip()
-        taken = [spec.name for i, spec in self.classes if i != class_id and spec.name.lower() == new.lower()]
+        old, new = self.classes[value - 1][1].name, layer.name.strip()
         if new == old:
             return
-        if not new or taken or not self.idle:
-            why = (f"a class named {new!r} exists" if taken else "the annotation is busy" if new
-                   else "a class needs a name")
+        if not self.idle:  # napari keeps names unique and non-empty; a step in flight cannot wait
             self._naming = True
             layer.name = old
             self._naming = False
-            self.notify(f"kept the name {old!r}: {why}")
+            self.notify(f"kept the name {old!r}: the annotation is busy, rename it again in a moment")
             return
         self.change_classes(lambda session, group: session.rename_class(value - 1, new, group=group))
 
@@ -581,8 +558,10 @@ class Annotation:
             session.replace_run(result, ids, group)
         created = list(run.created) if run is not None else []
         for k, layer in (run.layers.items() if run is not None else ()):
-            if layer in created and self.owns(layer):
-                self._rekey(layer, ids[k - 1])
+            if layer in created and self.owns(layer):  # the layer the run added takes its class's id
+                self.layers.pop(layer.metadata[CLASS_ID])
+                self.layers[ids[k - 1]] = layer
+                layer.metadata[CLASS_ID] = ids[k - 1]
         added = [ly for ly in created if ly in self.viewer.layers]
         added += self.match_layers()
         self.hold_layers()

@@ -124,23 +124,15 @@ class RefinePanel(QWidget):
         row.addWidget(add)
         form.addRow("New", row)
         self.class_combo, self.merge_combo = QComboBox(), QComboBox()
-        self.rename_edit = QLineEdit()
-        self.rename_edit.setPlaceholderText("new name")
-        rename, remove, merge = QPushButton("Rename"), QPushButton("Remove"), QPushButton("Merge into")
-        remove.setToolTip("its pixels go to the best remaining class")
-        rename.clicked.connect(lambda: self.rename_class(self.class_combo.currentText(), self.rename_edit.text()))
+        remove, merge = QPushButton("Remove"), QPushButton("Merge into")
+        remove.setToolTip("its pixels go to the best remaining class (deleting its layer leaves them unlabelled; "
+                          "rename a class by renaming its layer)")
         remove.clicked.connect(lambda: self.remove_class(self.class_combo.currentText()))
         merge.clicked.connect(lambda: self.merge_class(self.class_combo.currentText(), self.merge_combo.currentText()))
         row = QHBoxLayout()
-        row.addWidget(self.class_combo, 1)
-        row.addWidget(self.rename_edit, 1)
-        row.addWidget(rename)
+        for widget, stretch in ((self.class_combo, 1), (remove, 0), (merge, 0), (self.merge_combo, 1)):
+            row.addWidget(widget, stretch)
         form.addRow("Class", row)
-        row = QHBoxLayout()
-        row.addWidget(remove)
-        row.addWidget(merge)
-        row.addWidget(self.merge_combo, 1)
-        form.addRow(row)
         return box
 
     def _confidence_box(self) -> QGroupBox:
@@ -270,8 +262,8 @@ class RefinePanel(QWidget):
 
     def _on_error(self, exc: BaseException) -> None:
         for annotation in self.annotations():
-            if annotation.busy:
-                annotation.busy = False
+            if annotation.busy:  # the step that failed never released it
+                annotation.busy = 0
                 annotation.hold_layers()
         self.status.setText("failed (see the notification)")
         report(exc)
@@ -365,10 +357,6 @@ class RefinePanel(QWidget):
         if source.lower() != into.lower():
             self._class_change(lambda s, group: s.merge_classes([self._index(s, source)], self._index(s, into)),
                                f"merged {source!r} into {into!r}")
-
-    def rename_class(self, old: str, new: str) -> None:
-        self._class_change(lambda s, group: s.rename_class(self._index(s, old), new, group=group),
-                           f"renamed {old!r} to {new!r}", needs_features=False)
 
     # ------------------------------------------------------------------ confidence
 
