@@ -75,9 +75,9 @@ def test_five_images_walked_with_next_leave_their_labels_and_a_restart_resumes_a
         wait_idle(dock, qtbot)
         annotation = panel.annotation
         assert one_class_per_pixel(annotation)
-        assert viewer.layers["dataset image"].data.shape[:2] == annotation.session().labels.shape
-        names = [ly.name for ly in viewer.layers]
-        assert names == ["dataset image", *CLASSES], "one image layer, one layer per class: nothing piles up"
+        name = panel.project.entry(i).name
+        assert viewer.layers[name].data.shape[:2] == annotation.session().labels.shape
+        assert [ly.name for ly in viewer.layers] == [name, *CLASSES], "one image layer, a layer a class: no pile"
         assert layers_before is None or all(a is b for a, b in zip(layers_before, viewer.layers)), "same layers"
         layers_before = list(viewer.layers)
         stroke(qtbot, dock, viewer.layers["tree"], [(10, 10)])

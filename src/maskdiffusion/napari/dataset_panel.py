@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DatasetPanel"]
 
-IMAGE_LAYER = "dataset image"
-
 
 class DatasetPanel(QWidget):
     """A project: images source, output folder, the image list with statuses, Next / Previous."""
@@ -258,7 +256,7 @@ class DatasetPanel(QWidget):
     def _show(self, ready) -> None:
         """The draft in the dataset's image layer and class layers (nothing piles up), then the
         next images drafted ahead."""
-        layer = self._image_layer(ready)
+        layer = self._image_layer(ready, self.project.entry(ready.index).name)
         annotation = self.annotation
         if annotation is None or annotation.id not in self.state.annotations:
             annotation = self.annotation = self.state.add(Annotation(self.viewer, describe_image(layer)))
@@ -288,14 +286,15 @@ class DatasetPanel(QWidget):
         self.drafts = {i: d for i, d in self.drafts.items() if 0 < (i - ready.index) % len(self.project)
                        <= self.ahead_spin.value()}
 
-    def _image_layer(self, ready):
-        """The dataset's one image layer, holding ``ready``'s pixels (replaced when their kind
-        changes, gray to RGB say)."""
-        data, kwargs, _ = image_layer_data(ready.image, ready.geo, IMAGE_LAYER)[-1]
-        kwargs.update(name=IMAGE_LAYER, visible=True)
-        old = next((ly for ly in self.viewer.layers if ly.name == IMAGE_LAYER), None)
+    def _image_layer(self, ready, name: str):
+        """The dataset's one image layer, named after the image and holding its pixels (replaced
+        when their kind changes, gray to RGB say)."""
+        data, kwargs, _ = image_layer_data(ready.image, ready.geo, name)[-1]
+        kwargs.update(name=name, visible=True)
+        old = self.annotation.image_layer if self.annotation is not None else None
+        old = old if old is not None and old in self.viewer.layers else None
         if old is not None and old.rgb == kwargs.get("rgb", False) and old.data.ndim == data.ndim:
-            old.data, old.metadata = data, kwargs["metadata"]
+            old.data, old.metadata, old.name = data, kwargs["metadata"], name
             if "contrast_limits" in kwargs:
                 old.contrast_limits = kwargs["contrast_limits"]
             return old
