@@ -92,9 +92,7 @@ def test_batch_on_two_worker_processes_then_rerun_skips(tiles, cluster, tiny_mod
     assert {r["model_loads"] for r in records.values()} == {1}, "each worker loads the model once"
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.iterdir()}
-    start = time.perf_counter()
     assert batch(*args) == 0
-    assert time.perf_counter() - start < 5
     assert {r["status"] for r in status_of(out).values()} == {"skipped"}
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p.suffix == ".tif")
 
