@@ -1,11 +1,13 @@
-"""Make ``docs/screenshot.png`` and ``docs/screenshot_refine.png``: the annotator's two tabs on
-the NEON sample at 1600×1000, run with the tiny test model.
+"""Make ``docs/screenshot.png``, ``docs/screenshot_refine.png`` and ``docs/screenshot_dataset.png``:
+the annotator's tabs on the NEON sample at 1600×1000, run with the tiny test model.
 
 Builds the tiny random-weight model in a temporary folder (no download), opens napari (under
 Xvfb when there is no display: the script re-runs itself through ``xvfb-run``), opens
 File › Open Sample › NEON OSBS, docks the annotator from the plugin's manifest, runs it, paints
-one stroke, refines, and grabs the whole window on each tab. The masks of a random-weight model
-are meaningless: the pictures show the interface, not a segmentation.
+one stroke, refines, and grabs the whole window on each tab; then opens a project of both NEON
+samples and a few synthetic tiles in the Dataset tab, corrects the first image and goes to the
+next. The masks of a random-weight model are meaningless: the pictures show the interface, not a
+segmentation.
 
 Usage: python scripts/make_screenshot.py [--out docs/screenshot.png]
 """
@@ -92,11 +94,50 @@ def main(argv=None) -> Path:
         _hide_notifications(viewer)
         _wait(app, lambda: False, seconds=1.0, fail=False)
         viewer.window._qt_window.grab().save(str(out.with_name(out.stem + "_refine" + out.suffix)))
+        _dataset_screenshot(viewer, dock, app, work, out.with_name(out.stem + "_dataset" + out.suffix))
         viewer.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{out}\n{CAPTION}")
     return out
+
+
+def _dataset_screenshot(viewer, dock, app, work: Path, out: Path) -> None:
+    """The Dataset tab after the first image of a small project was corrected and Next pressed."""
+    from PIL import Image
+
+    from maskdiffusion.geo.synthetic import make_potsdam_like_tile
+    from maskdiffusion.napari.layers import STROKE
+    from maskdiffusion.napari.samples import SAMPLE_DIR
+
+    images = work / "survey"
+    images.mkdir()
+    for sample in sorted(SAMPLE_DIR.glob("neon_*.tif")):
+        shutil.copy(sample, images / sample.name)
+    for i in range(4):
+        Image.fromarray(make_potsdam_like_tile(400, seed=i)[0][..., :3]).save(images / f"synthetic_{i}.png")
+    while len(viewer.layers):
+        viewer.layers.remove(viewer.layers[-1])
+        _wait(app, lambda: False, seconds=0.2, fail=False)
+    panel = dock.dataset
+    dock.tabs.setCurrentWidget(panel)
+    panel.images_edit.setText(str(images))
+    panel.output_edit.setText(str(work / "survey_labels"))
+    panel.open_project()
+    _wait(app, lambda: panel.shown == 0 and panel.annotation.idle)
+    tree = viewer.layers[CLASSES[0]]
+    tree.brush_size = 30
+    tree.selected_label = STROKE
+    for point in ((100, 100), (120, 140)):
+        tree.paint(point, STROKE)
+    _wait(app, lambda: panel.annotation.session().history)
+    panel.next_button.click()
+    _wait(app, lambda: panel.shown == 1 and not panel._drafting
+          and panel.project.entry(0).status.value == "corrected")
+    viewer.reset_view()
+    _hide_notifications(viewer)
+    _wait(app, lambda: False, seconds=1.0, fail=False)
+    viewer.window._qt_window.grab().save(str(out))
 
 
 def _hide_notifications(viewer) -> None:
