@@ -98,6 +98,19 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(image, tmp_path, tin
     assert not any(p.name.startswith(("seg", ".seg")) for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "seed must be between 0 and 4294967295, got -1"),
+    (["--clustering", "spectral", "--spatial-weight", "nan"], "spatial weight must be a number of 0 or more, got nan"),
+], ids=["seed", "spatial-weight"])
+def test_seed_and_spatial_weight_are_checked_when_parsed(image, tmp_path, capsys, args, message):
+    """Issue 27 case 11: refused with one line, exit 2, before the model is loaded (it does
+    not exist here), not as a scikit-learn or numpy error after the run."""
+    code = run("segment", image, "--unsupervised", 3, *args, "--model", tmp_path / "no-model",
+               "--out", tmp_path / "seg.tif")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"maskdiffusion segment: error: {message}", err
+
+
 def test_broken_and_missing_images(tmp_path, tiny_model_dir, capsys):
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00 this is not a tiff")
