@@ -350,6 +350,19 @@ def test_bad_options_are_one_line_errors(tiles, tmp_path, capsys, extra, message
     assert message in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("out_dir", ["a-file", "a-file/sub"])
+def test_an_out_dir_that_is_a_file_is_a_bad_path(tiles, tmp_path, capsys, out_dir):
+    """Issue 27 case 16: exit 2 (a bad path, as the README's table says), one line, the file kept."""
+    (tmp_path / "a-file").write_text("mine")
+    assert batch(tiles / "*_RGBIR.tif", "--out-dir", tmp_path / out_dir, "--classes", CLASSES,
+                 "--model", tmp_path / "none") == 2
+    err = capsys.readouterr().err.strip()
+    said = ("is a file, not a folder" if out_dir == "a-file"
+            else f"cannot make the folder {tmp_path / out_dir}: {tmp_path / 'a-file'} is a file")
+    assert err.startswith("maskdiffusion batch: error: ") and said in err and len(err.splitlines()) == 1, err
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
 def test_missing_input_is_a_usage_error(tmp_path, capsys):
     assert batch(tmp_path / "none.tif", "--out-dir", tmp_path / "o", "--classes", CLASSES) == 2
     assert "does not exist" in capsys.readouterr().err

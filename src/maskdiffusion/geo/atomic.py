@@ -71,10 +71,19 @@ def check_writable(folder: str | os.PathLike) -> None:
 
 
 def make_folder(folder: str | os.PathLike) -> Path:
-    """Create an output folder (with its parents) if missing and check it can be written."""
+    """Create an output folder (with its parents) if missing and check it can be written.
+
+    A file where the folder or one of its parents should be is bad input (exit status 2);
+    a folder that cannot be made or written (permissions, read-only) an :class:`OutputError`.
+    """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        if file == folder:
+            raise BadInputError(f"{folder} is a file, not a folder") from None
+        raise BadInputError(f"cannot make the folder {folder}: {file} is a file") from None
     except OSError as e:
         raise OutputError(f"cannot make the folder {folder}: {e.strerror or e}") from None
     check_writable(folder)
