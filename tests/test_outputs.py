@@ -149,6 +149,19 @@ def test_outputs_that_collide_are_refused_even_with_overwrite(tmp_path, capsys, 
     assert image.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["neon.tif"]
 
 
+@pytest.mark.parametrize("stem_bytes, what", [(246, "--out"), (230, "the sidecar of --out")])
+def test_an_output_name_too_long_for_the_file_system_is_refused_before_any_work(tmp_path, capsys, stem_bytes, what):
+    """Issue 27 case 10: a name the file system cannot hold (here the sidecar's, or the hidden
+    temporary the output is written under) is one line, exit 2, before the model is loaded."""
+    image = shutil.copy(SAMPLE, tmp_path / "neon.tif")
+    out = tmp_path / ("x" * stem_bytes + ".tif")
+    code = main(["segment", str(image), "--classes", "a,b", "--model", str(tmp_path / "no-model"), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"maskdiffusion segment: error: {what} x") and "file name too long" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["neon.tif"]
+
+
 def test_no_output_folder_is_a_bad_path(tmp_path, capsys):
     image = shutil.copy(SAMPLE, tmp_path / "neon.tif")
     code = main(["segment", str(image), "--classes", "a", "--out", str(tmp_path / "seg.tif"),

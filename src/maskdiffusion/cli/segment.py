@@ -62,7 +62,7 @@ def _outputs(args) -> dict[str, Path]:
 def _check_outputs(args, n_classes: int) -> None:
     """Every output's suffix, file name, folder and existence, and the format's class limit,
     before any work: a run that cannot write its results does not start."""
-    from ..geo.atomic import check_writable
+    from ..geo.atomic import check_name_length, check_writable
 
     for name, suffixes in _SUFFIXES.items():
         path = getattr(args, name)
@@ -71,6 +71,8 @@ def _check_outputs(args, n_classes: int) -> None:
     if args.scribbles is not None and args.scores is not None:
         raise UsageError("--scores and --scribbles together are not supported: the scores are those before refinement")
     outputs = _outputs(args)
+    for name, path in outputs.items():
+        check_name_length(path, f"{name} {path.name}")
     _refuse_collisions(outputs, {"IMAGE": args.image, "--scribbles": args.scribbles})
     if args.out.suffix.lower() == ".png" and n_classes > 255:
         raise UsageError(f"--out {args.out.name}: a palette PNG holds at most 255 classes, this run has {n_classes}; "

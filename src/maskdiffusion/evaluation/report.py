@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError, OutputError
-from ..geo.atomic import StagedOutputs, atomic_output, write_json, write_text
+from ..geo.atomic import StagedOutputs, atomic_output, check_name_length, write_json, write_text
 
 __all__ = ["check_report_paths", "format_percent", "report_paths", "write_report"]
 
@@ -120,6 +120,7 @@ def check_report_paths(out, unsupervised: bool = False, overwrite: bool = False)
     """The report's paths, refused before any work when one exists (without ``overwrite``)."""
     paths = report_paths(out, unsupervised)
     for path in paths.values():
+        check_name_length(path, f"the report {path.name}")
         if path.is_dir():
             raise BadInputError(f"{path} is a folder; name the report with --out")
         if path.exists() and not overwrite:

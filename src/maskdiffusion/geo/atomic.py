@@ -25,8 +25,8 @@ import numpy as np
 
 from ..errors import BadInputError, MaskDiffusionError, OutputError
 
-__all__ = ["StagedOutputs", "atomic_output", "check_writable", "make_folder", "output_error", "temporary_path",
-           "to_jsonable", "write_json", "write_text"]
+__all__ = ["StagedOutputs", "atomic_output", "check_name_length", "check_writable", "make_folder", "output_error",
+           "temporary_path", "to_jsonable", "write_json", "write_text"]
 
 #: The :class:`StagedOutputs` that :func:`atomic_output` joins in this thread or task, if any.
 _STAGED: contextvars.ContextVar[StagedOutputs | None] = contextvars.ContextVar("maskdiffusion_staged", default=None)
@@ -39,6 +39,24 @@ _KNOWN_REASONS = tuple(os.strerror(code) for code in (
 def temporary_path(path: Path) -> Path:
     """A hidden name beside ``path`` that keeps its suffix (so GDAL picks the same driver)."""
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+
+
+def check_name_length(path: str | os.PathLike, what: str | None = None) -> None:
+    """Raise :class:`BadInputError` if the file system cannot hold ``path``'s name or the hidden
+    temporary name it is written under (:func:`temporary_path`, 18 bytes longer).
+
+    ``what`` names the output in the message (an option, say); the path by default.
+    """
+    path = Path(path)
+    folder = next((p for p in path.absolute().parents if p.is_dir()), Path("."))
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    size, longest = len(os.fsencode(path.name)), len(os.fsencode(temporary_path(path).name))
+    if longest > limit:
+        raise BadInputError(f"{what or path}: file name too long ({size} bytes, {longest} for the hidden temporary "
+                            f"it is written under; the file system allows {limit})")
 
 
 def output_error(path: str | os.PathLike, error: BaseException) -> OutputError:
