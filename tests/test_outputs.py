@@ -195,6 +195,38 @@ def test_staged_outputs_put_back_what_an_earlier_rename_replaced(tmp_path, monke
     assert (tmp_path / "a.txt").read_text() == "old a"
 
 
+def test_a_commit_that_fails_names_the_file_that_failed(tmp_path, monkeypatch):
+    """Issue 27 case 14: the old b.txt cannot be kept aside (no hard link, no rename): the
+    message names b.txt, not a.txt (renamed just before), and both are as they were."""
+    import os
+
+    from maskdiffusion.errors import OutputError
+    from maskdiffusion.geo.atomic import StagedOutputs, write_text
+
+    (tmp_path / "a.txt").write_text("old a")
+    (tmp_path / "b.txt").write_text("old b")
+    real_link, real_replace = os.link, os.replace
+
+    def link(src, dst, *a, **k):
+        if str(src).endswith("b.txt"):
+            raise OSError(errno.EMLINK, "Too many links")
+        return real_link(src, dst, *a, **k)
+
+    def replace(src, dst):
+        if str(src).endswith("b.txt"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OutputError) as error:
+        with StagedOutputs():
+            write_text(tmp_path / "a.txt", "new a")
+            write_text(tmp_path / "b.txt", "new b")
+    assert str(error.value) == f"cannot write {tmp_path / 'b.txt'}: Input/output error; nothing was written or replaced"
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "old a", "b.txt": "old b"}
+
+
 @pytest.mark.parametrize("how, message", [
     (signal.SIGINT, "maskdiffusion segment: interrupted; nothing half-written was left"),
     (signal.SIGTERM, "maskdiffusion segment: terminated (SIGTERM); nothing half-written was left"),

@@ -210,13 +210,14 @@ def _commit(staged: list[tuple[Path, Path]]) -> None:
     with _signals_held():
         try:
             for tmp, target in staged:
+                failing = target
                 done.append((target, _keep_old(target)))
                 os.replace(tmp, target)
         except BaseException as error:
             _roll_back(done)
             _discard(staged)
             if isinstance(error, OSError) and not isinstance(error, MaskDiffusionError):
-                raise output_error(done[-1][0] if done else staged[0][1], error) from error
+                raise output_error(failing, error) from error
             raise
         for _, old in done:
             if old is not None:
