@@ -70,6 +70,31 @@ def test_disk_full_while_writing_one_output_keeps_every_earlier_file(good, tmp_p
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_scores_on_a_full_disk_say_why(tmp_path, monkeypatch):
+    """Issue 27 case 15: --scores past a file size limit (as on a full disk) says "File too
+    large" as the other outputs do, not numpy's "N requested and M written"; nothing is left."""
+    import resource
+
+    from maskdiffusion.cli.segment import _save_npy
+    from maskdiffusion.errors import OutputError
+
+    scores = np.zeros((3, 200, 200), np.float32)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (scores.nbytes // 2, hard))
+    try:
+        with pytest.raises(OutputError) as error:
+            _save_npy(tmp_path / "scores.npy", scores)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    said = f"cannot write {tmp_path / 'scores.npy'}: File too large; nothing was written or replaced"
+    assert str(error.value) == said
+    assert not list(tmp_path.iterdir())
+    _save_npy(tmp_path / "scores.npy", scores)
+    assert np.array_equal(np.load(tmp_path / "scores.npy"), scores)
+
+
 def test_sidecar_that_cannot_be_written_takes_the_labels_back(good, tmp_path, tiny_model_dir, monkeypatch, capsys):
     """Item 13: the sidecar is written last; when it fails, the new labels are not kept either."""
     import maskdiffusion.geo.atomic as atomic
