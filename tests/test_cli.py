@@ -240,6 +240,24 @@ def test_the_bands_used_are_said_and_recorded(tmp_path, tiny_model_dir, capsys):
     assert json.loads((tmp_path / "seg1.classes.json").read_text())["bands_used"] == [1, 1, 1]
 
 
+def test_a_65_band_image_is_segmented_on_the_bands_chosen(tmp_path, tiny_model_dir, capsys):
+    """Issue 27 case 13: --bands is applied before the channels are counted; without it, the
+    message asks for a band choice and does not blame the axis order of a file read bands last."""
+    from maskdiffusion.geo.raster_io import write_raster
+
+    many = write_raster(tmp_path / "many.tif", np.random.default_rng(0).integers(0, 256, (65, 128, 128), np.uint8))
+    assert run("segment", many, "--classes", "a,b", "--model", tiny_model_dir, "--quiet", "--tile-size", 128,
+               "--bands", "30,20,10", "--out", tmp_path / "seg.tif") == 0
+    assert json.loads((tmp_path / "seg.classes.json").read_text())["bands_used"] == [30, 20, 10]
+    capsys.readouterr()
+    assert run("segment", many, "--classes", "a,b", "--model", tiny_model_dir, "--quiet",
+               "--out", tmp_path / "seg2.tif") == 2
+    assert capsys.readouterr().err.strip() == (
+        "maskdiffusion segment: error: image of shape (128, 128, 65) has 65 bands: choose the 1 or 3 to use "
+        "(--bands, e.g. 0,1,2)")
+    assert not (tmp_path / "seg2.tif").exists()
+
+
 def test_a_warning_is_one_line_on_stderr(tmp_path):
     """A Python warning (here: a Potsdam tile without CRS) reads as one line, not file:line: source."""
     from cli_process import run_cli

@@ -155,10 +155,10 @@ def _nodata_unlabelled(result, valid, scribbles):
 def _notes(args, image, geo, params) -> None:
     """One line each on stderr: the bands used when the image is not gray or RGB, and where
     polygons of an image georeferenced by ground control points are placed."""
-    from ..core.image import choose_bands
+    from ..core.image import MAX_BANDS, choose_bands
 
     n_bands = 1 if image.ndim == 2 else image.shape[2]
-    if params.bands is None and n_bands not in (1, 3):
+    if params.bands is None and n_bands not in (1, 3) and n_bands <= MAX_BANDS:
         used = choose_bands(n_bands, None)
         how = "band 0 as gray" if len(set(used)) == 1 else f"bands {','.join(map(str, used))} as R,G,B"
         print(f"note: {args.image.name} has {n_bands} bands; using {how} (choose with --bands)", file=sys.stderr)
