@@ -258,6 +258,25 @@ def test_a_65_band_image_is_segmented_on_the_bands_chosen(tmp_path, tiny_model_d
     assert not (tmp_path / "seg2.tif").exists()
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_multi_page_tiff_is_refused_saying_how_to_take_one_page(tmp_path, capsys, mode):
+    """Issue 27 case 5: three gray or RGB pages are not segmented on page 1 silently: one line,
+    exit 2, before the model is loaded, naming how to save one page on its own."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pages = [Image.fromarray(rng.integers(0, 256, (64, 80, 3) if mode == "RGB" else (64, 80), np.uint8))
+             for _ in range(3)]
+    stack = tmp_path / "stack.tif"
+    pages[0].save(stack, save_all=True, append_images=pages[1:])
+    assert run("segment", stack, "--classes", "a,b", "--model", tmp_path / "no-model",
+               "--out", tmp_path / "seg.tif") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"maskdiffusion segment: error: {stack} holds 3 images (a multi-page TIFF) and only one image a file is read: "
+        f"save the page you want on its own, e.g. rio convert 'GTIFF_DIR:2:{stack}' page2.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif"]
+
+
 def test_a_warning_is_one_line_on_stderr(tmp_path):
     """A Python warning (here: a Potsdam tile without CRS) reads as one line, not file:line: source."""
     from cli_process import run_cli

@@ -40,6 +40,7 @@ __all__ = [
     "ImageReadError",
     "POTSDAM_CRS",
     "image_info",
+    "page_count",
     "read_class_names",
     "read_label_info",
     "read_image",
@@ -150,7 +151,27 @@ def _open(path) -> Iterator[rasterio.io.DatasetReader]:
     with src:
         if np.dtype(src.dtypes[0]).kind not in "uif":
             raise ImageReadError(f"{path}: unsupported pixel type {src.dtypes[0]} (need integer or float)")
+        pages = _pages(src)
+        if pages > 1:
+            raise ImageReadError(f"{path} holds {pages} images (a multi-page TIFF) and only one image a file is read: "
+                                 f"save the page you want on its own, e.g. rio convert 'GTIFF_DIR:2:{path}' page2.tif")
         yield src
+
+
+def _pages(src) -> int:
+    """How many images (pages) a TIFF holds besides its overviews and masks; 1 for other formats."""
+    return max(1, sum(name.startswith("GTIFF_DIR:") for name in src.subdatasets))
+
+
+def page_count(path) -> int:
+    """How many images a file holds: more than 1 only for a multi-page TIFF (0 if it cannot be opened)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return _pages(src)
+    except RasterioError:
+        return 0
 
 
 #: GDAL's block cache while an image is read (MB): the decoded blocks are not kept as a second copy.
