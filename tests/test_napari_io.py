@@ -97,6 +97,18 @@ def test_isprs_tiles_keep_their_georeference_and_labels_decode(tmp_path):
     assert labels[0].max() <= 6 and labels[0].min() >= 1
 
 
+@pytest.mark.parametrize("name", ["top_potsdam_2_10_RGB.tif", "top_potsdam_2_10_label.tif"])
+def test_a_multi_page_tiff_of_a_potsdam_name_is_left_to_napari(tmp_path, name):
+    """Issue 27 case 6: the reader does not claim it (it would show page 1 only); napari reads it whole."""
+    from PIL import Image
+
+    pages = [Image.fromarray(np.full((32, 48, 3), 60 * i, np.uint8)) for i in range(3)]
+    pages[0].save(tmp_path / name, save_all=True, append_images=pages[1:])
+    assert reader.get_reader(str(tmp_path / name)) is None
+    pages[0].save(tmp_path / "top_potsdam_2_11_RGB.tif")
+    assert reader.get_reader(str(tmp_path / "top_potsdam_2_11_RGB.tif")) is reader.read_path
+
+
 @pytest.fixture
 def viewer_with_classes():
     """Class layers of a 3-class result on a georeferenced image, and their label map."""

@@ -7,7 +7,8 @@
   the dock takes in to continue refining;
 - ISPRS Potsdam files (``top_potsdam_*.tif`` with their ``.tfw``, ``potsdam_*_label*.tif``):
   images keep their georeference (EPSG:32633), a multi-band tile opens as its band stack and an
-  RGB view, labels as a semantic map of the six Potsdam classes.
+  RGB view, labels as a semantic map of the six Potsdam classes. A multi-page TIFF of such a
+  name is left to napari, which reads every page.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def _kind(path) -> str | None:
     if p.name.endswith(_SIDECAR) and p.is_file() and _raster_of(p) is not None:
         return "sidecar"
     if p.is_file() and (_POTSDAM_IMAGE.search(p.name) or _POTSDAM_LABEL.search(p.name)):
-        return "potsdam"
+        from ..geo.raster_io import page_count
+
+        return "potsdam" if page_count(p) == 1 else None  # a multi-page TIFF is napari's to read whole
     return None
 
 
