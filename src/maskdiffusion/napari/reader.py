@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..core.classes import ClassSpec, preset_classes
+from ..core.classes import ClassSpec, default_color, preset_classes
 from ..core.labels import from_stored
 from ..errors import BadInputError
 from .images import image_layer_data
@@ -90,23 +91,56 @@ def _raster_of(sidecar: Path) -> Path | None:
                 None)
 
 
-def _class_layers(labels: np.ndarray, classes, meta: dict, image_name: str) -> list[tuple]:
+def _class_layers(labels: np.ndarray, classes, meta: dict, image_name: str, stored=None) -> list[tuple]:
+    """One layer per class; the k-th shows the pixels of stored value ``stored[k - 1]`` (k by default)."""
     base = base_metadata(None, meta)
     base["image"] = image_name
-    return [class_layer_data((labels == k).astype(np.uint8), spec, k, base) for k, spec in enumerate(classes, start=1)]
+    stored = stored or range(1, len(classes) + 1)
+    return [class_layer_data((labels == v).astype(np.uint8), spec, k, base)
+            for k, (spec, v) in enumerate(zip(classes, stored), start=1)]
+
+
+def _read_sidecar(sidecar: Path) -> tuple[dict, list[ClassSpec]]:
+    """A result sidecar's metadata and classes; one line naming the file when it cannot be used."""
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{sidecar}: cannot be read as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{sidecar}, line {e.lineno}: not valid JSON ({e.msg}, column {e.colno}); "
+                            "the result's classes cannot be read") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list):
+        raise BadInputError(f"{sidecar}: not a result's sidecar (it holds no list of \"classes\")")
+    try:
+        return meta, [ClassSpec.from_dict(c) for c in meta["classes"]]
+    except BadInputError as e:
+        raise BadInputError(f"{sidecar}: {e}") from None
+
+
+def _unknown_classes(labels: np.ndarray, n_classes: int, raster: Path, sidecar: Path) -> list[int]:
+    """The stored values above the sidecar's classes, said in one warning (they get layers too)."""
+    if not labels.size or int(labels.max()) <= n_classes:
+        return []
+    unknown = [int(v) for v in np.unique(labels[labels > n_classes])]
+    warnings.warn(f"{raster.name} holds label value(s) {', '.join(map(str, unknown))} that {sidecar.name} does not "
+                  f"list (it has {n_classes} classes): shown as layer(s) 'unknown class N'", stacklevel=3)
+    return unknown
 
 
 def read_result(sidecar: Path) -> list[tuple]:
-    """A result (its sidecar): its image when still on disk, then one class layer per class."""
+    """A result (its sidecar): its image when still on disk, then one class layer per class, and
+    one per stored value the sidecar does not list ("unknown class N", with a warning)."""
     from ..geo.raster_io import read_image
 
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    meta, classes = _read_sidecar(sidecar)
     raster = _raster_of(sidecar)
     labels, geo = read_image(raster)
     if labels.ndim != 2:
         raise BadInputError(f"{raster} is not a one-band label raster")
-    classes = [ClassSpec.from_dict(c) for c in meta.get("classes", [])]
     labels = from_stored(labels, meta, len(classes), what=str(raster))
+    unknown = _unknown_classes(labels, len(classes), raster, sidecar)
+    stored = [*range(1, len(classes) + 1), *unknown]
+    classes = classes + [ClassSpec(f"unknown class {v}", (), default_color(v - 1)) for v in unknown]
     if geo.transform is not None and not meta.get("georeference"):
         meta["georeference"] = geo.to_dict()
     out, image_name = [], raster.stem
@@ -115,7 +149,7 @@ def read_result(sidecar: Path) -> list[tuple]:
         image, image_geo = read_image(source)
         out = image_layer_data(image, image_geo, source.stem)
         image_name = out[-1][1]["name"] if len(out) > 1 else source.stem
-    return out + _class_layers(labels, classes, meta, image_name)
+    return out + _class_layers(labels, classes, meta, image_name, stored)
 
 
 def read_potsdam(path: Path) -> list[tuple]:
