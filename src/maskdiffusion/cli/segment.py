@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -13,8 +12,10 @@ from .arguments import (
     add_param_arguments,
     classes_from_args,
     model_source,
+    output_on_input,
     params_from_args,
     precision_note,
+    same_file,
 )
 
 __all__ = ["add_parser", "run"]
@@ -88,26 +89,16 @@ def _check_outputs(args, n_classes: int) -> None:
 
 def _refuse_collisions(outputs: dict[str, Path], inputs: dict[str, Path | None]) -> None:
     """Two outputs at one path, or an output on an input, even with --overwrite."""
-    seen: dict[str, str] = {}
-    for name, path in outputs.items():
-        for source, given in inputs.items():
-            if given is not None and _same_file(path, given):
-                raise UsageError(f"{name} {path} is the input {source}: it would be replaced by its own "
-                                 f"segmentation; choose another {name}")
-        key = _file_key(path)
-        if key in seen:
-            raise UsageError(f"{name} and {seen[key]} are the same file ({path}); give each output its own")
-        seen[key] = name
-
-
-def _file_key(path: Path) -> str:
-    return os.path.normcase(os.path.realpath(path))
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if _file_key(a) == _file_key(b):
-        return True
-    return a.exists() and b.exists() and os.path.samefile(a, b)
+    clash = output_on_input(outputs, inputs)
+    if clash is not None:
+        name, path, source = clash
+        raise UsageError(f"{name} {path} is the input {source}: it would be replaced by its own segmentation; "
+                         f"choose another {name}")
+    named = list(outputs.items())
+    for i, (name, path) in enumerate(named):
+        other = next((n for n, p in named[:i] if same_file(path, p)), None)
+        if other is not None:
+            raise UsageError(f"{name} and {other} are the same file ({path}); give each output its own")
 
 
 def run(args) -> int:
