@@ -215,6 +215,26 @@ def test_files_batch_did_not_write_are_not_replaced(tiles, cluster, tiny_model_d
     assert read_image(mine)[0].shape == (128, 128)
 
 
+def test_a_status_file_batch_did_not_write_is_not_replaced(tiles, cluster, tiny_model_dir, tmp_path, capsys):
+    """Issue 27 case 3: a user's batch_status.json stops the run before any work (one line,
+    exit 2) and is left as it was; --overwrite replaces it with batch's record."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "batch_status.json"
+    mine.write_text('{"my": "notes"}')
+    one = sorted(tiles.glob("*_RGBIR.tif"))[0]
+    args = [one, "--out-dir", out, "--classes", CLASSES, "--model", tiny_model_dir, "--tile-size", 128,
+            "--quiet", "--scheduler", cluster]
+    assert batch(*args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"maskdiffusion batch: error: {mine} exists and was not written by maskdiffusion batch, which records its run "
+        "there: move it, choose another --out-dir or pass --overwrite to replace it")
+    assert sorted(p.name for p in out.iterdir()) == ["batch_status.json"] and mine.read_text() == '{"my": "notes"}'
+    assert batch(*args, "--overwrite") == 0
+    assert status_of(out)[one.stem]["status"] == "done"
+    assert batch(*args) == 0, "its own status file is batch's to rewrite"
+
+
 def test_out_dir_that_is_an_input_folder_is_refused(tiles, tmp_path, capsys):
     """Item 14: the outputs would replace the inputs (or be taken for inputs on a rerun)."""
     src = tmp_path / "in"
