@@ -252,6 +252,54 @@ def test_a_commit_that_fails_names_the_file_that_failed(tmp_path, monkeypatch):
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "old a", "b.txt": "old b"}
 
 
+@pytest.mark.parametrize("appears", ["seg.tif", "seg.classes.json"])
+def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path, tiny_model_dir, monkeypatch, capsys,
+                                                                appears):
+    """Issue 27 case 2: without --overwrite, a file created at an output path after the check
+    (here: when the first tile is done) is not replaced at the commit: one line, exit 2, the
+    file as it was, and no other output or temporary file left."""
+    from maskdiffusion.cli import segment as cli_segment
+
+    image = shutil.copy(SAMPLE, tmp_path / "neon.tif")
+    real_update = cli_segment._ProgressBar.update
+
+    def update(bar, step):
+        if step.stage != "load" and not (tmp_path / appears).exists():
+            (tmp_path / appears).write_text("made by someone else meanwhile")
+        real_update(bar, step)
+
+    monkeypatch.setattr(cli_segment._ProgressBar, "update", update)
+    code = main(["segment", str(image), "--classes", "a,b", "--model", str(tiny_model_dir), "--tile-size", "256",
+                 "--scale", "0.5", "--out", str(tmp_path / "seg.tif"), "--confidence", str(tmp_path / "conf.tif"),
+                 "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (f"maskdiffusion segment: error: {tmp_path / appears} exists (it appeared while the "
+                                 "run was going); pass --overwrite to replace it"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["neon.tif", appears])
+    assert (tmp_path / appears).read_text() == "made by someone else meanwhile"
+
+
+def test_without_hard_links_an_output_that_appeared_is_still_refused(tmp_path, monkeypatch):
+    """Issue 27 case 2 on a file system without hard links: checked right before the rename."""
+    import os
+
+    from maskdiffusion.errors import BadInputError
+    from maskdiffusion.geo.atomic import StagedOutputs, write_text
+
+    def no_links(*a, **k):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with StagedOutputs(replace=False):
+        write_text(tmp_path / "a.txt", "new a")
+    with pytest.raises(BadInputError, match="b.txt exists"):
+        with StagedOutputs(replace=False):
+            write_text(tmp_path / "c.txt", "new c")
+            write_text(tmp_path / "b.txt", "new b")
+            (tmp_path / "b.txt").write_text("appeared")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "new a", "b.txt": "appeared"}
+
+
 @pytest.mark.parametrize("how, message", [
     (signal.SIGINT, "maskdiffusion segment: interrupted; nothing half-written was left"),
     (signal.SIGTERM, "maskdiffusion segment: terminated (SIGTERM); nothing half-written was left"),

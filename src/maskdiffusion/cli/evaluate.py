@@ -114,7 +114,7 @@ def run(args) -> int:
     if report["off_palette_pixels"]:
         print(f"maskdiffusion evaluate: {report['off_palette_pixels']} label pixels of no class colour ignored",
               file=sys.stderr)
-    paths = write_report(report, args.out)
+    paths = write_report(report, args.out, replace=args.overwrite)
     print(f"mIoU {format_percent(report['miou'])}  pixel accuracy {format_percent(report['pixel_accuracy'])}  "
           f"({report['n_images']} image(s)) -> {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -166,14 +166,15 @@ def _write_outputs(args, result, geo, metadata) -> None:
     written beside its target and read back, and only when all are good are they renamed
     into place. Otherwise none is, and the files they would replace are left as they were; a
     file system error (disk full, no permission...) is an :class:`OutputError` naming the file
-    (one line, exit status 1).
+    (one line, exit status 1). Without ``--overwrite`` no file is replaced, not even one that
+    appeared during the run (exit status 2).
     """
     import numpy as np
 
     from ..geo.atomic import StagedOutputs
     from ..geo.raster_io import write_labels, write_raster, write_sidecar
 
-    with StagedOutputs():
+    with StagedOutputs(replace=args.overwrite):
         write_labels(args.out, result.labels, result.classes, geo, metadata)
         if args.confidence is not None:
             write_raster(args.confidence, result.confidence, geo, nodata=np.nan)

@@ -128,15 +128,16 @@ def check_report_paths(out, unsupervised: bool = False, overwrite: bool = False)
     return paths
 
 
-def write_report(report: dict, out) -> dict[str, Path]:
+def write_report(report: dict, out, replace: bool = True) -> dict[str, Path]:
     """Write ``OUT.json``, ``OUT.md`` and the confusion-matrix plot ``OUT.png`` (plus
     ``OUT_per_image.png`` for unsupervised predictions), all of them or, on failure, none:
-    an older report there stays as it was."""
+    an older report there stays as it was. Without ``replace`` no file there is replaced,
+    not even one that appeared while the report was made."""
     evaluations = report["evaluations"]
     paths = report_paths(out, "hungarian_per_image" in evaluations)
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
     main = next(iter(evaluations))
-    with StagedOutputs():
+    with StagedOutputs(replace):
         write_json(paths["json"], report)
         write_text(paths["markdown"], _markdown(report))
         _plot_confusion(paths["plot"], evaluations[main], report["classes"])

@@ -117,6 +117,11 @@ class StagedOutputs:
     and no target is touched. The renames themselves run with SIGINT and SIGTERM held back;
     should one of them fail, the targets renamed before it are put back as they were.
 
+    With ``replace=False`` (a command without ``--overwrite``) a target is never replaced, even
+    one that appeared while the run was going: each is put in place by a hard link, which fails
+    if the name exists (on a file system without hard links, by a rename right after checking),
+    and a target found there is a :class:`BadInputError`; the targets placed before it are removed.
+
     Examples
     --------
     >>> with StagedOutputs():                                     # doctest: +SKIP
@@ -124,7 +129,8 @@ class StagedOutputs:
     ...     write_sidecar("seg.tif", metadata)
     """
 
-    def __init__(self):
+    def __init__(self, replace: bool = True):
+        self.replace = replace
         self._staged: list[tuple[Path, Path]] = []
         self._token = None
 
@@ -138,7 +144,7 @@ class StagedOutputs:
         if exc_type is not None:
             _discard(staged)
             return False
-        _commit(staged)
+        _commit(staged, self.replace)
         return False
 
     def _add(self, tmp: Path, target: Path) -> None:
@@ -204,15 +210,21 @@ def _discard(staged: list[tuple[Path, Path]]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _commit(staged: list[tuple[Path, Path]]) -> None:
-    """Rename every temporary onto its target; if one rename fails, undo those before it."""
+def _commit(staged: list[tuple[Path, Path]], replace: bool = True) -> None:
+    """Rename every temporary onto its target (or, without ``replace``, put it where no file is);
+    if one fails, undo those before it."""
     done: list[tuple[Path, Path | None]] = []
     with _signals_held():
         try:
             for tmp, target in staged:
                 failing = target
-                done.append((target, _keep_old(target)))
-                os.replace(tmp, target)
+                if replace:
+                    done.append((target, _keep_old(target)))
+                    os.replace(tmp, target)
+                else:
+                    _place_new(tmp, target)
+                    done.append((target, None))
+                    tmp.unlink(missing_ok=True)
         except BaseException as error:
             _roll_back(done)
             _discard(staged)
@@ -222,6 +234,19 @@ def _commit(staged: list[tuple[Path, Path]]) -> None:
         for _, old in done:
             if old is not None:
                 old.unlink(missing_ok=True)
+
+
+def _place_new(tmp: Path, target: Path) -> None:
+    """Give ``tmp`` the name ``target`` unless a file has it (a hard link never replaces)."""
+    appeared = BadInputError(f"{target} exists (it appeared while the run was going); pass --overwrite to replace it")
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise appeared from None
+    except OSError:  # a file system without hard links
+        if target.exists() or target.is_symlink():
+            raise appeared from None
+        os.replace(tmp, target)
 
 
 def _keep_old(target: Path) -> Path | None:
