@@ -277,6 +277,26 @@ def test_a_multi_page_tiff_is_refused_saying_how_to_take_one_page(tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif"]
 
 
+def test_a_png_beside_a_tif_of_the_same_name_does_not_take_over_its_sidecar(tmp_path, capsys):
+    """Issue 27 case 4: x.tif and x.png would share x.classes.json, and x.tif would be read with
+    the PNG's classes: refused whatever --overwrite says, one line, exit 2, before the model loads."""
+    from maskdiffusion.core.classes import as_class_specs
+    from maskdiffusion.geo.raster_io import read_class_names, write_labels, write_sidecar
+
+    image = Path(shutil.copy(SAMPLE, tmp_path / "neon.tif"))
+    classes = as_class_specs("a,b")
+    write_labels(tmp_path / "x.tif", np.ones((400, 400), np.uint8), classes)
+    write_sidecar(tmp_path / "x.tif", {"classes": [c.to_dict() for c in classes]})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert run("segment", image, "--classes", "c,d,e", "--model", tmp_path / "no-model", "--out", tmp_path / "x.png",
+               "--overwrite") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"maskdiffusion segment: error: {tmp_path / 'x.tif'} is a label raster with the same sidecar name "
+        "(x.classes.json) as x.png: writing x.png would give it other classes; choose another name for x.png")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert read_class_names(tmp_path / "x.tif") == ["a", "b"]
+
+
 def test_a_warning_is_one_line_on_stderr(tmp_path):
     """A Python warning (here: a Potsdam tile without CRS) reads as one line, not file:line: source."""
     from cli_process import run_cli

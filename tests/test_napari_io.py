@@ -220,6 +220,20 @@ def test_isprs_rgb_and_palette_png(viewer_with_classes, tmp_path):
         assert tuple(src.colormap(1)[2][:3]) == colors[1] and src.colormap(1)[0][3] == 0
 
 
+@pytest.mark.parametrize("write", ["write_palette_png", "write_geotiff"])
+def test_a_writer_does_not_take_over_another_label_rasters_sidecar(viewer_with_classes, tmp_path, write):
+    """Issue 27 case 4: saving x.png where the label raster x.tif (or x.tif where x.png) is,
+    would rewrite their shared x.classes.json: refused in one line, nothing written."""
+    viewer, labels, _ = viewer_with_classes
+    item = [viewer.layers["semantic map"].as_layer_data_tuple()]
+    first, second = ("x.tif", "x.png") if write == "write_palette_png" else ("x.png", "x.tif")
+    (writers.write_geotiff if first == "x.tif" else writers.write_palette_png)(str(tmp_path / first), item)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(BadInputError, match=f"is a label raster with the same sidecar name .* as {second}"):
+        getattr(writers, write)(str(tmp_path / second), item)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_bundle_round_trip_and_overwrite(viewer_with_classes, tmp_path):
     viewer, _, _ = viewer_with_classes
     class_layers = layers.class_layers(viewer)
@@ -277,6 +291,6 @@ def test_every_writer_napari_offers_saves_our_layers(viewer_with_classes, tmp_pa
     viewer, _, _ = viewer_with_classes
     for layer in [*layers.class_layers(viewer), viewer.layers["semantic map"]]:
         for plugin, suffix in (("napari", ".tif"), ("napari-svg", ".svg"), (PLUGIN, ".tif"), (PLUGIN, ".png")):
-            out = Path(tmp_path / f"{layer.name}-{plugin}{suffix}")
+            out = Path(tmp_path / f"{layer.name}-{plugin}-{suffix[1:]}{suffix}")  # x.tif, x.png share a sidecar
             layer.save(str(out), plugin=plugin)
             assert out.stat().st_size > 0, (layer.name, plugin)

@@ -64,6 +64,7 @@ def _check_outputs(args, n_classes: int) -> None:
     """Every output's suffix, file name, folder and existence, and the format's class limit,
     before any work: a run that cannot write its results does not start."""
     from ..geo.atomic import check_name_length, check_writable
+    from ..geo.raster_io import check_sidecar_free
 
     for name, suffixes in _SUFFIXES.items():
         path = getattr(args, name)
@@ -75,6 +76,7 @@ def _check_outputs(args, n_classes: int) -> None:
     for name, path in outputs.items():
         check_name_length(path, f"{name} {path.name}")
     _refuse_collisions(outputs, {"IMAGE": args.image, "--scribbles": args.scribbles})
+    check_sidecar_free(args.out)
     if args.out.suffix.lower() == ".png" and n_classes > 255:
         raise UsageError(f"--out {args.out.name}: a palette PNG holds at most 255 classes, this run has {n_classes}; "
                          "use .tif")
