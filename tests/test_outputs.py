@@ -300,6 +300,27 @@ def test_without_hard_links_an_output_that_appeared_is_still_refused(tmp_path, m
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "new a", "b.txt": "appeared"}
 
 
+def test_temporaries_a_killed_run_left_are_removed_when_the_output_is_written_again(tmp_path, tiny_model_dir):
+    """Issue 27 case 17: a SIGKILL before the commit leaves hidden .seg.<hex>.tmp.tif files; the
+    next run writing seg.tif removes those of its own outputs, and nothing else."""
+    image = shutil.copy(SAMPLE, tmp_path / "neon.tif")
+    left = [".seg.0123456789ab.tmp.tif", ".seg.classes.0123456789ab.tmp.json", ".conf.fedcba987654.tmp.tif"]
+    kept = [".other.0123456789ab.tmp.tif", ".seg.notes", ".seg.0123456789ab.tmp.tif.bak", "seg.0123456789ab.tmp.tif"]
+    for name in left + kept:
+        (tmp_path / name).write_bytes(b"half a file")
+    assert main(["segment", str(image), "--classes", "a,b", "--model", str(tiny_model_dir), "--tile-size", "256",
+                 "--scale", "0.5", "--out", str(tmp_path / "seg.tif"), "--confidence", str(tmp_path / "conf.tif"),
+                 "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["neon.tif", "seg.tif", "seg.classes.json", "conf.tif",
+                                                                 *kept])
+    from maskdiffusion.geo.atomic import remove_stale_temporaries, temporary_path
+
+    live = temporary_path(tmp_path / "seg.tif")
+    live.write_bytes(b"being written by this process")
+    remove_stale_temporaries(tmp_path / "seg.tif")
+    assert live.exists(), "a temporary this process is writing is not stale"
+
+
 @pytest.mark.parametrize("how, message", [
     (signal.SIGINT, "maskdiffusion segment: interrupted; nothing half-written was left"),
     (signal.SIGTERM, "maskdiffusion segment: terminated (SIGTERM); nothing half-written was left"),

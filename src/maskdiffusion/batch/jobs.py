@@ -32,7 +32,6 @@ STATUS_FILE = "batch_status.json"
 PROTOTYPES_FILE = "batch_prototypes.npz"
 CACHE_DIR = ".maskdiffusion-cache"
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_TEMPORARY = re.compile(r"^\.(?P<stem>.+?)(\.classes)?\.[0-9a-f]{12}\.tmp\.(tif|json)$")
 _CACHED = re.compile(r"^(?P<stem>.+)\.[0-9a-f]{16}\.npz$")
 
 class BatchInputError(BadInputError):
@@ -253,13 +252,14 @@ def _stored_fingerprint(path: Path) -> str | None:
 
 def remove_temporaries(jobs: Sequence[TileJob]) -> None:
     """Delete what interrupted runs left: temporary files of atomic writes, features of old settings."""
+    from ..geo.atomic import remove_stale_temporaries
+
     stems = {job.stem for job in jobs}
     current = {job.cache().name for job in jobs}
+    for job in jobs:
+        remove_stale_temporaries(job.output)
+        remove_stale_temporaries(job.sidecar)
     for folder in {job.output.parent for job in jobs}:
-        for p in folder.glob(".*.tmp.*"):
-            m = _TEMPORARY.match(p.name)
-            if m and m.group("stem") in stems:
-                p.unlink(missing_ok=True)
         cache = folder / CACHE_DIR
         for p in cache.iterdir() if cache.is_dir() else ():
             m = _CACHED.match(p.name)

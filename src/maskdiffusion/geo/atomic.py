@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import glob
 import json
 import math
 import os
+import re
 import signal
 import threading
 import uuid
@@ -26,7 +28,7 @@ import numpy as np
 from ..errors import BadInputError, MaskDiffusionError, OutputError
 
 __all__ = ["StagedOutputs", "atomic_output", "check_name_length", "check_writable", "make_folder", "output_error",
-           "temporary_path", "to_jsonable", "write_json", "write_text"]
+           "remove_stale_temporaries", "temporary_path", "to_jsonable", "write_json", "write_text"]
 
 #: The :class:`StagedOutputs` that :func:`atomic_output` joins in this thread or task, if any.
 _STAGED: contextvars.ContextVar[StagedOutputs | None] = contextvars.ContextVar("maskdiffusion_staged", default=None)
@@ -36,9 +38,40 @@ _KNOWN_REASONS = tuple(os.strerror(code) for code in (
     errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT))
 
 
+#: The temporaries this process is writing or keeping now (absolute paths): never stale.
+_LIVE: set[str] = set()
+_LIVE_LOCK = threading.Lock()
+
+
 def temporary_path(path: Path) -> Path:
-    """A hidden name beside ``path`` that keeps its suffix (so GDAL picks the same driver)."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    """A hidden name beside ``path`` that keeps its suffix (so GDAL picks the same driver):
+    ``.NAME.<12 hex>.tmp.SUFFIX``. It counts as in use by this process until :func:`_release`."""
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    with _LIVE_LOCK:
+        _LIVE.add(os.path.abspath(tmp))
+    return tmp
+
+
+def _release(*tmps: Path) -> None:
+    with _LIVE_LOCK:
+        _LIVE.difference_update(os.path.abspath(t) for t in tmps)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Delete the hidden temporaries of ``path`` (:func:`temporary_path`'s naming) that a run
+    killed before its commit (SIGKILL, power loss) left behind; those this process is using
+    are kept. Called whenever ``path`` is written again."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.[0-9a-f]{{12}}\.tmp{re.escape(path.suffix)}")
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.stem)}.*.tmp{glob.escape(path.suffix)}"))
+    except OSError:
+        return
+    with _LIVE_LOCK:
+        stale = [p for p in candidates if pattern.fullmatch(p.name) and os.path.abspath(p) not in _LIVE]
+    for p in stale:
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
 
 
 def check_name_length(path: str | os.PathLike, what: str | None = None) -> None:
@@ -150,6 +183,7 @@ class StagedOutputs:
     def _add(self, tmp: Path, target: Path) -> None:
         if any(_same_target(target, t) for _, t in self._staged):
             tmp.unlink(missing_ok=True)
+            _release(tmp)
             raise BadInputError(f"{target} is written twice by one run")
         self._staged.append((tmp, target))
 
@@ -176,6 +210,7 @@ def atomic_output(path: str | os.PathLike, check: Callable[[Path], None] | None 
     path = Path(path)
     if not path.parent.is_dir():
         raise BadInputError(f"cannot write {path}: folder {path.parent} does not exist")
+    remove_stale_temporaries(path)
     tmp = temporary_path(path)
     try:
         yield tmp
@@ -186,6 +221,7 @@ def atomic_output(path: str | os.PathLike, check: Callable[[Path], None] | None 
             check(tmp)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
+        _release(tmp)
         if isinstance(error, MaskDiffusionError) or not isinstance(error, OSError):
             raise
         raise output_error(path, error) from error
@@ -208,6 +244,7 @@ def _flush(tmp: Path) -> None:
 def _discard(staged: list[tuple[Path, Path]]) -> None:
     for tmp, _ in staged:
         tmp.unlink(missing_ok=True)
+    _release(*(tmp for tmp, _ in staged))
 
 
 def _commit(staged: list[tuple[Path, Path]], replace: bool = True) -> None:
@@ -228,12 +265,14 @@ def _commit(staged: list[tuple[Path, Path]], replace: bool = True) -> None:
         except BaseException as error:
             _roll_back(done)
             _discard(staged)
+            _release(*(old for _, old in done if old is not None))
             if isinstance(error, OSError) and not isinstance(error, MaskDiffusionError):
                 raise output_error(failing, error) from error
             raise
         for _, old in done:
             if old is not None:
                 old.unlink(missing_ok=True)
+        _release(*(tmp for tmp, _ in staged), *(old for _, old in done if old is not None))
 
 
 def _place_new(tmp: Path, target: Path) -> None:
