@@ -23,8 +23,7 @@ from ..core.params import DEFAULT_MODEL, SegmentParams
 from ..errors import BadInputError
 
 __all__ = ["BatchConfig", "BatchInputError", "TileJob", "check_out_dir", "check_status_file", "expand_inputs",
-           "foreign_output",
-           "is_finished", "plan_jobs", "previous_records", "written_files",
+           "foreign_output", "is_finished", "plan_jobs", "previous_records", "written_files",
            "CACHE_DIR", "IMAGE_SUFFIXES", "PROTOTYPES_FILE", "STATUS_FILE"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")

@@ -21,10 +21,10 @@ __all__ = [
     "add_param_arguments",
     "classes_from_args",
     "model_source",
+    "output_on_input",
     "params_from_args",
     "parse_bands",
     "precision_note",
-    "output_on_input",
     "same_file",
 ]
 

@@ -266,8 +266,14 @@ class _Writes:
 
 
 def _class_fractions(result) -> str:
+    """Each class's share of the pixels, counted in bands of about 262,144 pixels: the whole
+    map is never copied (``np.bincount`` of all of it made an int64 copy, 8 bytes a pixel)."""
     import numpy as np
 
-    counts = np.bincount(result.labels.ravel(), minlength=len(result.classes) + 1)[1:]
-    total = max(int(result.labels.size), 1)
-    return ", ".join(f"{c.name} {100 * n / total:.1f}%" for c, n in zip(result.classes, counts) if n)
+    labels = result.labels
+    counts = np.zeros(len(result.classes) + 1, np.int64)
+    rows = max(1, 2**18 // max(labels.shape[1], 1))
+    for y in range(0, labels.shape[0], rows):
+        counts += np.bincount(labels[y : y + rows].ravel(), minlength=counts.size)[: counts.size]
+    total = max(int(labels.size), 1)
+    return ", ".join(f"{c.name} {100 * n / total:.1f}%" for c, n in zip(result.classes, counts[1:]) if n)

@@ -46,10 +46,14 @@ _LIVE_LOCK = threading.Lock()
 def temporary_path(path: Path) -> Path:
     """A hidden name beside ``path`` that keeps its suffix (so GDAL picks the same driver):
     ``.NAME.<12 hex>.tmp.SUFFIX``. It counts as in use by this process until :func:`_release`."""
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    tmp = path.with_name(_temporary_name(path, uuid.uuid4().hex[:12]))
     with _LIVE_LOCK:
         _LIVE.add(os.path.abspath(tmp))
     return tmp
+
+
+def _temporary_name(path: Path, token: str) -> str:
+    return f".{path.stem}.{token}.tmp{path.suffix}"
 
 
 def _release(*tmps: Path) -> None:
@@ -86,7 +90,7 @@ def check_name_length(path: str | os.PathLike, what: str | None = None) -> None:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
-    size, longest = len(os.fsencode(path.name)), len(os.fsencode(temporary_path(path).name))
+    size, longest = len(os.fsencode(path.name)), len(os.fsencode(_temporary_name(path, "0" * 12)))
     if longest > limit:
         raise BadInputError(f"{what or path}: file name too long ({size} bytes, {longest} for the hidden temporary "
                             f"it is written under; the file system allows {limit})")

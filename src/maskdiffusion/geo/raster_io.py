@@ -36,10 +36,10 @@ from .atomic import atomic_output, to_jsonable, write_json
 
 __all__ = [
     "GeoInfo",
-    "check_sidecar_free",
     "ImageInfo",
     "ImageReadError",
     "POTSDAM_CRS",
+    "check_sidecar_free",
     "image_info",
     "page_count",
     "read_class_names",

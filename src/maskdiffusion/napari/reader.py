@@ -104,8 +104,10 @@ def _read_sidecar(sidecar: Path) -> tuple[dict, list[ClassSpec]]:
     """A result sidecar's metadata and classes; one line naming the file when it cannot be used."""
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInputError(f"{sidecar}: cannot be read as UTF-8 text ({getattr(e, 'strerror', None) or e})") from None
+    except OSError as e:
+        raise BadInputError(f"{sidecar}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{sidecar}: not UTF-8 text, so not a result's sidecar") from None
     except json.JSONDecodeError as e:
         raise BadInputError(f"{sidecar}, line {e.lineno}: not valid JSON ({e.msg}, column {e.colno}); "
                             "the result's classes cannot be read") from None
