@@ -95,6 +95,29 @@ def test_scores_on_a_full_disk_say_why(tmp_path, monkeypatch):
     assert np.array_equal(np.load(tmp_path / "scores.npy"), scores)
 
 
+def test_scores_that_do_not_read_back_as_written_are_not_kept(tmp_path, monkeypatch):
+    """The --scores check reads the file back piece by piece (no memory map holding it all):
+    a file that differs anywhere is refused and removed."""
+    from maskdiffusion.cli.segment import _save_npy
+    from maskdiffusion.errors import OutputError
+
+    scores = np.random.default_rng(0).random((2, 300, 200)).astype(np.float32)
+    scores[1, 299, 199] = np.nan
+    _save_npy(tmp_path / "good.npy", scores)
+    assert np.array_equal(np.load(tmp_path / "good.npy"), scores, equal_nan=True)
+    real_write = np.lib.format.write_array
+
+    def last_value_changed(f, array, **kwargs):
+        changed = array.copy()
+        changed.reshape(-1)[-1] = 0.5
+        real_write(f, changed, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "write_array", last_value_changed)
+    with pytest.raises(OutputError, match="does not read back as written"):
+        _save_npy(tmp_path / "bad.npy", scores)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.npy"]
+
+
 def test_sidecar_that_cannot_be_written_takes_the_labels_back(good, tmp_path, tiny_model_dir, monkeypatch, capsys):
     """Item 13: the sidecar is written last; when it fails, the new labels are not kept either."""
     import maskdiffusion.geo.atomic as atomic

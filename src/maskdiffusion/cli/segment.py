@@ -235,26 +235,43 @@ class _ProgressBar:
         self.bar.update(step.done - self.bar.n)
 
 
+#: Values written or compared at a time by :func:`_save_npy` (16 MiB of float32).
+_NPY_PIECE = 2**22
+
+
 def _save_npy(path: Path, array) -> Path:
-    """Save ``array`` as .npy, atomically, checked by loading it back plane by plane.
+    """Save ``array`` as .npy, atomically, checked by reading it back piece by piece.
 
     The data go through Python's ``write`` in 16 MiB pieces (numpy's own ``tofile`` loses the
-    reason of a short write), so a full disk says so, as every other output does.
+    reason of a short write), so a full disk says so, as every other output does; the check
+    reads the file in pieces too (a memory map kept every page it compared resident: the
+    whole file again in memory).
     """
     import numpy as np
 
     from ..errors import OutputError
     from ..geo.atomic import atomic_output
 
+    array = np.ascontiguousarray(array)
+    flat = array.reshape(-1)
+
     def reads_back(tmp: Path) -> None:
-        saved = np.load(tmp, mmap_mode="r")
-        same = saved.shape == array.shape and saved.dtype == array.dtype
-        if not (same and all(np.array_equal(s, a, equal_nan=True) for s, a in zip(saved, array))):
+        fmt = np.lib.format
+        with open(tmp, "rb") as f:
+            version = fmt.read_magic(f)
+            header = fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f)
+            same = header == (array.shape, False, array.dtype)
+            for i in range(0, flat.size, _NPY_PIECE) if same else ():
+                piece = flat[i : i + _NPY_PIECE]
+                if not np.array_equal(np.fromfile(f, array.dtype, piece.size), piece, equal_nan=True):
+                    same = False
+                    break
+        if not same:
             raise OutputError(f"cannot write {path}: the written file does not read back as written; "
                               "nothing was written or replaced")
 
     with atomic_output(path, check=reads_back) as tmp, open(tmp, "wb") as f:
-        np.lib.format.write_array(_Writes(f), np.asanyarray(array), allow_pickle=False)
+        np.lib.format.write_array(_Writes(f), array, allow_pickle=False)
     return path
 
 
