@@ -291,8 +291,9 @@ def test_a_png_beside_a_tif_of_the_same_name_does_not_take_over_its_sidecar(tmp_
     assert run("segment", image, "--classes", "c,d,e", "--model", tmp_path / "no-model", "--out", tmp_path / "x.png",
                "--overwrite") == 2
     assert capsys.readouterr().err.strip() == (
-        f"maskdiffusion segment: error: {tmp_path / 'x.tif'} is a label raster with the same sidecar name "
-        "(x.classes.json) as x.png: writing x.png would give it other classes; choose another name for x.png")
+        f"maskdiffusion segment: error: {tmp_path / 'x.tif'} is a label raster of other classes with the same "
+        "sidecar name (x.classes.json) as x.png: writing x.png would give it these classes; choose another name "
+        "for x.png")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert read_class_names(tmp_path / "x.tif") == ["a", "b"]
 

@@ -222,16 +222,22 @@ def test_isprs_rgb_and_palette_png(viewer_with_classes, tmp_path):
 
 @pytest.mark.parametrize("write", ["write_palette_png", "write_geotiff"])
 def test_a_writer_does_not_take_over_another_label_rasters_sidecar(viewer_with_classes, tmp_path, write):
-    """Issue 27 case 4: saving x.png where the label raster x.tif (or x.tif where x.png) is,
-    would rewrite their shared x.classes.json: refused in one line, nothing written."""
+    """Issue 27 case 4: saving x.png where x.tif holds other classes (or x.tif where x.png does)
+    would rewrite their shared x.classes.json: refused in one line, nothing written. The same
+    classes saved in both formats are allowed (the sidecar describes both)."""
     viewer, labels, _ = viewer_with_classes
-    item = [viewer.layers["semantic map"].as_layer_data_tuple()]
+    road = [viewer.layers["road"].as_layer_data_tuple()]
+    all_three = [viewer.layers["semantic map"].as_layer_data_tuple()]
     first, second = ("x.tif", "x.png") if write == "write_palette_png" else ("x.png", "x.tif")
-    (writers.write_geotiff if first == "x.tif" else writers.write_palette_png)(str(tmp_path / first), item)
+    write_first = writers.write_geotiff if first == "x.tif" else writers.write_palette_png
+    write_first(str(tmp_path / first), road)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(BadInputError, match=f"is a label raster with the same sidecar name .* as {second}"):
-        getattr(writers, write)(str(tmp_path / second), item)
+    with pytest.raises(BadInputError, match=f"is a label raster of other classes with the same sidecar name .* as "
+                                            f"{second}"):
+        getattr(writers, write)(str(tmp_path / second), all_three)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    getattr(writers, write)(str(tmp_path / second), road)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.classes.json", "x.png", "x.tif"]
 
 
 def test_bundle_round_trip_and_overwrite(viewer_with_classes, tmp_path):
@@ -291,6 +297,6 @@ def test_every_writer_napari_offers_saves_our_layers(viewer_with_classes, tmp_pa
     viewer, _, _ = viewer_with_classes
     for layer in [*layers.class_layers(viewer), viewer.layers["semantic map"]]:
         for plugin, suffix in (("napari", ".tif"), ("napari-svg", ".svg"), (PLUGIN, ".tif"), (PLUGIN, ".png")):
-            out = Path(tmp_path / f"{layer.name}-{plugin}-{suffix[1:]}{suffix}")  # x.tif, x.png share a sidecar
+            out = Path(tmp_path / f"{layer.name}-{plugin}{suffix}")
             layer.save(str(out), plugin=plugin)
             assert out.stat().st_size > 0, (layer.name, plugin)

@@ -60,7 +60,7 @@ def _outputs(args) -> dict[str, Path]:
     return named
 
 
-def _check_outputs(args, n_classes: int) -> None:
+def _check_outputs(args, classes, n_classes: int) -> None:
     """Every output's suffix, file name, folder and existence, and the format's class limit,
     before any work: a run that cannot write its results does not start."""
     from ..geo.atomic import check_name_length, check_writable
@@ -76,7 +76,8 @@ def _check_outputs(args, n_classes: int) -> None:
     for name, path in outputs.items():
         check_name_length(path, f"{name} {path.name}")
     _refuse_collisions(outputs, {"IMAGE": args.image, "--scribbles": args.scribbles})
-    check_sidecar_free(args.out)
+    if not args.unsupervised:  # the names of clusters are known after the run; checked when written
+        check_sidecar_free(args.out, [c.name for c in classes])
     if args.out.suffix.lower() == ".png" and n_classes > 255:
         raise UsageError(f"--out {args.out.name}: a palette PNG holds at most 255 classes, this run has {n_classes}; "
                          "use .tif")
@@ -110,7 +111,7 @@ def run(args) -> int:
     classes = classes_from_args(args)
     params = params_from_args(args, return_scores=args.scores is not None,
                               return_confidence=args.confidence is not None)
-    _check_outputs(args, params.unsupervised or len(classes))
+    _check_outputs(args, classes, params.unsupervised or len(classes))
     precision_note(args.device, args.dtype)
     image, geo, valid = read_input(args.image)
     _notes(args, image, geo, params)

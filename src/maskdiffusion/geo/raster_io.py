@@ -519,8 +519,8 @@ def write_labels(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: Ge
     tags and in the band description, CRS and transform from ``geo``. ``.png``: palette PNG
     (at most 255 classes, 0 transparent black), names as text chunks, no georeference (keep it
     in the sidecar). ``metadata`` is stored as JSON in the tag ``MASKDIFFUSION_METADATA``.
-    Atomic; refused where a label raster of another suffix has the same sidecar name
-    (:func:`check_sidecar_free`).
+    Atomic; refused where a label raster of other classes and another suffix has the same
+    sidecar name (:func:`check_sidecar_free`).
     """
     path = Path(path)
     driver = _driver(path, _LABEL_DRIVERS)
@@ -530,7 +530,7 @@ def write_labels(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: Ge
     if driver == "PNG" and dtype != np.uint8:
         raise BadInputError(f"cannot write {path}: a palette PNG holds at most 255 classes, got {len(classes)}; "
                             "use .tif")
-    check_sidecar_free(path)
+    check_sidecar_free(path, [c.name for c in classes])
     options = {**_tiff_profile(dtype), "nodata": UNLABELLED} if driver == "GTiff" else {"WRITE_METADATA_AS_TEXT": "YES"}
 
     def decorate(dst) -> None:
@@ -555,7 +555,7 @@ def write_isprs_rgb(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo:
     driver = _driver(path, _LABEL_DRIVERS)
     classes = as_class_specs(classes)
     labels = _check_labels(labels, len(classes))
-    check_sidecar_free(path)
+    check_sidecar_free(path, [c.name for c in classes])
     rgb = encode_isprs_labels(to_index(labels), classes)
     options = {**_tiff_profile(np.uint8), "photometric": "RGB"} if driver == "GTiff" else {}
     return _write_dataset(path, driver, np.moveaxis(rgb, -1, 0), geo, options)
@@ -584,34 +584,39 @@ def sidecar_path(out_path) -> Path:
     return Path(out_path).with_suffix(".classes.json")
 
 
-def check_sidecar_free(out_path) -> None:
-    """Refuse (:class:`BadInputError`) to write the label raster ``out_path`` or its sidecar when
-    a label raster of the same name with another suffix is there: ``x.tif`` and ``x.png`` share
-    ``x.classes.json``, so writing one would have the other read with its classes."""
+def check_sidecar_free(out_path, names: Sequence[str] | None = None) -> None:
+    """Refuse (:class:`BadInputError`) to write the label raster ``out_path`` (of the classes
+    ``names``) or its sidecar where a label raster of the same name with another suffix holds
+    other classes: ``x.tif`` and ``x.png`` share ``x.classes.json``, so writing one would have
+    the other read with these classes. ``names`` unknown: any such raster is refused."""
     path = Path(out_path)
     for suffix in _LABEL_DRIVERS:
         other = path.with_suffix(suffix)
         if other.name == path.name or not other.is_file() or (path.exists() and other.samefile(path)):
             continue
-        if _carries_classes(other):
-            raise BadInputError(f"{other} is a label raster with the same sidecar name ({sidecar_path(path).name}) "
-                                f"as {path.name}: writing {path.name} would give it other classes; choose another "
-                                f"name for {path.name}")
+        held = _tagged_class_names(other)
+        if held is not None and (names is None or list(names) != held):
+            raise BadInputError(f"{other} is a label raster of other classes with the same sidecar name "
+                                f"({sidecar_path(path).name}) as {path.name}: writing {path.name} would give it "
+                                f"these classes; choose another name for {path.name}")
 
 
-def _carries_classes(path: Path) -> bool:
-    """Whether a raster is one of our label rasters (its class names are in its tags)."""
+def _tagged_class_names(path: Path) -> list[str] | None:
+    """The class names one of our label rasters carries in its tags (``None`` for other files)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                return "CLASSES" in src.tags()
-    except RasterioError:
-        return False
+                names = json.loads(src.tags().get("CLASSES") or "null")
+    except (RasterioError, ValueError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
 
 
 def write_sidecar(out_path, metadata: dict) -> Path:
     """Write ``metadata`` (classes, model, parameters, georeference) as JSON beside an output
-    (refused where another label raster has the same sidecar name, :func:`check_sidecar_free`)."""
-    check_sidecar_free(out_path)
+    (refused where a label raster of other classes has the same sidecar name, :func:`check_sidecar_free`)."""
+    classes = metadata.get("classes")
+    names = [c.get("name") for c in classes if isinstance(c, dict)] if isinstance(classes, list) else None
+    check_sidecar_free(out_path, names)
     return write_json(sidecar_path(out_path), metadata)
