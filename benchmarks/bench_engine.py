@@ -7,10 +7,11 @@
 2. Memory: peak resident memory of a fresh process (after loading and one warm-up tile) while
    segmenting 1024² and 4096² random images with the tiny model, against the bytes of the input
    and output arrays. Goal: the growth is the arrays, nothing more. Linux only (/proc).
-   At ``--scale`` 0.1 and 0.5 (``memory_at_scale``): a 12000² random GeoTIFF read, segmented
-   (labels only, as ``segment`` without ``--confidence``) and its labels written, in a fresh
-   process; the peak growth over the bytes of the input and label arrays, after each stage.
-   Goal: ≤ 1.3.
+   ``memory_of_commands``: ``maskdiffusion segment`` itself on a 12000² random GeoTIFF, in a
+   fresh process with its model loaded and warm, once per output (``--out`` .tif and .png,
+   ``--confidence``, ``--scores``, ``--polygons``, ``--coco``, ``--quiet``) at ``--scale`` 0.1,
+   and ``--out`` .tif at 0.5: the peak growth over the bytes of the input and of the arrays the
+   result holds (labels, and the confidence or the scores when asked). Goal: ≤ 1.3.
 
    ``work`` counts the FLOPs of one tile and divides them by this machine's large-matmul rate
    at the same precision: ``floor_s`` is a floor under the seconds per tile for this work.
@@ -229,28 +230,35 @@ def memory(sides=(1024, 4096)) -> dict:
     }
 
 
-# The whole of ``maskdiffusion segment IMAGE --scale S --out seg.tif`` without its argument parsing:
-# read_input, segment (labels only), write_labels; the peak after each stage (VmHWM, reset once).
-_SCALE_MEMORY_CHILD = """
+# ``maskdiffusion segment`` itself (its ``main``), in a fresh process, after the model it loads was
+# loaded and warmed (so loading is not counted): the peak after the command (VmHWM, reset once).
+_COMMAND_MEMORY_CHILD = """
 import sys, numpy as np
 from maskdiffusion import segment
-from maskdiffusion.geo.raster_io import read_input, write_labels
+from maskdiffusion.cli import main
 from maskdiffusion.model.loading import load_model
 def kb(field):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field))
-path, model, scale, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
-sd = load_model(model, device="cpu")
+model, argv = sys.argv[1], sys.argv[2:]
+sd = load_model(model, "auto", None)   # what the command loads: cached, so loading is not counted
 segment(np.zeros((512, 512, 3), np.uint8), "road,tree", sd, return_confidence=False)  # a full tile, warm
 open("/proc/self/clear_refs", "w").write("5")
 base = kb("VmRSS:")
-image, geo, valid = read_input(path)
-read = kb("VmHWM:")
-r = segment(image, "road,building,tree", sd, scale=scale, return_confidence=False, valid=valid)
-segmented = kb("VmHWM:")
-write_labels(out, r.labels, r.classes, geo, r.metadata())
-written = kb("VmHWM:")
-print(base * 1024, read * 1024, segmented * 1024, written * 1024, image.nbytes, r.labels.nbytes)
+code = main(argv)
+print(code, base * 1024, kb("VmHWM:") * 1024)
 """
+
+#: The outputs of ``segment`` measured: name -> (extra arguments, bytes per pixel of the arrays
+#: the result holds for them besides the uint8 labels: confidence float32, 3 class scores float32).
+COMMAND_OUTPUTS = {
+    "tif": ([], 0),
+    "tif --quiet": (["--quiet"], 0),
+    "png": ([], 0),
+    "confidence": (["--confidence", "conf.tif"], 4),
+    "scores": (["--scores", "scores.npy"], 12),
+    "polygons": (["--polygons", "seg.gpkg"], 0),
+    "coco": (["--coco", "seg.json"], 0),
+}
 
 
 def _random_geotiff(path: str, side: int) -> None:
@@ -268,29 +276,43 @@ def _random_geotiff(path: str, side: int) -> None:
             dst.write(rng.integers(0, 256, (3, h, side), dtype=np.uint8), window=Window(0, y, side, h))
 
 
-def memory_at_scale(side: int = 12000, scales=(0.1, 0.5)) -> dict:
-    """Peak growth over the input and label bytes of read + segment + write at each scale."""
+def memory_of_commands(side: int = 12000, runs=None) -> dict:
+    """Peak growth of ``maskdiffusion segment`` on a side² RGB GeoTIFF (3 classes), per output
+    and scale, over the bytes of its input and of the arrays the result holds (labels, and the
+    confidence or scores when asked)."""
+    import shutil
     import tempfile
+    from pathlib import Path
 
     from maskdiffusion.model.random_sd import build_random_sd
 
-    folder = tempfile.mkdtemp()
-    model = build_random_sd(folder + "/tiny", "tiny")
-    image = f"{folder}/random_{side}.tif"
-    _random_geotiff(image, side)
+    folder = Path(tempfile.mkdtemp())
+    model = build_random_sd(folder / "tiny", "tiny")
+    image = folder / f"random_{side}.tif"
+    _random_geotiff(str(image), side)
+    runs = runs or [(0.1, name) for name in COMMAND_OUTPUTS] + [(0.5, "tif"), (0.5, "tif --quiet")]
     rows = {}
-    for scale in scales:
+    for scale, name in runs:
+        extra, bytes_per_pixel = COMMAND_OUTPUTS[name]
+        out = folder / "out"
+        out.mkdir()
+        argv = ["segment", str(image), "--classes", "road,building,tree", "--model", str(model), "--scale", str(scale),
+                "--out", str(out / ("seg.png" if name == "png" else "seg.tif")),
+                *[str(out / a) if a.endswith((".tif", ".npy", ".gpkg", ".json")) else a for a in extra]]
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", _SCALE_MEMORY_CHILD, image, str(model), str(scale),
-                              f"{folder}/seg.tif"], capture_output=True, text=True, check=True).stdout.split()
-        base, read, segmented, written, image_bytes, label_bytes = map(int, out[-6:])
-        arrays = image_bytes + label_bytes
-        rows[str(scale)] = {
-            "side": side, "seconds": round(time.perf_counter() - start, 1), "arrays_mb": round(arrays / 2**20, 1),
-            "peak_over_arrays_read": round((read - base) / arrays, 3),
-            "peak_over_arrays_segment": round((segmented - base) / arrays, 3),
-            "peak_over_arrays": round((written - base) / arrays, 3),
-        }
+        result = subprocess.run([sys.executable, "-c", _COMMAND_MEMORY_CHILD, str(model), *argv],
+                                capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        shutil.rmtree(out)
+        if result.returncode != 0:
+            rows[f"{name} at {scale}"] = {"error": result.stderr.strip().splitlines()[-1:]}
+            continue
+        code, base, peak = map(int, result.stdout.split()[-3:])
+        arrays = side * side * (3 + 1 + bytes_per_pixel)
+        rows[f"{name} at {scale}"] = {"exit": code, "seconds": round(seconds, 1), "arrays_mb": round(arrays / 2**20),
+                                      "peak_growth_mb": round((peak - base) / 2**20),
+                                      "peak_over_arrays": round((peak - base) / arrays, 3)}
+    shutil.rmtree(folder)
     return rows
 
 
@@ -329,7 +351,7 @@ def main():
     if not a.skip_memory:
         out["memory"] = memory()
     if not a.skip_scale_memory:
-        out["memory_at_scale"] = memory_at_scale(a.side)
+        out["memory_of_commands"] = memory_of_commands(a.side)
     print(json.dumps(out, indent=2))
 
 

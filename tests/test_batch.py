@@ -213,6 +213,26 @@ def test_files_batch_did_not_write_are_not_replaced(tiles, cluster, tiny_model_d
     assert read_image(mine)[0].shape == (128, 128)
 
 
+def test_a_status_file_batch_did_not_write_is_not_replaced(tiles, cluster, tiny_model_dir, tmp_path, capsys):
+    """Issue 27 case 3: a user's batch_status.json stops the run before any work (one line,
+    exit 2) and is left as it was; --overwrite replaces it with batch's record."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "batch_status.json"
+    mine.write_text('{"my": "notes"}')
+    one = sorted(tiles.glob("*_RGBIR.tif"))[0]
+    args = [one, "--out-dir", out, "--classes", CLASSES, "--model", tiny_model_dir, "--tile-size", 128,
+            "--quiet", "--scheduler", cluster]
+    assert batch(*args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"maskdiffusion batch: error: {mine} exists and was not written by maskdiffusion batch, which records its run "
+        "there: move it, choose another --out-dir or pass --overwrite to replace it")
+    assert sorted(p.name for p in out.iterdir()) == ["batch_status.json"] and mine.read_text() == '{"my": "notes"}'
+    assert batch(*args, "--overwrite") == 0
+    assert status_of(out)[one.stem]["status"] == "done"
+    assert batch(*args) == 0, "its own status file is batch's to rewrite"
+
+
 def test_out_dir_that_is_an_input_folder_is_refused(tiles, tmp_path, capsys):
     """Item 14: the outputs would replace the inputs (or be taken for inputs on a rerun)."""
     src = tmp_path / "in"
@@ -346,6 +366,19 @@ def test_bad_options_are_one_line_errors(tiles, tmp_path, capsys, extra, message
     assert batch(*argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("out_dir", ["a-file", "a-file/sub"])
+def test_an_out_dir_that_is_a_file_is_a_bad_path(tiles, tmp_path, capsys, out_dir):
+    """Issue 27 case 16: exit 2 (a bad path, as the README's table says), one line, the file kept."""
+    (tmp_path / "a-file").write_text("mine")
+    assert batch(tiles / "*_RGBIR.tif", "--out-dir", tmp_path / out_dir, "--classes", CLASSES,
+                 "--model", tmp_path / "none") == 2
+    err = capsys.readouterr().err.strip()
+    said = ("is a file, not a folder" if out_dir == "a-file"
+            else f"cannot make the folder {tmp_path / out_dir}: {tmp_path / 'a-file'} is a file")
+    assert err.startswith("maskdiffusion batch: error: ") and said in err and len(err.splitlines()) == 1, err
+    assert (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_missing_input_is_a_usage_error(tmp_path, capsys):

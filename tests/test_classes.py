@@ -75,14 +75,42 @@ def test_an_empty_name_anywhere_is_rejected_not_dropped(text):
 @pytest.mark.parametrize("name, content", [
     ("c.txt", "road\n= pavement | asphalt\ntree\n"),
     ("c.txt", "road\n ; #ff0000\n"),
-    ("c.json", '{"classes": [{"name": "road"}, {"name": " "}]}'),
-    ("c.json", '[{"name": "road"}, {"name": "", "prompts": ["x"]}]'),
+    ("c.json", '{"classes": [{"name": "road"},\n {"name": " "}]}'),
+    ("c.json", '[{"name": "road"},\n {"name": "", "prompts": ["x"]}]'),
 ])
 def test_an_empty_name_in_a_class_file_is_rejected_alike(tmp_path, name, content):
     (tmp_path / name).write_text(content)
     with pytest.raises(ClassListError) as error:
         read_class_file(tmp_path / name)
-    assert str(error.value) == EMPTY_NAME
+    assert str(error.value) == f"class file {tmp_path / name}, line 2: {EMPTY_NAME}"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("c.json", '[\n  {"name": "road"},\n  {"prompts": ["tree"]}\n]', 'line 3: a class has no "name"'),
+    ("c.json", '{"classes": [\n  {"name": "road",\n   "color": "red"}]}',
+     "line 2: class 'road': colour must be #rrggbb or three values 0-255, got 'red'"),
+    ("c.json", '[{"name": "road", "color": [0, 0, 300]}]',
+     "line 1: class 'road': colour must be #rrggbb or three values 0-255, got [0, 0, 300]"),
+    ("c.json", '[{"name": "road"', "line 1: not valid JSON (Expecting ',' delimiter, column 17)"),
+    ("c.txt", "road\ntree ; #zzzzzz\n", "line 2: class 'tree': colour must be #rrggbb or three values 0-255, "
+                                         "got '#zzzzzz'"),
+    ("c.txt", b"road\ncaf\xe9\n", "line 2: not UTF-8 text (byte 0xe9); save it as UTF-8"),
+], ids=["json-no-name", "json-colour-word", "json-colour-range", "json-syntax", "text-colour", "latin-1"])
+def test_a_bad_class_file_exits_2_naming_the_file_line_and_fault(tmp_path, capsys, name, content, message):
+    """Issue 27 case 9: one line, exit 2, never a KeyError, ValueError or UnicodeDecodeError."""
+    from maskdiffusion.cli import main
+
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code = main(["segment", str(tmp_path / "none.tif"), "--classes-file", str(path), "--out", str(tmp_path / "s.tif")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"maskdiffusion segment: error: class file {path}, {message}", err
+
+
+def test_class_colours_as_hex_or_values_and_a_utf8_bom(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_bytes(b'\xef\xbb\xbf[{"name": "road", "color": "#ff8000"}, {"name": "tree", "color": [0, 128.0, 0]}]')
+    assert [c.color for c in read_class_file(path)] == [(255, 128, 0), (0, 128, 0)]
 
 
 @pytest.mark.parametrize("classes", ["a,,b", ",,,", "tree,"])

@@ -98,6 +98,19 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(image, tmp_path, tin
     assert not any(p.name.startswith(("seg", ".seg")) for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "seed must be between 0 and 4294967295, got -1"),
+    (["--clustering", "spectral", "--spatial-weight", "nan"], "spatial weight must be a number of 0 or more, got nan"),
+], ids=["seed", "spatial-weight"])
+def test_seed_and_spatial_weight_are_checked_when_parsed(image, tmp_path, capsys, args, message):
+    """Issue 27 case 11: refused with one line, exit 2, before the model is loaded (it does
+    not exist here), not as a scikit-learn or numpy error after the run."""
+    code = run("segment", image, "--unsupervised", 3, *args, "--model", tmp_path / "no-model",
+               "--out", tmp_path / "seg.tif")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"maskdiffusion segment: error: {message}", err
+
+
 def test_broken_and_missing_images(tmp_path, tiny_model_dir, capsys):
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00 this is not a tiff")
@@ -225,6 +238,87 @@ def test_the_bands_used_are_said_and_recorded(tmp_path, tiny_model_dir, capsys):
                "--bands", "1", "--out", tmp_path / "seg1.tif") == 0
     assert capsys.readouterr().err == ""
     assert json.loads((tmp_path / "seg1.classes.json").read_text())["bands_used"] == [1, 1, 1]
+
+
+def test_a_65_band_image_is_segmented_on_the_bands_chosen(tmp_path, tiny_model_dir, capsys):
+    """Issue 27 case 13: --bands is applied before the channels are counted; without it, the
+    message asks for a band choice and does not blame the axis order of a file read bands last."""
+    from maskdiffusion.geo.raster_io import write_raster
+
+    many = write_raster(tmp_path / "many.tif", np.random.default_rng(0).integers(0, 256, (65, 128, 128), np.uint8))
+    assert run("segment", many, "--classes", "a,b", "--model", tiny_model_dir, "--quiet", "--tile-size", 128,
+               "--bands", "30,20,10", "--out", tmp_path / "seg.tif") == 0
+    assert json.loads((tmp_path / "seg.classes.json").read_text())["bands_used"] == [30, 20, 10]
+    capsys.readouterr()
+    assert run("segment", many, "--classes", "a,b", "--model", tiny_model_dir, "--quiet",
+               "--out", tmp_path / "seg2.tif") == 2
+    assert capsys.readouterr().err.strip() == (
+        "maskdiffusion segment: error: image of shape (128, 128, 65) has 65 bands: choose the 1 or 3 to use "
+        "(--bands, e.g. 0,1,2)")
+    assert not (tmp_path / "seg2.tif").exists()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_multi_page_tiff_is_refused_saying_how_to_take_one_page(tmp_path, capsys, mode):
+    """Issue 27 case 5: three gray or RGB pages are not segmented on page 1 silently: one line,
+    exit 2, before the model is loaded, naming how to save one page on its own."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pages = [Image.fromarray(rng.integers(0, 256, (64, 80, 3) if mode == "RGB" else (64, 80), np.uint8))
+             for _ in range(3)]
+    stack = tmp_path / "stack.tif"
+    pages[0].save(stack, save_all=True, append_images=pages[1:])
+    assert run("segment", stack, "--classes", "a,b", "--model", tmp_path / "no-model",
+               "--out", tmp_path / "seg.tif") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"maskdiffusion segment: error: {stack} holds 3 images (a multi-page TIFF) and only one image a file is read: "
+        f"save the page you want on its own, e.g. rio convert 'GTIFF_DIR:2:{stack}' page2.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.tif"]
+
+
+def test_a_png_beside_a_tif_of_the_same_name_does_not_take_over_its_sidecar(tmp_path, capsys):
+    """Issue 27 case 4: x.tif and x.png would share x.classes.json, and x.tif would be read with
+    the PNG's classes: refused whatever --overwrite says, one line, exit 2, before the model loads."""
+    from maskdiffusion.core.classes import as_class_specs
+    from maskdiffusion.geo.raster_io import read_class_names, write_labels, write_sidecar
+
+    image = Path(shutil.copy(SAMPLE, tmp_path / "neon.tif"))
+    classes = as_class_specs("a,b")
+    write_labels(tmp_path / "x.tif", np.ones((400, 400), np.uint8), classes)
+    write_sidecar(tmp_path / "x.tif", {"classes": [c.to_dict() for c in classes]})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert run("segment", image, "--classes", "c,d,e", "--model", tmp_path / "no-model", "--out", tmp_path / "x.png",
+               "--overwrite") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"maskdiffusion segment: error: {tmp_path / 'x.tif'} is a label raster of other classes with the same "
+        "sidecar name (x.classes.json) as x.png: writing x.png would give it these classes; choose another name "
+        "for x.png")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert read_class_names(tmp_path / "x.tif") == ["a", "b"]
+
+
+def test_the_closing_line_counts_classes_without_copying_the_map():
+    """Issue 27 case 8: the summary line of a 12000² run made an int64 copy of the label map
+    (8 bytes a pixel, 1.15 GB); counting now takes less than the map's own bytes."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from maskdiffusion.cli.segment import _class_fractions
+    from maskdiffusion.core.classes import as_class_specs
+
+    labels = np.zeros((2000, 3000), np.uint8)
+    labels[:500] = 1
+    labels[500:1500, :1500] = 3
+    result = SimpleNamespace(labels=labels, classes=as_class_specs("a,b,c"))
+    tracemalloc.start()
+    try:
+        text = _class_fractions(result)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert text == "a 25.0%, c 25.0%"
+    assert peak < labels.nbytes / 2, f"{peak / 2**20:.1f} MB to count a {labels.nbytes / 2**20:.1f} MB map"
 
 
 def test_a_warning_is_one_line_on_stderr(tmp_path):

@@ -245,6 +245,26 @@ def test_an_existing_report_is_kept_unless_overwrite(dataset, tmp_path, capsys):
     assert (tmp_path / "r.md").read_text().startswith("# Evaluation")
 
 
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_a_report_on_an_input_is_refused_whatever_overwrite_says(dataset, tmp_path, capsys, where, overwrite):
+    """Issue 27 case 1: --out p with the prediction p.png (given, or in the --pred folder) would
+    replace it with the confusion plot: one line, exit 2, no invitation to --overwrite, nothing written."""
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    pred = folder / "top_potsdam_2_10.png"
+    write_labels(pred, from_index(dataset["truth"]["top_potsdam_2_10"], 6), preset_classes("potsdam6"))
+    before = _report_files(folder)
+    code = run(["--pred", str(pred if where == "file" else folder), "--labels", str(dataset["labels"]),
+                "--out", str(folder / "top_potsdam_2_10"), *overwrite])
+    err = capsys.readouterr().err.strip()
+    source = "the input --pred" if where == "file" else f"an input of --pred {folder}"
+    assert code == 2 and err == (f"maskdiffusion evaluate: error: --out {folder / 'top_potsdam_2_10'} writes the "
+                                 f"report to {pred}, which is {source}: it would be replaced by the report; "
+                                 "choose another --out"), err
+    assert _report_files(folder) == before
+
+
 def test_labels_without_a_class_colour_are_an_error(dataset, tmp_path, capsys):
     """A ground truth none of whose pixels has a class colour is bad input, not an mIoU of '–'."""
     from maskdiffusion.geo.raster_io import write_raster

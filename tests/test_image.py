@@ -47,7 +47,8 @@ def test_uint16_and_float_are_percentile_stretched():
 @pytest.mark.parametrize("bad, message", [
     (np.zeros((0, 5), np.uint8), "empty"),
     (np.zeros((2, 2, 2, 2), np.uint8), "shape"),
-    (np.zeros((3, 3, 100), np.uint8), "bands last"),
+    (np.zeros((3, 3, 100), np.uint8), "has 100 bands: choose the 1 or 3 to use .* put the bands last"),
+    (np.zeros((100, 100, 65), np.uint8), r"has 65 bands: choose the 1 or 3 to use \(--bands, e.g. 0,1,2\)$"),
     (np.array([["a"]]), "not numeric"),
     (np.full((4, 4), np.nan, np.float32), "no finite values"),
 ])

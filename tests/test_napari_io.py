@@ -97,6 +97,57 @@ def test_isprs_tiles_keep_their_georeference_and_labels_decode(tmp_path):
     assert labels[0].max() <= 6 and labels[0].min() >= 1
 
 
+@pytest.mark.parametrize("name", ["top_potsdam_2_10_RGB.tif", "top_potsdam_2_10_label.tif"])
+def test_a_multi_page_tiff_of_a_potsdam_name_is_left_to_napari(tmp_path, name):
+    """Issue 27 case 6: the reader does not claim it (it would show page 1 only); napari reads it whole."""
+    from PIL import Image
+
+    pages = [Image.fromarray(np.full((32, 48, 3), 60 * i, np.uint8)) for i in range(3)]
+    pages[0].save(tmp_path / name, save_all=True, append_images=pages[1:])
+    assert reader.get_reader(str(tmp_path / name)) is None
+    pages[0].save(tmp_path / "top_potsdam_2_11_RGB.tif")
+    assert reader.get_reader(str(tmp_path / "top_potsdam_2_11_RGB.tif")) is reader.read_path
+
+
+def test_label_values_the_sidecar_does_not_list_are_shown_and_warned(tmp_path):
+    """Issue 27 case 7: a map holding values 1-5 whose sidecar lists 3 classes loses nothing:
+    values 4 and 5 come as layers 'unknown class 4' and 'unknown class 5', with one warning."""
+    from maskdiffusion.core.labels import label_values
+    from maskdiffusion.geo.raster_io import write_labels, write_sidecar
+
+    labels = (np.arange(50)[None] // 10).repeat(20, 0).astype(np.uint8) + 1  # values 1..5
+    five = as_class_specs(["road", "tree", "building", "car", "water"])
+    write_labels(tmp_path / "map.tif", labels, five)
+    write_sidecar(tmp_path / "map.tif", {"classes": [c.to_dict() for c in five[:3]],
+                                         "label_values": label_values(five[:3])})
+    with pytest.warns(UserWarning, match=r"map.tif holds label value\(s\) 4, 5 that map.classes.json does not list "
+                                         r"\(it has 3 classes\)"):
+        out = reader.read_path(str(tmp_path / "map.classes.json"))
+    names = [kwargs["name"] for _, kwargs, _ in out]
+    assert names == ["road", "tree", "building", "unknown class 4", "unknown class 5"]
+    for k, (data, kwargs, _) in enumerate(out, start=1):
+        assert np.array_equal(data != 0, labels == k) and kwargs["metadata"]["value"] == k
+    assert sum(int((data != 0).sum()) for data, _, _ in out) == labels.size, "every labelled pixel is shown"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"classes": [{"name": "road"},', "map.classes.json, line 1: not valid JSON (Expecting"),
+    ('["road"]', 'map.classes.json: not a result\'s sidecar (it holds no list of "classes")'),
+    ('{"classes": [{"prompts": ["road"]}]}', 'map.classes.json: a class has no "name"'),
+])
+def test_a_corrupt_sidecar_is_refused_in_one_line(tmp_path, text, message):
+    """Issue 27 case 12: the reader claims X.classes.json beside X.tif, and says in one line
+    why it cannot be used (it was a bare JSONDecodeError)."""
+    from maskdiffusion.geo.raster_io import write_labels
+
+    write_labels(tmp_path / "map.tif", np.ones((8, 8), np.uint8), as_class_specs(["road"]))
+    (tmp_path / "map.classes.json").write_text(text)
+    assert reader.get_reader(str(tmp_path / "map.classes.json")) is reader.read_path
+    with pytest.raises(BadInputError) as error:
+        reader.read_path(str(tmp_path / "map.classes.json"))
+    assert message in str(error.value) and "\n" not in str(error.value) and str(tmp_path) in str(error.value)
+
+
 @pytest.fixture
 def viewer_with_classes():
     """Class layers of a 3-class result on a georeferenced image, and their label map."""
@@ -171,6 +222,26 @@ def test_isprs_rgb_and_palette_png(viewer_with_classes, tmp_path):
     with rasterio.open(paths[0]) as src:
         assert src.count == 1 and np.array_equal(src.read(1), labels)
         assert tuple(src.colormap(1)[2][:3]) == colors[1] and src.colormap(1)[0][3] == 0
+
+
+@pytest.mark.parametrize("write", ["write_palette_png", "write_geotiff"])
+def test_a_writer_does_not_take_over_another_label_rasters_sidecar(viewer_with_classes, tmp_path, write):
+    """Issue 27 case 4: saving x.png where x.tif holds other classes (or x.tif where x.png does)
+    would rewrite their shared x.classes.json: refused in one line, nothing written. The same
+    classes saved in both formats are allowed (the sidecar describes both)."""
+    viewer, labels, _ = viewer_with_classes
+    road = [viewer.layers["road"].as_layer_data_tuple()]
+    all_three = [viewer.layers["semantic map"].as_layer_data_tuple()]
+    first, second = ("x.tif", "x.png") if write == "write_palette_png" else ("x.png", "x.tif")
+    write_first = writers.write_geotiff if first == "x.tif" else writers.write_palette_png
+    write_first(str(tmp_path / first), road)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(BadInputError, match=f"is a label raster of other classes with the same sidecar name .* as "
+                                            f"{second}"):
+        getattr(writers, write)(str(tmp_path / second), all_three)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    getattr(writers, write)(str(tmp_path / second), road)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.classes.json", "x.png", "x.tif"]
 
 
 def test_bundle_round_trip_and_overwrite(viewer_with_classes, tmp_path):

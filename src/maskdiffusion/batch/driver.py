@@ -26,6 +26,7 @@ from .jobs import (
     BatchConfig,
     BatchInputError,
     TileJob,
+    check_status_file,
     digest,
     foreign_output,
     is_finished,
@@ -93,10 +94,12 @@ def process(client, jobs: Sequence[TileJob], config: BatchConfig, report: BatchR
     """Run ``jobs`` on ``client``'s cluster: skip finished ones, redo the rest, record everything.
 
     Without ``overwrite`` a tile whose output path holds a file batch did not write fails (with
-    the reason) and the file is left alone.
+    the reason) and the file is left alone; a ``batch_status.json`` batch did not write stops
+    the run before it starts (:func:`~.jobs.check_status_file`).
     """
     jobs = list(jobs)
     out_dir = jobs[0].output.parent if jobs else Path(".")
+    check_status_file(out_dir, overwrite)
     report = report or BatchReport(out_dir, config)
     previous = previous_records(out_dir)
     remove_temporaries(jobs)

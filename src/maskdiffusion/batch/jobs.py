@@ -3,7 +3,7 @@
 An output counts as finished only when the label raster and its sidecar both exist and carry
 the fingerprint of this run's settings and of the input file (size and modification time).
 A file at an output path that batch did not write (no fingerprint, not the file the status
-records) is never replaced without ``--overwrite``.
+records) is never replaced without ``--overwrite``; nor is a ``batch_status.json`` it did not write.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from ..core.classes import ClassSpec
 from ..core.params import DEFAULT_MODEL, SegmentParams
 from ..errors import BadInputError
 
-__all__ = ["BatchConfig", "BatchInputError", "TileJob", "check_out_dir", "expand_inputs", "finished_output",
-           "foreign_output", "is_finished", "model_key", "plan_jobs", "previous_records", "written_files",
+__all__ = ["BatchConfig", "BatchInputError", "TileJob", "check_out_dir", "check_status_file", "expand_inputs",
+           "finished_output", "foreign_output", "is_finished", "model_key", "plan_jobs", "previous_records",
+           "written_files",
            "CACHE_DIR", "IMAGE_SUFFIXES", "PROTOTYPES_FILE", "STATUS_FILE"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -31,7 +32,6 @@ STATUS_FILE = "batch_status.json"
 PROTOTYPES_FILE = "batch_prototypes.npz"
 CACHE_DIR = ".maskdiffusion-cache"
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_TEMPORARY = re.compile(r"^\.(?P<stem>.+?)(\.classes|\.refine)?\.[0-9a-f]{12}\.tmp\.(tif|json|npz)$")
 _CACHED = re.compile(r"^(?P<stem>.+)\.[0-9a-f]{16}\.npz$")
 
 class BatchInputError(BadInputError):
@@ -244,13 +244,33 @@ def foreign_output(job: TileJob, record: dict | None = None) -> Path | None:
     return None
 
 
+def _read_status(out_dir: Path) -> dict | None:
+    """``out_dir/batch_status.json`` if it is one batch wrote (its settings and tiles), else ``None``."""
+    try:
+        status = json.loads((out_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ours = isinstance(status, dict) and all(isinstance(status.get(k), dict) for k in ("tiles", "settings"))
+    return status if ours else None
+
+
 def previous_records(out_dir: Path) -> dict[str, dict]:
     """The tiles of the last ``batch_status.json`` in ``out_dir`` ({} if there is none or it is unreadable)."""
-    try:
-        tiles = json.loads((out_dir / STATUS_FILE).read_text(encoding="utf-8")).get("tiles")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return tiles if isinstance(tiles, dict) else {}
+    status = _read_status(out_dir)
+    return status["tiles"] if status is not None else {}
+
+
+def check_status_file(out_dir: Path, overwrite: bool = False) -> None:
+    """Refuse a run whose status file would replace a ``batch_status.json`` batch did not write
+    (unless ``overwrite``), or a folder of that name: :class:`BatchInputError`, before any work."""
+    path = out_dir / STATUS_FILE
+    if path.is_dir():
+        raise BatchInputError(f"{path} is a folder; batch records its run in a file of that name: move it or choose "
+                              "another --out-dir")
+    if overwrite or not (path.exists() or path.is_symlink()) or _read_status(out_dir) is not None:
+        return
+    raise BatchInputError(f"{path} exists and was not written by maskdiffusion batch, which records its run there: "
+                          "move it, choose another --out-dir or pass --overwrite to replace it")
 
 
 def written_files(job: TileJob) -> dict[str, list[int]]:
@@ -289,13 +309,14 @@ def _stored_fingerprint(path: Path) -> str | None:
 
 def remove_temporaries(jobs: Sequence[TileJob]) -> None:
     """Delete what interrupted runs left: temporary files of atomic writes, features of old settings."""
+    from ..geo.atomic import remove_stale_temporaries
+
     stems = {job.stem for job in jobs}
     current = {job.cache().name for job in jobs}
+    for job in jobs:
+        for path in (job.output, job.sidecar, job.refine):
+            remove_stale_temporaries(path)
     for folder in {job.output.parent for job in jobs}:
-        for p in folder.glob(".*.tmp.*"):
-            m = _TEMPORARY.match(p.name)
-            if m and m.group("stem") in stems:
-                p.unlink(missing_ok=True)
         cache = folder / CACHE_DIR
         for p in cache.iterdir() if cache.is_dir() else ():
             m = _CACHED.match(p.name)

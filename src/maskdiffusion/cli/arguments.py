@@ -7,6 +7,7 @@ The run parameters are generated from :class:`~maskdiffusion.core.params.Segment
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from pathlib import Path
@@ -20,9 +21,11 @@ __all__ = [
     "add_param_arguments",
     "classes_from_args",
     "model_source",
+    "output_on_input",
     "params_from_args",
     "parse_bands",
     "precision_note",
+    "same_file",
 ]
 
 
@@ -130,3 +133,25 @@ def precision_note(device: str | None, dtype: str | None) -> None:
     if resolve_device(device).type == "cpu":
         print("note: fp16 on a CPU runs about 3x slower than bf16 or fp32; --dtype auto picks bf16 where the CPU "
               "has it, else fp32", file=sys.stderr)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same path after links, or the same existing file)."""
+    if os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b)):
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def output_on_input(outputs: dict[str, Path], inputs: dict[str, Path | None] | list[tuple[str, Path]]
+                    ) -> tuple[str, Path, str] | None:
+    """The first output that is one of the inputs, as (its name, its path, the input's name), or None.
+
+    ``outputs`` and ``inputs`` name each file as the user did (an option, say) with its path;
+    ``inputs`` may be (name, path) pairs, several files under one name.
+    """
+    pairs = list(inputs.items() if isinstance(inputs, dict) else inputs)
+    for name, path in outputs.items():
+        for source, given in pairs:
+            if given is not None and same_file(path, given):
+                return name, path, source
+    return None

@@ -15,6 +15,7 @@ from ..batch import (
     BatchInputError,
     BatchReport,
     check_out_dir,
+    check_status_file,
     dask_client,
     expand_inputs,
     foreign_output,
@@ -99,6 +100,7 @@ def run(args) -> int:
     check_out_dir(args.inputs, out_dir)
     inputs = expand_inputs(args.inputs, exclude=out_dir)
     make_folder(out_dir)
+    check_status_file(out_dir, args.overwrite)
     jobs = plan_jobs(inputs, out_dir, config)
     report = BatchReport(out_dir, config)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .arguments import add_model_arguments, add_param_arguments, model_source
+from .arguments import add_model_arguments, add_param_arguments, model_source, output_on_input
 
 __all__ = ["add_parser", "run"]
 
@@ -62,18 +62,38 @@ def _segment_first(args, classes) -> None:
 
 
 def _prepare_outputs(args) -> None:
-    """The report's files (and with --images the predictions) may be written: no report file
-    exists (without --overwrite), the folders can be made and written. Checked before any
-    scoring or segmentation."""
-    from ..evaluation import EvaluationError, check_report_paths
+    """The report's files (and with --images the predictions) may be written: none is one of
+    the inputs (whatever --overwrite says), none exists (without --overwrite), the folders can be
+    made and written. Checked before any scoring or segmentation."""
+    from ..evaluation import EvaluationError, check_report_paths, report_paths
     from ..geo.atomic import make_folder
 
+    clash = output_on_input(dict(enumerate(report_paths(args.out, args.unsupervised).values())), _input_files(args))
+    if clash is not None:
+        _, path, source = clash
+        raise EvaluationError(f"--out {args.out} writes the report to {path}, which is {source}: it would be "
+                              "replaced by the report; choose another --out")
     make_folder(check_report_paths(args.out, args.unsupervised, args.overwrite)["json"].parent)
     if args.images:
         if Path(args.pred).is_file():
             raise EvaluationError(f"with --images, --pred names the folder for the predictions, not a file: "
                                   f"{args.pred}")
         make_folder(args.pred)
+
+
+def _input_files(args) -> list[tuple[str, Path]]:
+    """Every file the command reads, with the option that names it (a folder's rasters each)."""
+    from ..evaluation import raster_files
+
+    found = []
+    for option in ("pred", "labels", "images", "classes"):
+        given = getattr(args, option)
+        path = Path(given) if given is not None else None
+        if path is not None and path.is_dir() and option != "classes":
+            found += [(f"an input of --{option} {given}", p) for p in raster_files(path)]
+        elif path is not None and path.is_file():
+            found.append((f"the input --{option}", path))
+    return found
 
 
 def run(args) -> int:
@@ -94,7 +114,7 @@ def run(args) -> int:
     if report["off_palette_pixels"]:
         print(f"maskdiffusion evaluate: {report['off_palette_pixels']} label pixels of no class colour ignored",
               file=sys.stderr)
-    paths = write_report(report, args.out)
+    paths = write_report(report, args.out, replace=args.overwrite)
     print(f"mIoU {format_percent(report['miou'])}  pixel accuracy {format_percent(report['pixel_accuracy'])}  "
           f"({report['n_images']} image(s)) -> {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -13,8 +12,10 @@ from .arguments import (
     add_param_arguments,
     classes_from_args,
     model_source,
+    output_on_input,
     params_from_args,
     precision_note,
+    same_file,
 )
 
 __all__ = ["add_parser", "run"]
@@ -59,10 +60,11 @@ def _outputs(args) -> dict[str, Path]:
     return named
 
 
-def _check_outputs(args, n_classes: int) -> None:
+def _check_outputs(args, classes, n_classes: int) -> None:
     """Every output's suffix, file name, folder and existence, and the format's class limit,
     before any work: a run that cannot write its results does not start."""
-    from ..geo.atomic import check_writable
+    from ..geo.atomic import check_name_length, check_writable
+    from ..geo.raster_io import check_sidecar_free
 
     for name, suffixes in _SUFFIXES.items():
         path = getattr(args, name)
@@ -71,7 +73,11 @@ def _check_outputs(args, n_classes: int) -> None:
     if args.scribbles is not None and args.scores is not None:
         raise UsageError("--scores and --scribbles together are not supported: the scores are those before refinement")
     outputs = _outputs(args)
+    for name, path in outputs.items():
+        check_name_length(path, f"{name} {path.name}")
     _refuse_collisions(outputs, {"IMAGE": args.image, "--scribbles": args.scribbles})
+    if not args.unsupervised:  # the names of clusters are known after the run; checked when written
+        check_sidecar_free(args.out, [c.name for c in classes])
     if args.out.suffix.lower() == ".png" and n_classes > 255:
         raise UsageError(f"--out {args.out.name}: a palette PNG holds at most 255 classes, this run has {n_classes}; "
                          "use .tif")
@@ -86,26 +92,16 @@ def _check_outputs(args, n_classes: int) -> None:
 
 def _refuse_collisions(outputs: dict[str, Path], inputs: dict[str, Path | None]) -> None:
     """Two outputs at one path, or an output on an input, even with --overwrite."""
-    seen: dict[str, str] = {}
-    for name, path in outputs.items():
-        for source, given in inputs.items():
-            if given is not None and _same_file(path, given):
-                raise UsageError(f"{name} {path} is the input {source}: it would be replaced by its own "
-                                 f"segmentation; choose another {name}")
-        key = _file_key(path)
-        if key in seen:
-            raise UsageError(f"{name} and {seen[key]} are the same file ({path}); give each output its own")
-        seen[key] = name
-
-
-def _file_key(path: Path) -> str:
-    return os.path.normcase(os.path.realpath(path))
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if _file_key(a) == _file_key(b):
-        return True
-    return a.exists() and b.exists() and os.path.samefile(a, b)
+    clash = output_on_input(outputs, inputs)
+    if clash is not None:
+        name, path, source = clash
+        raise UsageError(f"{name} {path} is the input {source}: it would be replaced by its own segmentation; "
+                         f"choose another {name}")
+    named = list(outputs.items())
+    for i, (name, path) in enumerate(named):
+        other = next((n for n, p in named[:i] if same_file(path, p)), None)
+        if other is not None:
+            raise UsageError(f"{name} and {other} are the same file ({path}); give each output its own")
 
 
 def run(args) -> int:
@@ -115,7 +111,7 @@ def run(args) -> int:
     classes = classes_from_args(args)
     params = params_from_args(args, return_scores=args.scores is not None,
                               return_confidence=args.confidence is not None)
-    _check_outputs(args, params.unsupervised or len(classes))
+    _check_outputs(args, classes, params.unsupervised or len(classes))
     precision_note(args.device, args.dtype)
     image, geo, valid = read_input(args.image)
     _notes(args, image, geo, params)
@@ -155,10 +151,10 @@ def _nodata_unlabelled(result, valid, scribbles):
 def _notes(args, image, geo, params) -> None:
     """One line each on stderr: the bands used when the image is not gray or RGB, and where
     polygons of an image georeferenced by ground control points are placed."""
-    from ..core.image import choose_bands
+    from ..core.image import MAX_BANDS, choose_bands
 
     n_bands = 1 if image.ndim == 2 else image.shape[2]
-    if params.bands is None and n_bands not in (1, 3):
+    if params.bands is None and n_bands not in (1, 3) and n_bands <= MAX_BANDS:
         used = choose_bands(n_bands, None)
         how = "band 0 as gray" if len(set(used)) == 1 else f"bands {','.join(map(str, used))} as R,G,B"
         print(f"note: {args.image.name} has {n_bands} bands; using {how} (choose with --bands)", file=sys.stderr)
@@ -175,14 +171,15 @@ def _write_outputs(args, result, geo, metadata) -> None:
     written beside its target and read back, and only when all are good are they renamed
     into place. Otherwise none is, and the files they would replace are left as they were; a
     file system error (disk full, no permission...) is an :class:`OutputError` naming the file
-    (one line, exit status 1).
+    (one line, exit status 1). Without ``--overwrite`` no file is replaced, not even one that
+    appeared during the run (exit status 2).
     """
     import numpy as np
 
     from ..geo.atomic import StagedOutputs
     from ..geo.raster_io import write_labels, write_raster, write_sidecar
 
-    with StagedOutputs():
+    with StagedOutputs(replace=args.overwrite):
         write_labels(args.out, result.labels, result.classes, geo, metadata)
         if args.confidence is not None:
             write_raster(args.confidence, result.confidence, geo, nodata=np.nan)
@@ -241,28 +238,62 @@ class _ProgressBar:
         self.bar.update(step.done - self.bar.n)
 
 
+#: Values written or compared at a time by :func:`_save_npy` (16 MiB of float32).
+_NPY_PIECE = 2**22
+
+
 def _save_npy(path: Path, array) -> Path:
-    """Save ``array`` as .npy, atomically, checked by loading it back plane by plane."""
+    """Save ``array`` as .npy, atomically, checked by reading it back piece by piece.
+
+    The data go through Python's ``write`` in 16 MiB pieces (numpy's own ``tofile`` loses the
+    reason of a short write), so a full disk says so, as every other output does; the check
+    reads the file in pieces too (a memory map kept every page it compared resident: the
+    whole file again in memory).
+    """
     import numpy as np
 
     from ..errors import OutputError
     from ..geo.atomic import atomic_output
 
+    array = np.ascontiguousarray(array)
+    flat = array.reshape(-1)
+
     def reads_back(tmp: Path) -> None:
-        saved = np.load(tmp, mmap_mode="r")
-        same = saved.shape == array.shape and saved.dtype == array.dtype
-        if not (same and all(np.array_equal(s, a, equal_nan=True) for s, a in zip(saved, array))):
+        fmt = np.lib.format
+        with open(tmp, "rb") as f:
+            version = fmt.read_magic(f)
+            header = fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f)
+            same = header == (array.shape, False, array.dtype)
+            for i in range(0, flat.size, _NPY_PIECE) if same else ():
+                piece = flat[i : i + _NPY_PIECE]
+                if not np.array_equal(np.fromfile(f, array.dtype, piece.size), piece, equal_nan=True):
+                    same = False
+                    break
+        if not same:
             raise OutputError(f"cannot write {path}: the written file does not read back as written; "
                               "nothing was written or replaced")
 
     with atomic_output(path, check=reads_back) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
+        np.lib.format.write_array(_Writes(f), array, allow_pickle=False)
     return path
 
 
+class _Writes:
+    """A file seen only through its ``write`` method."""
+
+    def __init__(self, file):
+        self.write = file.write
+
+
 def _class_fractions(result) -> str:
+    """Each class's share of the pixels, counted in bands of about 262,144 pixels: the whole
+    map is never copied (``np.bincount`` of all of it made an int64 copy, 8 bytes a pixel)."""
     import numpy as np
 
-    counts = np.bincount(result.labels.ravel(), minlength=len(result.classes) + 1)[1:]
-    total = max(int(result.labels.size), 1)
-    return ", ".join(f"{c.name} {100 * n / total:.1f}%" for c, n in zip(result.classes, counts) if n)
+    labels = result.labels
+    counts = np.zeros(len(result.classes) + 1, np.int64)
+    rows = max(1, 2**18 // max(labels.shape[1], 1))
+    for y in range(0, labels.shape[0], rows):
+        counts += np.bincount(labels[y : y + rows].ravel(), minlength=counts.size)[: counts.size]
+    total = max(int(labels.size), 1)
+    return ", ".join(f"{c.name} {100 * n / total:.1f}%" for c, n in zip(result.classes, counts[1:]) if n)

@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 from ..errors import BadInputError
@@ -61,10 +62,7 @@ class ClassSpec:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "prompts", prompts)
         if self.color is not None:
-            color = tuple(int(c) for c in self.color)
-            if len(color) != 3 or not all(0 <= c <= 255 for c in color):
-                raise ClassListError(f"class {name!r}: colour must be three values 0-255, got {self.color!r}")
-            object.__setattr__(self, "color", color)
+            object.__setattr__(self, "color", _color(name, self.color))
 
     @property
     def prompt(self) -> str:
@@ -76,10 +74,18 @@ class ClassSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ClassSpec:
+        """A class from its stored form; anything else is a :class:`ClassListError` saying what."""
+        if not isinstance(d, dict):
+            raise ClassListError(f"a class must be a name or an object with a \"name\", got {d!r}")
+        if not isinstance(d.get("name"), str):
+            raise ClassListError("a class has no \"name\"" if "name" not in d else
+                                 f"a class name must be text, got {d['name']!r}")
         prompts = d.get("prompts", d.get("prompt", ()))
         if isinstance(prompts, str):
             prompts = [p.strip() for p in prompts.split("|")]
-        return cls(d["name"], tuple(prompts), tuple(d["color"]) if d.get("color") else None)
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+            raise ClassListError(f"class {d['name']!r}: prompts must be a list of texts, got {prompts!r}")
+        return cls(d["name"], tuple(prompts), d.get("color") or None)
 
 
 # A qualitative palette (Glasbey-like) for classes without a colour; index 0 is never black.
@@ -150,37 +156,99 @@ def read_class_file(path: str | Path) -> list[ClassSpec]:
     """Read a class list: ``.json`` (a list of dicts, or ``{"classes": [...]}``) or text.
 
     Text files hold one class a line, ``name``, ``name = prompt | prompt`` or
-    ``name = prompt ; #rrggbb``; lines starting with ``#`` are comments.
+    ``name = prompt ; #rrggbb``; lines starting with ``#`` are comments. A file that cannot be
+    used is a :class:`ClassListError` naming the file, the line and what is wrong.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise ClassListError(f"cannot read class file {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ClassListError(f"class file {path}, line {line}: not UTF-8 text "
+                             f"(byte 0x{data[e.start]:02x}); save it as UTF-8") from None
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ClassListError(f"class file {path} is not valid JSON: {e}") from None
-        if isinstance(data, dict):
-            data = data.get("classes", [])
-        return as_class_specs(data)
+        return _read_json_classes(path, text)
     specs = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         line, _, colour = line.partition(";")
         name, _, prompts = line.partition("=")
-        color = _parse_hex(colour.strip()) if colour.strip() else None
-        specs.append(ClassSpec(name, tuple(p.strip() for p in prompts.split("|")) if prompts.strip() else (), color))
-    return as_class_specs(specs)
+        try:
+            specs.append(ClassSpec(name, tuple(p.strip() for p in prompts.split("|")) if prompts.strip() else (),
+                                   colour.strip() or None))
+        except ClassListError as e:
+            raise ClassListError(f"class file {path}, line {number}: {e}") from None
+    return _in_file(path, specs)
 
 
-def _parse_hex(text: str) -> tuple[int, int, int]:
-    h = text.lstrip("#")
-    if len(h) != 6:
-        raise ClassListError(f"colour {text!r} is not #rrggbb")
-    return tuple(int(h[i : i + 2], 16) for i in (0, 2, 4))
+def _read_json_classes(path: Path, text: str) -> list[ClassSpec]:
+    try:
+        data = _loads_with_lines(text)
+    except json.JSONDecodeError as e:
+        raise ClassListError(f"class file {path}, line {e.lineno}: not valid JSON ({e.msg}, column {e.colno})"
+                             ) from None
+    entries = data.get("classes", []) if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ClassListError(f"class file {path}: expected a list of classes or {{\"classes\": [...]}}")
+    specs = []
+    for entry in entries:
+        try:
+            specs.append(ClassSpec(entry) if isinstance(entry, str) else ClassSpec.from_dict(entry))
+        except ClassListError as e:
+            where = f", line {entry.line}" if isinstance(entry, _LocatedDict) else ""
+            raise ClassListError(f"class file {path}{where}: {e}") from None
+    return _in_file(path, specs)
+
+
+def _in_file(path: Path, specs: list[ClassSpec]) -> list[ClassSpec]:
+    """:func:`as_class_specs` of a file's classes; an empty or duplicate list names the file."""
+    try:
+        return as_class_specs(specs)
+    except ClassListError as e:
+        raise ClassListError(f"class file {path}: {e}") from None
+
+
+class _LocatedDict(dict):
+    """A JSON object that knows the line it starts on."""
+
+    line = 0
+
+
+def _loads_with_lines(text: str):
+    """``json.loads`` whose objects are :class:`_LocatedDict`, so a bad class can name its line."""
+    import json.decoder
+    import json.scanner
+
+    decoder = json.JSONDecoder()
+
+    def parse_object(s_and_end, *args):
+        obj, end = json.decoder.JSONObject(s_and_end, *args)
+        located = _LocatedDict(obj)
+        located.line = s_and_end[0].count("\n", 0, s_and_end[1]) + 1
+        return located, end
+
+    decoder.parse_object = parse_object
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    return decoder.decode(text)
+
+
+def _color(name: str, value) -> tuple[int, int, int]:
+    """A class colour from ``#rrggbb`` or three values 0-255."""
+    if isinstance(value, str):
+        h = value.strip().removeprefix("#")
+        if len(h) == 6 and all(c in "0123456789abcdefABCDEF" for c in h):
+            return tuple(int(h[i : i + 2], 16) for i in (0, 2, 4))
+    elif isinstance(value, Iterable):
+        items = list(value)
+        if len(items) == 3 and all(isinstance(c, Real) and not isinstance(c, bool) and float(c).is_integer()
+                                   and 0 <= c <= 255 for c in items):
+            return tuple(int(c) for c in items)
+    raise ClassListError(f"class {name!r}: colour must be #rrggbb or three values 0-255, got {value!r}")
 
 
 def write_class_file(path: str | Path, classes: Sequence[ClassSpec]) -> None:

@@ -39,10 +39,8 @@ class ImageSource:
             arr = arr[..., 0]
         if arr.ndim not in (2, 3):
             raise InputImageError(f"expected an image of shape (H, W) or (H, W, bands), got shape {tuple(arr.shape)}")
-        if arr.ndim == 3 and arr.shape[2] > MAX_BANDS:
-            raise InputImageError(
-                f"image of shape {tuple(arr.shape)} has {arr.shape[2]} channels: expected bands last, (H, W, bands)"
-            )
+        if arr.ndim == 3 and arr.shape[2] > MAX_BANDS and bands is None:
+            raise InputImageError(_too_many_bands(tuple(arr.shape)))
         if arr.shape[0] < 1 or arr.shape[1] < 1:
             raise InputImageError(f"image is empty (shape {tuple(arr.shape)})")
         numeric = np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
@@ -150,6 +148,15 @@ def choose_bands(n_bands: int, bands: Sequence[int] | None = None) -> tuple[int,
         raise InputImageError(f"band {bad[0]} does not exist: the image has {n_bands} band(s), "
                               f"numbered 0 to {n_bands - 1}")
     return bands * 3 if len(bands) == 1 else bands
+
+
+def _too_many_bands(shape: tuple[int, ...]) -> str:
+    """Why an (H, W, C) array with more than :data:`MAX_BANDS` channels and no band choice is refused:
+    the bands must be chosen, unless its first axis is small enough to be the bands (then say so)."""
+    text = f"image of shape {shape} has {shape[2]} bands: choose the 1 or 3 to use (--bands, e.g. 0,1,2)"
+    if shape[0] <= MAX_BANDS:
+        text += ", or, if its first axis holds the bands, put the bands last, (H, W, bands)"
+    return text
 
 
 def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:

@@ -7,6 +7,7 @@ metadata (:func:`face_fields`), so a new parameter appears in both by being decl
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from ..errors import BadInputError
@@ -94,6 +95,10 @@ class SegmentParams:
             raise ParamsError(f"unsupervised K must be between 2 and 256, got {self.unsupervised}")
         if self.clustering not in ("kmeans", "spectral"):
             raise ParamsError(f"clustering must be 'kmeans' or 'spectral', got {self.clustering!r}")
+        if not 0 <= self.seed < 2**32:
+            raise ParamsError(f"seed must be between 0 and {2**32 - 1}, got {self.seed}")
+        if not (math.isfinite(self.spatial_weight) and self.spatial_weight >= 0):
+            raise ParamsError(f"spatial weight must be a number of 0 or more, got {self.spatial_weight}")
         if len(self.feature_layers) != 2:
             raise ParamsError("feature_layers names exactly two modules (coarse, fine)")
         if self.bands is not None:

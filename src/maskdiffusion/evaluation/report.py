@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError, OutputError
-from ..geo.atomic import StagedOutputs, atomic_output, write_json, write_text
+from ..geo.atomic import StagedOutputs, atomic_output, check_name_length, write_json, write_text
 
 __all__ = ["check_report_paths", "format_percent", "report_paths", "write_report"]
 
@@ -120,6 +120,7 @@ def check_report_paths(out, unsupervised: bool = False, overwrite: bool = False)
     """The report's paths, refused before any work when one exists (without ``overwrite``)."""
     paths = report_paths(out, unsupervised)
     for path in paths.values():
+        check_name_length(path, f"the report {path.name}")
         if path.is_dir():
             raise BadInputError(f"{path} is a folder; name the report with --out")
         if path.exists() and not overwrite:
@@ -127,15 +128,16 @@ def check_report_paths(out, unsupervised: bool = False, overwrite: bool = False)
     return paths
 
 
-def write_report(report: dict, out) -> dict[str, Path]:
+def write_report(report: dict, out, replace: bool = True) -> dict[str, Path]:
     """Write ``OUT.json``, ``OUT.md`` and the confusion-matrix plot ``OUT.png`` (plus
     ``OUT_per_image.png`` for unsupervised predictions), all of them or, on failure, none:
-    an older report there stays as it was."""
+    an older report there stays as it was. Without ``replace`` no file there is replaced,
+    not even one that appeared while the report was made."""
     evaluations = report["evaluations"]
     paths = report_paths(out, "hungarian_per_image" in evaluations)
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
     main = next(iter(evaluations))
-    with StagedOutputs():
+    with StagedOutputs(replace):
         write_json(paths["json"], report)
         write_text(paths["markdown"], _markdown(report))
         _plot_confusion(paths["plot"], evaluations[main], report["classes"])

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import glob
 import json
 import math
 import os
+import re
 import signal
 import threading
 import uuid
@@ -25,8 +27,8 @@ import numpy as np
 
 from ..errors import BadInputError, MaskDiffusionError, OutputError
 
-__all__ = ["StagedOutputs", "atomic_output", "check_writable", "make_folder", "output_error", "temporary_path",
-           "to_jsonable", "write_json", "write_text"]
+__all__ = ["StagedOutputs", "atomic_output", "check_name_length", "check_writable", "make_folder", "output_error",
+           "remove_stale_temporaries", "temporary_path", "to_jsonable", "write_json", "write_text"]
 
 #: The :class:`StagedOutputs` that :func:`atomic_output` joins in this thread or task, if any.
 _STAGED: contextvars.ContextVar[StagedOutputs | None] = contextvars.ContextVar("maskdiffusion_staged", default=None)
@@ -36,9 +38,62 @@ _KNOWN_REASONS = tuple(os.strerror(code) for code in (
     errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT))
 
 
+#: The temporaries this process is writing or keeping now (absolute paths): never stale.
+_LIVE: set[str] = set()
+_LIVE_LOCK = threading.Lock()
+
+
 def temporary_path(path: Path) -> Path:
-    """A hidden name beside ``path`` that keeps its suffix (so GDAL picks the same driver)."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    """A hidden name beside ``path`` that keeps its suffix (so GDAL picks the same driver):
+    ``.NAME.<12 hex>.tmp.SUFFIX``. It counts as in use by this process until :func:`_release`."""
+    tmp = path.with_name(_temporary_name(path, uuid.uuid4().hex[:12]))
+    with _LIVE_LOCK:
+        _LIVE.add(os.path.abspath(tmp))
+    return tmp
+
+
+def _temporary_name(path: Path, token: str) -> str:
+    return f".{path.stem}.{token}.tmp{path.suffix}"
+
+
+def _release(*tmps: Path) -> None:
+    with _LIVE_LOCK:
+        _LIVE.difference_update(os.path.abspath(t) for t in tmps)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Delete the hidden temporaries of ``path`` (:func:`temporary_path`'s naming) that a run
+    killed before its commit (SIGKILL, power loss) left behind; those this process is using
+    are kept. Called whenever ``path`` is written again."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.[0-9a-f]{{12}}\.tmp{re.escape(path.suffix)}")
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.stem)}.*.tmp{glob.escape(path.suffix)}"))
+    except OSError:
+        return
+    with _LIVE_LOCK:
+        stale = [p for p in candidates if pattern.fullmatch(p.name) and os.path.abspath(p) not in _LIVE]
+    for p in stale:
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+
+
+def check_name_length(path: str | os.PathLike, what: str | None = None) -> None:
+    """Raise :class:`BadInputError` if the file system cannot hold ``path``'s name or the hidden
+    temporary name it is written under (:func:`temporary_path`, 18 bytes longer).
+
+    ``what`` names the output in the message (an option, say); the path by default.
+    """
+    path = Path(path)
+    folder = next((p for p in path.absolute().parents if p.is_dir()), Path("."))
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    size, longest = len(os.fsencode(path.name)), len(os.fsencode(_temporary_name(path, "0" * 12)))
+    if longest > limit:
+        raise BadInputError(f"{what or path}: file name too long ({size} bytes, {longest} for the hidden temporary "
+                            f"it is written under; the file system allows {limit})")
 
 
 def output_error(path: str | os.PathLike, error: BaseException) -> OutputError:
@@ -71,10 +126,19 @@ def check_writable(folder: str | os.PathLike) -> None:
 
 
 def make_folder(folder: str | os.PathLike) -> Path:
-    """Create an output folder (with its parents) if missing and check it can be written."""
+    """Create an output folder (with its parents) if missing and check it can be written.
+
+    A file where the folder or one of its parents should be is bad input (exit status 2);
+    a folder that cannot be made or written (permissions, read-only) an :class:`OutputError`.
+    """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        if file == folder:
+            raise BadInputError(f"{folder} is a file, not a folder") from None
+        raise BadInputError(f"cannot make the folder {folder}: {file} is a file") from None
     except OSError as e:
         raise OutputError(f"cannot make the folder {folder}: {e.strerror or e}") from None
     check_writable(folder)
@@ -90,6 +154,11 @@ class StagedOutputs:
     and no target is touched. The renames themselves run with SIGINT and SIGTERM held back;
     should one of them fail, the targets renamed before it are put back as they were.
 
+    With ``replace=False`` (a command without ``--overwrite``) a target is never replaced, even
+    one that appeared while the run was going: each is put in place by a hard link, which fails
+    if the name exists (on a file system without hard links, by a rename right after checking),
+    and a target found there is a :class:`BadInputError`; the targets placed before it are removed.
+
     Examples
     --------
     >>> with StagedOutputs():                                     # doctest: +SKIP
@@ -97,7 +166,8 @@ class StagedOutputs:
     ...     write_sidecar("seg.tif", metadata)
     """
 
-    def __init__(self):
+    def __init__(self, replace: bool = True):
+        self.replace = replace
         self._staged: list[tuple[Path, Path]] = []
         self._token = None
 
@@ -111,12 +181,13 @@ class StagedOutputs:
         if exc_type is not None:
             _discard(staged)
             return False
-        _commit(staged)
+        _commit(staged, self.replace)
         return False
 
     def _add(self, tmp: Path, target: Path) -> None:
         if any(_same_target(target, t) for _, t in self._staged):
             tmp.unlink(missing_ok=True)
+            _release(tmp)
             raise BadInputError(f"{target} is written twice by one run")
         self._staged.append((tmp, target))
 
@@ -143,6 +214,7 @@ def atomic_output(path: str | os.PathLike, check: Callable[[Path], None] | None 
     path = Path(path)
     if not path.parent.is_dir():
         raise BadInputError(f"cannot write {path}: folder {path.parent} does not exist")
+    remove_stale_temporaries(path)
     tmp = temporary_path(path)
     try:
         yield tmp
@@ -153,6 +225,7 @@ def atomic_output(path: str | os.PathLike, check: Callable[[Path], None] | None 
             check(tmp)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
+        _release(tmp)
         if isinstance(error, MaskDiffusionError) or not isinstance(error, OSError):
             raise
         raise output_error(path, error) from error
@@ -175,25 +248,48 @@ def _flush(tmp: Path) -> None:
 def _discard(staged: list[tuple[Path, Path]]) -> None:
     for tmp, _ in staged:
         tmp.unlink(missing_ok=True)
+    _release(*(tmp for tmp, _ in staged))
 
 
-def _commit(staged: list[tuple[Path, Path]]) -> None:
-    """Rename every temporary onto its target; if one rename fails, undo those before it."""
+def _commit(staged: list[tuple[Path, Path]], replace: bool = True) -> None:
+    """Rename every temporary onto its target (or, without ``replace``, put it where no file is);
+    if one fails, undo those before it."""
     done: list[tuple[Path, Path | None]] = []
     with _signals_held():
         try:
             for tmp, target in staged:
-                done.append((target, _keep_old(target)))
-                os.replace(tmp, target)
+                failing = target
+                if replace:
+                    done.append((target, _keep_old(target)))
+                    os.replace(tmp, target)
+                else:
+                    _place_new(tmp, target)
+                    done.append((target, None))
+                    tmp.unlink(missing_ok=True)
         except BaseException as error:
             _roll_back(done)
             _discard(staged)
+            _release(*(old for _, old in done if old is not None))
             if isinstance(error, OSError) and not isinstance(error, MaskDiffusionError):
-                raise output_error(done[-1][0] if done else staged[0][1], error) from error
+                raise output_error(failing, error) from error
             raise
         for _, old in done:
             if old is not None:
                 old.unlink(missing_ok=True)
+        _release(*(tmp for tmp, _ in staged), *(old for _, old in done if old is not None))
+
+
+def _place_new(tmp: Path, target: Path) -> None:
+    """Give ``tmp`` the name ``target`` unless a file has it (a hard link never replaces)."""
+    appeared = BadInputError(f"{target} exists (it appeared while the run was going); pass --overwrite to replace it")
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise appeared from None
+    except OSError:  # a file system without hard links
+        if target.exists() or target.is_symlink():
+            raise appeared from None
+        os.replace(tmp, target)
 
 
 def _keep_old(target: Path) -> Path | None:

@@ -40,8 +40,10 @@ __all__ = [
     "ImageInfo",
     "ImageReadError",
     "POTSDAM_CRS",
+    "check_sidecar_free",
     "image_info",
     "image_reference",
+    "page_count",
     "read_class_names",
     "read_label_info",
     "read_image",
@@ -153,7 +155,27 @@ def _open(path) -> Iterator[rasterio.io.DatasetReader]:
     with src:
         if np.dtype(src.dtypes[0]).kind not in "uif":
             raise ImageReadError(f"{path}: unsupported pixel type {src.dtypes[0]} (need integer or float)")
+        pages = _pages(src)
+        if pages > 1:
+            raise ImageReadError(f"{path} holds {pages} images (a multi-page TIFF) and only one image a file is read: "
+                                 f"save the page you want on its own, e.g. rio convert 'GTIFF_DIR:2:{path}' page2.tif")
         yield src
+
+
+def _pages(src) -> int:
+    """How many images (pages) a TIFF holds besides its overviews and masks; 1 for other formats."""
+    return max(1, sum(name.startswith("GTIFF_DIR:") for name in src.subdatasets))
+
+
+def page_count(path) -> int:
+    """How many images a file holds: more than 1 only for a multi-page TIFF (0 if it cannot be opened)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return _pages(src)
+    except RasterioError:
+        return 0
 
 
 #: GDAL's block cache while an image is read (MB): the decoded blocks are not kept as a second copy.
@@ -500,7 +522,8 @@ def write_labels(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: Ge
     tags and in the band description, CRS and transform from ``geo``. ``.png``: palette PNG
     (at most 255 classes, 0 transparent black), names as text chunks, no georeference (keep it
     in the sidecar). ``metadata`` is stored as JSON in the tag ``MASKDIFFUSION_METADATA``.
-    Atomic.
+    Atomic; refused where a label raster of other classes and another suffix has the same
+    sidecar name (:func:`check_sidecar_free`).
     """
     path = Path(path)
     driver = _driver(path, _LABEL_DRIVERS)
@@ -510,6 +533,7 @@ def write_labels(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: Ge
     if driver == "PNG" and dtype != np.uint8:
         raise BadInputError(f"cannot write {path}: a palette PNG holds at most 255 classes, got {len(classes)}; "
                             "use .tif")
+    check_sidecar_free(path, [c.name for c in classes])
     options = {**_tiff_profile(dtype), "nodata": UNLABELLED} if driver == "GTiff" else {"WRITE_METADATA_AS_TEXT": "YES"}
 
     def decorate(dst) -> None:
@@ -534,6 +558,7 @@ def write_isprs_rgb(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo:
     driver = _driver(path, _LABEL_DRIVERS)
     classes = as_class_specs(classes)
     labels = _check_labels(labels, len(classes))
+    check_sidecar_free(path, [c.name for c in classes])
     rgb = encode_isprs_labels(to_index(labels), classes)
     options = {**_tiff_profile(np.uint8), "photometric": "RGB"} if driver == "GTiff" else {}
     return _write_dataset(path, driver, np.moveaxis(rgb, -1, 0), geo, options)
@@ -562,8 +587,41 @@ def sidecar_path(out_path) -> Path:
     return Path(out_path).with_suffix(".classes.json")
 
 
+def check_sidecar_free(out_path, names: Sequence[str] | None = None) -> None:
+    """Refuse (:class:`BadInputError`) to write the label raster ``out_path`` (of the classes
+    ``names``) or its sidecar where a label raster of the same name with another suffix holds
+    other classes: ``x.tif`` and ``x.png`` share ``x.classes.json``, so writing one would have
+    the other read with these classes. ``names`` unknown: any such raster is refused."""
+    path = Path(out_path)
+    for suffix in _LABEL_DRIVERS:
+        other = path.with_suffix(suffix)
+        if other.name == path.name or not other.is_file() or (path.exists() and other.samefile(path)):
+            continue
+        held = _tagged_class_names(other)
+        if held is not None and (names is None or list(names) != held):
+            raise BadInputError(f"{other} is a label raster of other classes with the same sidecar name "
+                                f"({sidecar_path(path).name}) as {path.name}: writing {path.name} would give it "
+                                f"these classes; choose another name for {path.name}")
+
+
+def _tagged_class_names(path: Path) -> list[str] | None:
+    """The class names one of our label rasters carries in its tags (``None`` for other files)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                names = json.loads(src.tags().get("CLASSES") or "null")
+    except (RasterioError, ValueError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
 def write_sidecar(out_path, metadata: dict) -> Path:
-    """Write ``metadata`` (classes, model, parameters, georeference) as JSON beside an output."""
+    """Write ``metadata`` (classes, model, parameters, georeference) as JSON beside an output
+    (refused where a label raster of other classes has the same sidecar name, :func:`check_sidecar_free`)."""
+    classes = metadata.get("classes")
+    names = [c.get("name") for c in classes if isinstance(c, dict)] if isinstance(classes, list) else None
+    check_sidecar_free(out_path, names)
     return write_json(sidecar_path(out_path), metadata)
 
 

@@ -7,7 +7,8 @@
   annotator's strokes as strokes), which the dock takes in to continue refining;
 - ISPRS Potsdam files (``top_potsdam_*.tif`` with their ``.tfw``, ``potsdam_*_label*.tif``):
   images keep their georeference (EPSG:32633), a multi-band tile opens as its band stack and an
-  RGB view, labels as a semantic map of the six Potsdam classes.
+  RGB view, labels as a semantic map of the six Potsdam classes. A multi-page TIFF of such a
+  name is left to napari, which reads every page.
 
 The layers of one file carry one annotation id (``metadata["annotation"]``) and where they came
 from (``metadata["source_file"]``), so the dock binds them as one annotation that can be saved
@@ -19,11 +20,12 @@ from __future__ import annotations
 import json
 import re
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..core.classes import ClassSpec, preset_classes
+from ..core.classes import ClassSpec, default_color, preset_classes
 from ..core.labels import from_stored
 from ..errors import BadInputError
 from .images import image_layer_data
@@ -51,7 +53,9 @@ def _kind(path) -> str | None:
     if p.name.endswith(_SIDECAR) and p.is_file() and _raster_of(p) is not None:
         return "sidecar"
     if p.is_file() and (_POTSDAM_IMAGE.search(p.name) or _POTSDAM_LABEL.search(p.name)):
-        return "potsdam"
+        from ..geo.raster_io import page_count
+
+        return "potsdam" if page_count(p) == 1 else None  # a multi-page TIFF is napari's to read whole
     return None
 
 
@@ -134,15 +138,51 @@ def _image_layers(meta: dict, sidecar: Path, fallback: str) -> tuple[list[tuple]
     return out, out[-1][1]["name"] if len(out) > 1 else source.stem, str(source)
 
 
+def _read_sidecar(sidecar: Path) -> tuple[dict, list[ClassSpec]]:
+    """A result sidecar's metadata and classes; one line naming the file when it cannot be used."""
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BadInputError(f"{sidecar}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{sidecar}: not UTF-8 text, so not a result's sidecar") from None
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{sidecar}, line {e.lineno}: not valid JSON ({e.msg}, column {e.colno}); "
+                            "the result's classes cannot be read") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list):
+        raise BadInputError(f"{sidecar}: not a result's sidecar (it holds no list of \"classes\")")
+    try:
+        return meta, [ClassSpec.from_dict(c) for c in meta["classes"]]
+    except BadInputError as e:
+        raise BadInputError(f"{sidecar}: {e}") from None
+
+
+def _with_unknown_classes(labels: np.ndarray, classes: list[ClassSpec], raster: Path,
+                          sidecar: Path) -> tuple[np.ndarray, list[ClassSpec]]:
+    """Stored values above the sidecar's classes become classes "unknown class N" (numbered on
+    after the known ones), said in one warning: nothing the file holds is hidden."""
+    n = len(classes)
+    if not labels.size or int(labels.max()) <= n:
+        return labels, classes
+    unknown = [int(v) for v in np.unique(labels[labels > n])]
+    warnings.warn(f"{raster.name} holds label value(s) {', '.join(map(str, unknown))} that {sidecar.name} does not "
+                  f"list (it has {n} classes): shown as layer(s) 'unknown class N'", stacklevel=3)
+    lookup = np.arange(int(labels.max()) + 1)
+    lookup[unknown] = np.arange(n + 1, n + 1 + len(unknown))
+    dtype = np.uint8 if n + len(unknown) < 256 else np.uint16
+    return (lookup[labels].astype(dtype),
+            classes + [ClassSpec(f"unknown class {v}", (), default_color(n + i)) for i, v in enumerate(unknown)])
+
+
 def read_result(sidecar: Path) -> list[tuple]:
-    """A result (its sidecar): its image when still on disk, then one class layer per class. An
+    """A result (its sidecar): its image when still on disk, then one class layer per class, and
+    one per stored value the sidecar does not list ("unknown class N", with a warning). An
     ISPRS-style colour-coded raster is decoded by the colours of its classes."""
     from ..geo.raster_io import read_image
 
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    meta, classes = _read_sidecar(sidecar)
     raster = _raster_of(sidecar)
     labels, geo = read_image(raster)
-    classes = [ClassSpec.from_dict(c) for c in meta.get("classes", [])]
     if labels.ndim == 3 and labels.shape[2] >= 3 and all(c.color for c in classes):
         colors = np.array([(0, 0, 0), *(c.color for c in classes)], np.int64)
         codes = colors @ np.array([1 << 16, 1 << 8, 1])
@@ -154,6 +194,7 @@ def read_result(sidecar: Path) -> list[tuple]:
         raise BadInputError(f"{raster} is not a one-band label raster")
     else:
         labels = from_stored(labels, meta, len(classes), what=str(raster))
+        labels, classes = _with_unknown_classes(labels, classes, raster, sidecar)
     if geo.transform is not None and not meta.get("georeference"):
         meta["georeference"] = geo.to_dict()
     out, image_name, image_path = _image_layers(meta, sidecar, raster.stem)
