@@ -51,10 +51,12 @@ class BatchConfig:
     shared: bool = False
 
     def identity(self) -> dict:
-        """What changes the labels (not the threads): hashed into every tile's fingerprint."""
+        """What changes the labels (not the threads, nor the backend, exact to fp32): hashed
+        into every tile's fingerprint."""
+        parameters = {k: v for k, v in self.params.to_dict().items() if k != "backend"}
         return {
             "classes": [c.to_dict() for c in self.classes],
-            "parameters": self.params.to_dict(),
+            "parameters": parameters,
             "model": self.model or DEFAULT_MODEL,
             "device": self.device,
             "dtype": self.dtype,

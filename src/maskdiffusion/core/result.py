@@ -49,7 +49,8 @@ class SegmentationResult:
     features: (C, h, w) float16 unit features f̂ on the attention grid, when asked for.
     grid_scores: (K, h, w) float32 class scores averaged over tiles on that grid, with features.
     bands: the input bands the model saw as R, G, B (0-based; a gray image gives ``(0, 0, 0)``).
-    device, precision: where and in which precision the model ran (``"cpu"``, ``"bf16"``...).
+    device, precision, backend: where, in which precision and by what the model ran (``"cpu"``,
+        ``"bf16"``, ``"openvino"``...).
     """
 
     labels: np.ndarray
@@ -61,6 +62,7 @@ class SegmentationResult:
     model: str = ""
     device: str = ""
     precision: str = ""
+    backend: str = ""
     scores: np.ndarray | None = None
     clusters_to_classes: np.ndarray | None = None
     prompt_classes: list[ClassSpec] = field(default_factory=list)
@@ -82,6 +84,7 @@ class SegmentationResult:
             "model": self.model,
             "device": self.device,
             "precision": self.precision,
+            "backend": self.backend,
             "parameters": self.params.to_dict(),
             "version": __version__,
             "software": "napari-maskdiffusion",
