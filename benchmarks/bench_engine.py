@@ -23,8 +23,9 @@
 4. Backends and encoders on a CPU, fp32, one SD 1.5-sized model in one process: seconds per 512²
    tile through PyTorch (``tile_s_torch_fp32``), through OpenVINO (``tile_s_openvino_fp32``) and
    through OpenVINO with TAESD as the encoder (``tile_s_fast_encoder``; random TAESD weights of
-   its real size); OpenVINO's conversion (``conversion_s``: the first run less a tile, into a
-   fresh cache folder) and a start from its cache (``start_from_cache_s``); the share of pixels
+   its real size), timed interleaved; OpenVINO's conversion (``conversion_s``: the first run
+   less a tile, into a fresh cache folder) and a start from its cache (``start_from_cache_s``:
+   hashing the weights, reading and compiling the IR); the share of pixels
    whose label agrees between OpenVINO and PyTorch (``label_agreement_openvino_vs_torch``, on
    ``--images`` tiles); what ``auto`` picks here (``default_dtype``, ``default_backend``); and
    what an ISPRS Potsdam tile (6000², tile 512, overlap 64) costs at ``--scale`` 1 and 0.5.
@@ -196,8 +197,8 @@ def agreement(device: str, dtype_name: str, n_images: int) -> dict:
     return {"images": n_images, "per_image": [round(s, 4) for s in shares], "mean": round(float(np.mean(shares)), 4)}
 
 
-def backends(device: str, repeat: int, n_images: int) -> dict:
-    """Section 4: PyTorch, OpenVINO and OpenVINO + TAESD on one fp32 SD 1.5-sized model."""
+def backends(device: str, repeat: int, n_images: int, cache_dir: str | None = None) -> dict:
+    """Section 4: PyTorch, OpenVINO and TAESD on one fp32 SD 1.5-sized model, timed interleaved."""
     import os
     import tempfile
 
@@ -208,30 +209,32 @@ def backends(device: str, repeat: int, n_images: int) -> dict:
     from maskdiffusion.model import openvino_backend
     from maskdiffusion.model.cache_folder import CACHE_ENV
 
-    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="bench-cache-")  # a conversion to time; the user's cache untouched
+    os.environ[CACHE_ENV] = cache_dir or tempfile.mkdtemp(prefix="bench-cache-")  # the user's cache untouched
     sd = build_sd15_in_memory(device, torch.float32)
     taesd = _random_taesd(tempfile.mkdtemp())
     image = _images(1)[0]
-
-    def tile_s(**params) -> dict:
-        times = time_it(lambda: segment(image, CLASSES, sd, **params), device, repeat)
-        return {"median": round(statistics.median(times), 3), "seconds": [round(t, 3) for t in times]}
-
-    out = {"torch_fp32": timing(device, "fp32", repeat, sd)}
     messages = []
     start = time.perf_counter()
     segment(image, CLASSES, sd, backend="openvino", progress=lambda s: s.stage == "load" and messages.append(s.message))
     first_run = time.perf_counter() - start
-    out["openvino_fp32"] = tile_s(backend="openvino")
+    segment(image, CLASSES, sd, backend="openvino", encoder=taesd)  # converts TAESD's encoder
+    segment(image, CLASSES, sd, backend="torch", encoder=taesd)  # warm-up
+    configs = {"torch_fp32": {"backend": "torch"}, "openvino_fp32": {"backend": "openvino"},
+               "fast_encoder": {"backend": "openvino", "encoder": taesd},
+               "fast_encoder_torch": {"backend": "torch", "encoder": taesd}}
+    times = {name: [] for name in configs}
+    for _ in range(repeat):  # interleaved, so drifts in the machine's load hit all alike
+        for name, params in configs.items():
+            times[name] += time_it(lambda params=params: segment(image, CLASSES, sd, **params), device, 1)
+    out = {name: {"median": round(statistics.median(t), 3), "seconds": [round(x, 3) for x in t]}
+           for name, t in times.items()}
     out["conversion_s"] = round(first_run - out["openvino_fp32"]["median"], 1)
     out["conversion_messages"] = [m for m in messages if m.startswith("OpenVINO")]
-    openvino_backend._COMPILED.pop(sd, None)  # as a new process would: read the IR, compile it
+    openvino_backend._COMPILED.pop(sd, None)  # as a new process would: hash the weights, read the IR, compile it
+    openvino_backend._FINGERPRINTS.clear()
     start = time.perf_counter()
     segment(image, CLASSES, sd, backend="openvino")
     out["start_from_cache_s"] = round(time.perf_counter() - start - out["openvino_fp32"]["median"], 1)
-    segment(image, CLASSES, sd, backend="openvino", encoder=taesd)  # converts TAESD's encoder
-    out["fast_encoder"] = tile_s(backend="openvino", encoder=taesd)
-    out["fast_encoder_torch"] = tile_s(backend="torch", encoder=taesd)
     shares = []
     for img in _images(n_images):
         a, b = (segment(img, CLASSES, sd, backend=backend).labels for backend in ("openvino", "torch"))
@@ -240,8 +243,7 @@ def backends(device: str, repeat: int, n_images: int) -> dict:
                         "mean": round(float(np.mean(shares)), 5)}
     out["default_backend"] = "openvino" if openvino_backend.use_openvino("auto", sd) else "torch"
     tiles = {scale: len(tile_grid((round(6000 * scale),) * 2, 512, 64)) for scale in (1.0, 0.5)}
-    per_tile = {"torch_fp32": out["torch_fp32"]["engine_seconds_median"],
-                "openvino_fp32": out["openvino_fp32"]["median"], "fast_encoder": out["fast_encoder"]["median"]}
+    per_tile = {k: out[k]["median"] for k in ("torch_fp32", "openvino_fp32", "fast_encoder")}
     out["potsdam_minutes"] = {f"scale_{scale}": {"tiles": n, **{k: round(n * v / 60, 1) for k, v in per_tile.items()}}
                               for scale, n in tiles.items()}
     return out
@@ -372,6 +374,8 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--images", type=int, default=4, help="images for the label agreements (precision, backend)")
     p.add_argument("--skip-backends", action="store_true", help="skip section 4 (OpenVINO, TAESD)")
+    p.add_argument("--cache-dir", help="section 4's cache folder (default: a new one, so that the conversion is "
+                                       "timed); one that holds this model's conversion skips it")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-scale-memory", action="store_true")
     p.add_argument("--side", type=int, default=12000, help="image side of the memory-at-scale scenario")
@@ -386,14 +390,13 @@ def main():
         resolve_dtype("auto", a.device)]
     out = {"default_dtype": default, "torch_threads": torch.get_num_threads()}
     if not a.skip_backends and a.device == "cpu":
-        out["backends"] = b = backends(a.device, a.repeat, a.images)
-        out.update(tile_s_torch_fp32=b["torch_fp32"]["engine_seconds_median"],
+        out["backends"] = b = backends(a.device, a.repeat, a.images, a.cache_dir)
+        out.update(tile_s_torch_fp32=b["torch_fp32"]["median"],
                    tile_s_openvino_fp32=b["openvino_fp32"]["median"], tile_s_fast_encoder=b["fast_encoder"]["median"],
                    label_agreement_openvino_vs_torch=b["agreement"]["mean"], conversion_s=b["conversion_s"],
                    default_backend=b["default_backend"])
     if not a.skip_timing:
-        same = default == "fp32" and "backends" in out
-        out["timing_default"] = out["backends"]["torch_fp32"] if same else timing(a.device, default, a.repeat)
+        out["timing_default"] = timing(a.device, default, a.repeat)
         out["tile_s_default"] = out["timing_default"]["engine_seconds_median"]
         if default != "fp32":
             out["timing_fp32"] = timing(a.device, "fp32", a.repeat)

@@ -195,7 +195,7 @@ def test_ir_cache_entries_that_do_not_read_back_are_removed(damage, tmp_path):
 
 def test_a_failed_conversion_auto_warns_once_and_runs_pytorch_openvino_exits_2(
         tiny_model_dir, reference, image, image_png, tmp_path, monkeypatch, capsys):
-    def unusual(part):
+    def unusual(module, example):
         raise RuntimeError("Conversion of aten::unusual_op is not supported")
 
     monkeypatch.setattr(openvino_backend, "_convert", unusual)
@@ -264,6 +264,21 @@ def test_taesd_through_openvino_with_an_unwritable_cache_folder(sd, first, image
                for m in runs[0].messages)
     pt = segment(image, CLASSES, sd, tile_size=TILE, overlap=OVERLAP, backend="torch", encoder=taesd)
     assert runs[0].result.backend == "openvino" and _agreement(runs[0].result.labels, pt.labels) >= 0.999
+    clear_model_cache()
+
+
+def test_a_bf16_model_converts_from_its_exact_fp32_upcast(sd, tiny_model_dir, image):
+    """OpenVINO computes NaN from a graph traced in bf16: the bf16 weights are upcast (exactly)
+    for the conversion and the bf16 precision hint is left to OpenVINO (bf16 where the CPU has
+    it; this CPU computes fp32 on the bf16 weights)."""
+    bf16 = load_model(tiny_model_dir, device="cpu", dtype="bf16")
+    tile = image[:64, :64]
+    early = {"cross_attention_layers": ("down_blocks.1",),  # a UNet stopped early: a quicker conversion
+             "feature_layers": ("down_blocks.2.resnets.0", "down_blocks.1.resnets.1")}
+    ov = segment(tile, CLASSES, bf16, tile_size=64, overlap=0, backend="openvino", **early)
+    fp32 = segment(tile, CLASSES, sd, tile_size=64, overlap=0, backend="torch", **early)
+    assert (ov.backend, ov.precision) == ("openvino", "bf16")
+    assert _agreement(ov.labels, fp32.labels) >= 0.95, "bf16 weights, near the fp32 labels"
     clear_model_cache()
 
 

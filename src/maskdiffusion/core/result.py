@@ -17,6 +17,9 @@ __all__ = ["Progress", "SegmentationResult"]
 class Progress:
     """One step of a run: ``done`` of ``total`` steps of ``stage`` ("load", "features", "assign").
 
+    "load" steps carry messages only: the model loaded, and OpenVINO converting it (once per
+    model and tile size; each message starts with ``OpenVINO:``).
+
     A step may carry labels finished since the previous one: ``region`` (y0, y1, x0, x1) on the
     input image's grid and ``labels``, the label map of that region. With ``final`` they equal
     the end result there (per-tile prototypes: a band of rows is final once every tile that

@@ -33,9 +33,16 @@ _KEY_PREFIXES = ("encoder.layers.", "layers.", "")
 class VaeLatents(torch.nn.Module):
     """The paper's encoder: the mean of the VAE's latent distribution, scaled."""
 
+    label = "VAE encoder"
+
     def __init__(self, vae):
         super().__init__()
         self.vae = vae
+
+    @property
+    def weights(self):
+        """The diffusers model whose weights this encoder runs."""
+        return self.vae
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = self.vae.encode(x.to(self.vae.dtype)).latent_dist.mean
@@ -45,9 +52,16 @@ class VaeLatents(torch.nn.Module):
 class TinyLatents(torch.nn.Module):
     """TAESD's encoder: x in [-1, 1] as for the VAE; its latents times its scaling factor (1.0)."""
 
+    label = "TAESD encoder"
+
     def __init__(self, taesd):
         super().__init__()
         self.taesd = taesd
+
+    @property
+    def weights(self):
+        """The diffusers model whose weights this encoder runs."""
+        return self.taesd
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.taesd.encode(x.to(self.taesd.dtype)).latents.float() * self.taesd.config.scaling_factor

@@ -96,8 +96,9 @@ class IRCache:
                 (staged / "manifest.json").write_text(json.dumps({**manifest, "sizes": sizes}, indent=1))
                 self.remove(name)
                 os.rename(staged, self.folder / name)
-        except OSError as err:
-            warnings.warn(f"the converted model could not be kept in {self.folder} ({err.strerror or err}); "
+        except (OSError, RuntimeError) as err:  # OpenVINO reports a failed write as a RuntimeError
+            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+            warnings.warn(f"the converted model could not be kept in {self.folder} ({reason}); "
                           "it is converted again in the next process", stacklevel=2)
 
     def remove(self, name: str) -> None:

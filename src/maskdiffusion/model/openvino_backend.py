@@ -164,11 +164,10 @@ def _parts(sd, encoder, unet, tile_hw, embeddings, timestep) -> list[_Part]:
     e = embeddings[:1].float()
     versions = {"maskdiffusion": __version__, "graph": GRAPH_VERSION, **_library_versions()}
     base = {"tile": [h, w], "precision": sd.precision, "versions": versions}
-    inner = next(encoder.children())
     encoder_part = _Part(
-        f"{'TAESD' if type(encoder).__name__ == 'TinyLatents' else 'VAE'} encoder", encoder, (x,),
-        {**base, "part": "encoder", "module": type(encoder).__name__, "config": _config(inner),
-         "weights": weights_fingerprint(inner), "input": [1, 3, h, w]})
+        encoder.label, encoder, (x,),
+        {**base, "part": "encoder", "module": type(encoder).__name__, "config": _config(encoder.weights),
+         "weights": weights_fingerprint(encoder.weights), "input": [1, 3, h, w]})
     unet_part = _Part(
         "UNet", unet, (z, torch.tensor(timestep), e),
         {**base, "part": "unet", "config": _config(unet.unet), "weights": weights_fingerprint(unet.unet),
@@ -194,9 +193,10 @@ def _compile(part: _Part, precision: str, threads: int, which: str) -> Generator
                f"model and tile size, the result is {kept}")
         start = time.perf_counter()
         try:
-            model = _convert(part)
+            module = _fp32(part.module)
+            model = _convert(module, part.example)
             compiled = _core().compile_model(model, "CPU", config)
-            _check(compiled, part, precision)
+            _check(compiled, module, part, precision)
         except ConversionError:
             raise
         except Exception as err:
@@ -207,21 +207,32 @@ def _compile(part: _Part, precision: str, threads: int, which: str) -> Generator
         return compiled
 
 
-def _convert(part: _Part):
+def _fp32(module: torch.nn.Module) -> torch.nn.Module:
+    """``module``, or a float32 copy of it (the exact upcast of its bf16 weights): OpenVINO
+    2026.4 computes NaN from a graph traced in bf16; the bf16 precision hint does the rest."""
+    if all(p.dtype == torch.float32 for p in module.parameters()):
+        return module
+    import copy
+
+    return copy.deepcopy(module).float()
+
+
+def _convert(module: torch.nn.Module, example: tuple):
     import openvino
 
     types = {torch.float32: openvino.Type.f32, torch.int64: openvino.Type.i64}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(part.module, part.example, check_trace=False, strict=False)
-        return openvino.convert_model(traced, example_input=part.example,
-                                      input=[(list(x.shape), types[x.dtype]) for x in part.example])
+        traced = torch.jit.trace(module, example, check_trace=False, strict=False)
+        return openvino.convert_model(traced, example_input=example,
+                                      input=[(list(x.shape), types[x.dtype]) for x in example])
 
 
-def _check(compiled, part: _Part, precision: str) -> None:
-    """The compiled part's outputs on the example input equal PyTorch's (to ``_TOLERANCE``)."""
+def _check(compiled, module: torch.nn.Module, part: _Part, precision: str) -> None:
+    """The compiled part's outputs on the example input equal those of the ``module`` it was
+    converted from (to ``_TOLERANCE``)."""
     with torch.inference_mode():
-        expected = part.module(*part.example)
+        expected = module(*part.example)
     expected = expected if isinstance(expected, tuple) else (expected,)
     got = compiled([x.numpy() for x in part.example]).to_tuple()
     if len(got) != len(expected):
