@@ -193,6 +193,16 @@ def test_ir_cache_entries_that_do_not_read_back_are_removed(damage, tmp_path):
     assert not entry.exists(), "a bad entry is removed, to be converted again"
 
 
+def test_entries_of_older_versions_are_removed_when_a_newer_one_is_written(tmp_path):
+    cache = IRCache(tmp_path)
+    old = {"part": "trivial", "versions": {"maskdiffusion": "0.1"}, "input": [1, 4]}
+    other_shape = {**old, "input": [1, 8]}
+    cache.write("trivial-old", old, _trivial_model())
+    cache.write("trivial-8", other_shape, _trivial_model())
+    cache.write("trivial-new", {**old, "versions": {"maskdiffusion": "0.2"}}, _trivial_model())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["trivial-8", "trivial-new"]
+
+
 def test_a_failed_conversion_auto_warns_once_and_runs_pytorch_openvino_exits_2(
         tiny_model_dir, reference, image, image_png, tmp_path, monkeypatch, capsys):
     def unusual(module, example):
