@@ -132,10 +132,11 @@ class _Part:
 
 def prepare(sd, encoder, unet, tile_hw: tuple[int, int], embeddings: torch.Tensor,
             timestep: int) -> Generator[str, None, OpenVinoTile]:
-    """The encoder and the captured UNet for tiles of ``tile_hw``, compiled; converted first
-    if the cache holds neither, yielding a message before and after each conversion.
+    """The encoder and the captured UNet for tiles of ``tile_hw``, compiled; each converted
+    first where neither this process nor the cache folder holds it, with a message before and
+    after each conversion. Compiled parts are kept for ``sd``'s lifetime.
 
-    Raises :class:`ConversionError` (again on later calls, without converting again).
+    Raises :class:`ConversionError` (again on later calls for ``sd``, without converting again).
     """
     parts = _parts(sd, encoder, unet, tile_hw, embeddings, timestep)
     compiled_by_entry = _COMPILED.setdefault(sd, {})
