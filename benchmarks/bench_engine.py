@@ -21,9 +21,19 @@
    ``tile_s_fp32``) and the share of pixels whose label agrees (``label_agreement_default_vs_fp32``,
    on ``--images`` synthetic Potsdam-like tiles).
 
+4. Backends and encoders on a CPU, fp32, one SD 1.5-sized model in one process: seconds per 512²
+   tile through PyTorch (``tile_s_torch_fp32``), through OpenVINO (``tile_s_openvino_fp32``) and
+   through OpenVINO with TAESD as the encoder (``tile_s_fast_encoder``; random TAESD weights of
+   its real size), timed interleaved; OpenVINO's conversion (``conversion_s``: the first run
+   less a tile, into a fresh cache folder) and a start from its cache (``start_from_cache_s``:
+   hashing the weights, reading and compiling the IR); the share of pixels
+   whose label agrees between OpenVINO and PyTorch (``label_agreement_openvino_vs_torch``, on
+   ``--images`` tiles); what ``auto`` picks here (``default_dtype``, ``default_backend``); and
+   what an ISPRS Potsdam tile (6000², tile 512, overlap 64) costs at ``--scale`` 1 and 0.5.
+
 Prints one JSON object. ``--device cuda`` times the GPU per-tile cost.
 Usage: python benchmarks/bench_engine.py [--repeat 3] [--skip-memory] [--skip-scale-memory] [--side 12000]
-       [--device cpu]
+       [--device cpu] [--skip-backends] [--images 4]
 """
 
 from __future__ import annotations
@@ -113,18 +123,18 @@ def _images(n: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(make_potsdam_like_tile(512, seed=s)[0][..., :3]) for s in range(n)]
 
 
-def timing(device: str, dtype_name: str, repeat: int) -> dict:
-    """Seconds per 512² tile at ``dtype_name`` against the bare cost, in one process."""
+def timing(device: str, dtype_name: str, repeat: int, sd=None) -> dict:
+    """Seconds per 512² tile at ``dtype_name`` through PyTorch against the bare cost, in one process."""
     import torch
 
     from maskdiffusion import segment
     from maskdiffusion.core.classes import preset_classes
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
-    sd = build_sd15_in_memory(device, dtype)
+    sd = sd or build_sd15_in_memory(device, dtype)
     image = _images(1)[0]
     prompt = " and ".join(c.prompts[0] for c in preset_classes("potsdam6"))
-    run_engine = lambda: segment(image, CLASSES, sd)  # noqa: E731
+    run_engine = lambda: segment(image, CLASSES, sd, backend="torch")  # noqa: E731
     run_bare = lambda: bare_cost(sd, image, prompt)  # noqa: E731
     run_bare(), run_engine()  # warm-up
     bare, engine = [], []
@@ -182,10 +192,72 @@ def agreement(device: str, dtype_name: str, n_images: int) -> dict:
         torch.manual_seed(0)
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
         sd = build_sd15_in_memory(device, dtype)
-        labels[name] = [segment(img, CLASSES, sd).labels for img in images]
+        labels[name] = [segment(img, CLASSES, sd, backend="torch").labels for img in images]
         del sd
     shares = [float((a == b).mean()) for a, b in zip(labels["fp32"], labels[dtype_name])]
     return {"images": n_images, "per_image": [round(s, 4) for s in shares], "mean": round(float(np.mean(shares)), 4)}
+
+
+def backends(device: str, repeat: int, n_images: int, cache_dir: str | None = None) -> dict:
+    """Section 4: PyTorch, OpenVINO and TAESD on one fp32 SD 1.5-sized model, timed interleaved."""
+    import os
+    import tempfile
+
+    import torch
+
+    from maskdiffusion import segment
+    from maskdiffusion.core.tiling import tile_grid
+    from maskdiffusion.model import openvino_backend
+    from maskdiffusion.model.cache_folder import CACHE_ENV
+
+    os.environ[CACHE_ENV] = cache_dir or tempfile.mkdtemp(prefix="bench-cache-")  # the user's cache untouched
+    sd = build_sd15_in_memory(device, torch.float32)
+    taesd = _random_taesd(tempfile.mkdtemp())
+    image = _images(1)[0]
+    messages = []
+    start = time.perf_counter()
+    segment(image, CLASSES, sd, backend="openvino", progress=lambda s: s.stage == "load" and messages.append(s.message))
+    first_run = time.perf_counter() - start
+    segment(image, CLASSES, sd, backend="openvino", encoder=taesd)  # converts TAESD's encoder
+    segment(image, CLASSES, sd, backend="torch", encoder=taesd)  # warm-up
+    configs = {"torch_fp32": {"backend": "torch"}, "openvino_fp32": {"backend": "openvino"},
+               "fast_encoder": {"backend": "openvino", "encoder": taesd},
+               "fast_encoder_torch": {"backend": "torch", "encoder": taesd}}
+    times = {name: [] for name in configs}
+    for _ in range(repeat):  # interleaved, so drifts in the machine's load hit all alike
+        for name, params in configs.items():
+            times[name] += time_it(lambda params=params: segment(image, CLASSES, sd, **params), device, 1)
+    out = {name: {"median": round(statistics.median(t), 3), "seconds": [round(x, 3) for x in t]}
+           for name, t in times.items()}
+    out["conversion_s"] = round(first_run - out["openvino_fp32"]["median"], 1)
+    out["conversion_messages"] = [m for m in messages if m.startswith("OpenVINO")]
+    openvino_backend._COMPILED.pop(sd, None)  # as a new process would: hash the weights, read the IR, compile it
+    openvino_backend._FINGERPRINTS.clear()
+    start = time.perf_counter()
+    segment(image, CLASSES, sd, backend="openvino")
+    out["start_from_cache_s"] = round(time.perf_counter() - start - out["openvino_fp32"]["median"], 1)
+    shares = []
+    for img in _images(n_images):
+        a, b = (segment(img, CLASSES, sd, backend=backend).labels for backend in ("openvino", "torch"))
+        shares.append(float((a == b).mean()))
+    out["agreement"] = {"images": n_images, "per_image": [round(x, 5) for x in shares],
+                        "mean": round(float(np.mean(shares)), 5)}
+    out["default_backend"] = "openvino" if openvino_backend.use_openvino("auto", sd) else "torch"
+    tiles = {scale: len(tile_grid((round(6000 * scale),) * 2, 512, 64)) for scale in (1.0, 0.5)}
+    per_tile = {k: out[k]["median"] for k in ("torch_fp32", "openvino_fp32", "fast_encoder")}
+    out["potsdam_minutes"] = {f"scale_{scale}": {"tiles": n, **{k: round(n * v / 60, 1) for k, v in per_tile.items()}}
+                              for scale, n in tiles.items()}
+    return out
+
+
+def _random_taesd(folder: str) -> str:
+    """TAESD's configuration (diffusers' AutoencoderTiny defaults) with random weights, saved."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny().save_pretrained(folder)
+    return folder
 
 
 # Linux: writing 5 to clear_refs resets the peak (VmHWM), so loading's transient peak is not counted.
@@ -322,7 +394,10 @@ def main():
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                    help="the precision timed as the default (default: what --dtype auto picks here)")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--images", type=int, default=3, help="images for the label agreement with fp32")
+    p.add_argument("--images", type=int, default=4, help="images for the label agreements (precision, backend)")
+    p.add_argument("--skip-backends", action="store_true", help="skip section 4 (OpenVINO, TAESD)")
+    p.add_argument("--cache-dir", help="section 4's cache folder (default: a new one, so that the conversion is "
+                                       "timed); one that holds this model's conversion skips it")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-scale-memory", action="store_true")
     p.add_argument("--side", type=int, default=12000, help="image side of the memory-at-scale scenario")
@@ -336,6 +411,12 @@ def main():
     default = a.dtype or {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[
         resolve_dtype("auto", a.device)]
     out = {"default_dtype": default, "torch_threads": torch.get_num_threads()}
+    if not a.skip_backends and a.device == "cpu":
+        out["backends"] = b = backends(a.device, a.repeat, a.images, a.cache_dir)
+        out.update(tile_s_torch_fp32=b["torch_fp32"]["median"],
+                   tile_s_openvino_fp32=b["openvino_fp32"]["median"], tile_s_fast_encoder=b["fast_encoder"]["median"],
+                   label_agreement_openvino_vs_torch=b["agreement"]["mean"], conversion_s=b["conversion_s"],
+                   default_backend=b["default_backend"])
     if not a.skip_timing:
         out["timing_default"] = timing(a.device, default, a.repeat)
         out["tile_s_default"] = out["timing_default"]["engine_seconds_median"]

@@ -360,6 +360,7 @@ def test_config_only_for_single_files(tiny_model_dir):
 
 
 def test_random_source_through_load_model(tiny, tmp_path, monkeypatch):
+    monkeypatch.delenv("MASKDIFFUSION_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     folder = tmp_path / "cache" / "napari-maskdiffusion" / "random-tiny"
     assert is_random_source("random:tiny") and not is_random_source("someone/tiny-sd")

@@ -161,6 +161,8 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
     yield Progress(0, total, "load", f"model {sd.source} on {sd.device.type}, {sd.precision}")
     layout = layout_prompts(specs, sd.tokenizer)
     runner = TileRunner(sd, params, layout.input_ids)
+    for message in runner.prepare((tiles[0].h, tiles[0].w)):
+        yield Progress(0, total, "load", message)
     n_out = params.unsupervised or len(specs)
     out = _Outputs(source.shape, source.input_shape, n_out, params.return_scores, params.return_confidence,
                    source.valid)
@@ -239,6 +241,7 @@ def _run(source: ImageSource, specs, model, params: SegmentParams, device, dtype
         model=sd.source,
         device=sd.device.type,
         precision=sd.precision,
+        backend=runner.backend,
         scores=scores,
         clusters_to_classes=clusters_to_classes,
         prompt_classes=list(specs) if params.unsupervised else [],

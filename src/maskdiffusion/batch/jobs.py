@@ -52,10 +52,12 @@ class BatchConfig:
     save_refine: bool = False
 
     def identity(self) -> dict:
-        """What changes the outputs (not the threads): hashed into every tile's fingerprint."""
+        """What changes the outputs (not the threads, nor the backend, exact to fp32): hashed
+        into every tile's fingerprint."""
+        parameters = {k: v for k, v in self.params.to_dict().items() if k != "backend"}
         identity = {
             "classes": [c.to_dict() for c in self.classes],
-            "parameters": self.params.to_dict(),
+            "parameters": parameters,
             "model": self.model or DEFAULT_MODEL,
             "device": self.device,
             "dtype": self.dtype,

@@ -79,7 +79,7 @@ def add_param_arguments(parser, names: typing.Iterable[str] | None = None) -> No
             parser.add_argument(_flag(f.name), action="store_true", help=meta["help"])
             continue
         options = {"default": f.default, "help": meta["help"] + default, "metavar": meta.get("metavar")}
-        if "choices" in meta:
+        if "choices" in meta and not meta.get("or_path"):
             options.update(choices=meta["choices"], metavar=None)
         if f.name == "bands":
             options["type"] = parse_bands

@@ -10,7 +10,7 @@ from .arguments import add_model_arguments, add_param_arguments, model_source, o
 __all__ = ["add_parser", "run"]
 
 #: The run parameters ``evaluate --images`` offers for its segmentation.
-SEGMENT_PARAMS = ("tile_size", "overlap", "scale", "bands")
+SEGMENT_PARAMS = ("tile_size", "overlap", "scale", "bands", "encoder", "backend")
 
 
 def add_parser(commands) -> None:

@@ -227,7 +227,7 @@ class _ProgressBar:
         if not self.enabled:
             return
         if step.stage == "load":
-            if step.message.startswith("model "):
+            if step.message.startswith(("model ", "OpenVINO")):
                 print(step.message, file=sys.stderr)
             return
         if self.bar is None:

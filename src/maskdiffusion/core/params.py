@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from ..errors import BadInputError
 
-__all__ = ["SegmentParams", "ParamsError", "DEFAULT_MODEL", "CROSS_ATTENTION_LAYERS", "FEATURE_LAYERS", "face_fields"]
+__all__ = ["SegmentParams", "ParamsError", "DEFAULT_MODEL", "CROSS_ATTENTION_LAYERS", "FEATURE_LAYERS", "BACKENDS",
+           "face_fields"]
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 
@@ -20,6 +21,9 @@ DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 CROSS_ATTENTION_LAYERS = ("down_blocks.2", "mid_block", "up_blocks.1")
 #: Modules whose *input* is captured as features: 1920 ch at S/32 and 960 ch at S/16 for SD 1.x.
 FEATURE_LAYERS = ("up_blocks.1.resnets.2", "up_blocks.2.resnets.2")
+#: Who runs the per-tile forward (``docs/algorithm.md`` §5): OpenVINO where it is installed and
+#: the device is a CPU, else PyTorch; the two agree to fp32 rounding.
+BACKENDS = ("auto", "torch", "openvino")
 
 
 class ParamsError(BadInputError):
@@ -28,8 +32,9 @@ class ParamsError(BadInputError):
 
 def _option(default, help: str, **face) -> object:
     """A field with what the faces need to offer it: ``help``, and for the command line and
-    the napari dock ``cli``/``widget`` (offered there), ``choices``, ``min``/``max``/``step``,
-    ``suffix``, ``metavar``, ``off`` (the widget's text for ``None``)."""
+    the napari dock ``cli``/``widget`` (offered there), ``choices`` (``or_path``: or a path,
+    on the command line), ``min``/``max``/``step``, ``suffix``, ``metavar``, ``off`` (the
+    widget's text for ``None``)."""
     return field(default=default, metadata={"help": help, "cli": True, **face})
 
 
@@ -58,6 +63,12 @@ class SegmentParams:
                                 "come back on the input grid", widget=True, min=0.05, max=8.0, step=0.25)
     prototypes: str = _option("tile", "class prototypes per tile (the paper) or shared over the whole image",
                               widget=True, choices=("tile", "image"))
+    encoder: str = _option("vae", "image encoder: the paper's Stable Diffusion VAE, or TAESD (9x less work, "
+                                  "approximate: 'taesd' is the hub's madebyollin/taesd; or a TAESD folder or file)",
+                           widget=True, choices=("vae", "taesd"), or_path=True, metavar="vae|taesd|PATH")
+    backend: str = _option("auto", "what runs the model on a CPU: openvino (faster, exact to fp32; needs the "
+                                   "[openvino] extra) or torch; auto takes openvino where it is installed and the "
+                                   "device is a CPU", widget=True, choices=BACKENDS)
     attention: str = _option("exp", "attention maps: the paper's unnormalised exp(q.k) or the softmax",
                              choices=("exp", "softmax"))
     timestep: int = _option(0, "UNet timestep", metavar="T")
@@ -87,6 +98,10 @@ class SegmentParams:
             raise ParamsError(f"scale must be between 0.01 and 16, got {self.scale}")
         if self.prototypes not in ("tile", "image"):
             raise ParamsError(f"prototypes must be 'tile' or 'image', got {self.prototypes!r}")
+        if not isinstance(self.encoder, str) or not self.encoder.strip():
+            raise ParamsError(f"encoder must be vae, taesd or a TAESD folder or file, got {self.encoder!r}")
+        if self.backend not in BACKENDS:
+            raise ParamsError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.attention not in ("exp", "softmax"):
             raise ParamsError(f"attention must be 'exp' or 'softmax', got {self.attention!r}")
         if not 0 <= self.timestep < 1000:

@@ -17,6 +17,9 @@ __all__ = ["Progress", "SegmentationResult"]
 class Progress:
     """One step of a run: ``done`` of ``total`` steps of ``stage`` ("load", "features", "assign").
 
+    "load" steps carry messages only: the model loaded, and OpenVINO converting it (once per
+    model and tile size; each message starts with ``OpenVINO:``).
+
     A step may carry labels finished since the previous one: ``region`` (y0, y1, x0, x1) on the
     input image's grid and ``labels``, the label map of that region. With ``final`` they equal
     the end result there (per-tile prototypes: a band of rows is final once every tile that
@@ -49,7 +52,8 @@ class SegmentationResult:
     features: (C, h, w) float16 unit features f̂ on the attention grid, when asked for.
     grid_scores: (K, h, w) float32 class scores averaged over tiles on that grid, with features.
     bands: the input bands the model saw as R, G, B (0-based; a gray image gives ``(0, 0, 0)``).
-    device, precision: where and in which precision the model ran (``"cpu"``, ``"bf16"``...).
+    device, precision, backend: where, in which precision and by what the model ran (``"cpu"``,
+        ``"bf16"``, ``"openvino"``...).
     """
 
     labels: np.ndarray
@@ -61,6 +65,7 @@ class SegmentationResult:
     model: str = ""
     device: str = ""
     precision: str = ""
+    backend: str = ""
     scores: np.ndarray | None = None
     clusters_to_classes: np.ndarray | None = None
     prompt_classes: list[ClassSpec] = field(default_factory=list)
@@ -82,6 +87,7 @@ class SegmentationResult:
             "model": self.model,
             "device": self.device,
             "precision": self.precision,
+            "backend": self.backend,
             "parameters": self.params.to_dict(),
             "version": __version__,
             "software": "napari-maskdiffusion",

@@ -3,6 +3,8 @@ processor that records cross-attention maps, and hooks that record the input of 
 
 ``capture_unet`` installs both on a UNet for the duration of a ``with`` block and restores the
 UNet's own processors afterwards, so a cached model stays untouched for other users.
+:class:`CapturedUNet` is the pass as a module, the UNet truncated after its last captured layer:
+the torch path runs it, and the OpenVINO backend converts this same graph.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from contextlib import contextmanager
 import torch
 from torch.nn import functional
 
+from ..core.tiling import GRID_STRIDE
 from ..errors import BadInputError
 
-__all__ = ["CaptureStore", "CrossAttentionCaptureProcessor", "StopUNet", "capture_unet"]
+__all__ = ["CaptureStore", "CapturedUNet", "CrossAttentionCaptureProcessor", "StopUNet", "capture_unet"]
 
 #: exp() of a larger logit overflows float32; real SD logits stay far below.
 _MAX_LOGIT = 80.0
@@ -161,3 +164,38 @@ def capture_unet(unet, attention_blocks: Sequence[str], feature_modules: Sequenc
             for h in handles:
                 h.remove()
             unet.set_attn_processor(original)
+
+
+#: Image pixels per latent pixel (the VAE's and TAESD's downsampling).
+LATENT_FACTOR = 8
+
+
+class CapturedUNet(torch.nn.Module):
+    """One UNet pass, stopped once everything is captured, as a module.
+
+    ``forward(z, t, embeddings)``: latents (1, 4, h/8, w/8) (expanded to the prompts), the
+    timestep (a 0-d tensor) and the prompt embeddings (prompts, 77, width) give, in float32,
+    the token maps (prompts, 77, h/16, w/16) with every head of every captured layer averaged,
+    and the coarse and fine features of ``feature_layers`` averaged over the prompts.
+    """
+
+    def __init__(self, unet, attention_blocks: Sequence[str], feature_modules: Sequence[str], mode: str = "exp"):
+        super().__init__()
+        self.unet = unet
+        self.attention_blocks, self.feature_modules, self.mode = tuple(attention_blocks), tuple(feature_modules), mode
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor):
+        latent_hw = tuple(z.shape[-2:])
+        grid_hw = tuple(n * LATENT_FACTOR // GRID_STRIDE for n in latent_hw)
+        dtype = self.unet.dtype
+        z = z.to(dtype).expand(embeddings.shape[0], -1, -1, -1)
+        with capture_unet(self.unet, self.attention_blocks, self.feature_modules, self.mode) as store:
+            store.reset(latent_hw, grid_hw)
+            try:
+                self.unet(z, t, encoder_hidden_states=embeddings.to(dtype))
+            except StopUNet:
+                pass
+            if not store.complete:
+                raise RuntimeError("the UNet pass did not reach every captured layer")
+            coarse, fine = (store.features[n] for n in self.feature_modules)
+            return store.token_maps(), coarse, fine

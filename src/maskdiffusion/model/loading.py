@@ -16,6 +16,7 @@ import contextlib
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ __all__ = [
     "ModelFormatError",
     "ModelNotFoundError",
     "SDModel",
+    "cached_weights",
     "clear_model_cache",
     "cpu_has_native_bf16",
     "load_model",
@@ -47,7 +49,7 @@ _DTYPES = {
     "bf16": "bfloat16", "bfloat16": "bfloat16",
 }
 _PRECISION = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-_CACHE: dict[tuple, SDModel] = {}
+_CACHE: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
 
 
@@ -220,6 +222,16 @@ def place_parts(text_encoder, vae, unet, device, dtype) -> dict:
         "vae": frozen(vae, dtype).to(memory_format=torch.channels_last),
         "unet": frozen(unet, dtype).to(memory_format=torch.channels_last),
     }
+
+
+def cached_weights(key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()``, kept beside the loaded models under ``key`` until :func:`clear_model_cache`
+    (for weights that are loaded apart from the model: the TAESD encoder)."""
+    with _LOCK:
+        if key not in _CACHE:
+            with _quiet():
+                _CACHE[key] = build()
+        return _CACHE[key]
 
 
 def clear_model_cache() -> None:

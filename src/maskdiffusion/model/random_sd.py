@@ -112,18 +112,18 @@ def _write_model_index(folder: Path) -> None:
 def random_model_folder(source: str) -> Path:
     """The folder of ``random:tiny`` or ``random:sd15``, built in the user cache on first use.
 
-    The cache is ``platformdirs.user_cache_dir("napari-maskdiffusion")`` (``$XDG_CACHE_HOME``
-    on Linux). The model is built in a scratch folder beside it and renamed into place, so
-    processes starting together (Dask workers) never read a half-written model.
+    The cache is :func:`~.cache_folder.cache_folder`. The model is built in a scratch folder
+    beside it and renamed into place, so processes starting together (Dask workers) never read
+    a half-written model.
     """
     size = source.split(":", 1)[1] if source.startswith("random:") else source
     if size not in SIZES:
         from ..errors import BadInputError
 
         raise BadInputError(f"Unknown random model {source!r}: use random:tiny or random:sd15.")
-    import platformdirs
+    from .cache_folder import cache_folder
 
-    folder = Path(platformdirs.user_cache_dir("napari-maskdiffusion")) / f"random-{size}"
+    folder = cache_folder() / f"random-{size}"
     if not (folder / "model_index.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".random-{size}-", dir=folder.parent) as scratch:

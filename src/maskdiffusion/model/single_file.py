@@ -66,12 +66,12 @@ def load_single_file(path: Path, config_dir: str | None) -> dict:
     }
 
 
-def read_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path, what: str = "a Stable Diffusion checkpoint") -> dict:
     """The flat state dict of a safetensors file or a (tensors-only) pickled checkpoint.
 
-    The format is told by the file's first bytes, not its suffix.
+    The format is told by the file's first bytes, not its suffix; ``what`` names what it should be.
     """
-    not_checkpoint = f"'{path}' is not a Stable Diffusion checkpoint (not a readable .safetensors/.ckpt file)"
+    not_checkpoint = f"'{path}' is not {what} (not a readable .safetensors/.ckpt file)"
     try:
         with open(path, "rb") as file:
             head = file.read(9)

@@ -27,6 +27,7 @@ __all__ = [
     "first_line",
     "hf_cache_dir",
     "hub_endpoint",
+    "hub_file",
     "hub_offline",
     "hub_reachable",
     "is_random_source",
@@ -195,10 +196,16 @@ def load_diffusers(source: str, hub: bool) -> dict:
 
 
 def _hub_model_index(repo_id: str, kwargs: dict) -> Path:
-    """Fetch (or find in the cache) ``model_index.json`` of a hub repo; the clear errors live here.
+    """``model_index.json`` of a hub repo (:func:`hub_file`)."""
+    return hub_file(repo_id, "model_index.json", kwargs, "a diffusers Stable Diffusion repository", HOW_TO)
 
-    Sets ``kwargs["local_files_only"]`` for the components that follow: True when downloads
-    are off or the Hub cannot be reached, so they are read from the cache without waiting.
+
+def hub_file(repo_id: str, filename: str, kwargs: dict, kind: str, how_to: str) -> Path:
+    """Fetch (or find in the cache) ``filename`` of a hub repo; the clear errors live here.
+
+    ``kind`` says what the repo should be, ``how_to`` how to pass local weights instead.
+    Sets ``kwargs["local_files_only"]`` for the files that follow: True when downloads are off
+    or the Hub cannot be reached, so they are read from the cache without waiting.
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -216,25 +223,22 @@ def _hub_model_index(repo_id: str, kwargs: dict) -> Path:
     kwargs["local_files_only"] = reason is not None
     timeout = {} if reason else {"etag_timeout": HUB_TIMEOUT_S}
     try:
-        return Path(hf_hub_download(repo_id, "model_index.json", **kwargs, **timeout))
+        return Path(hf_hub_download(repo_id, filename, **kwargs, **timeout))
     except RepositoryNotFoundError as err:
         raise ModelNotFoundError(
             f"Model '{repo_id}' is neither a local path nor a repository on the Hugging Face Hub "
-            f"(gated or private ones need `hf auth login`). {HOW_TO}."
+            f"(gated or private ones need `hf auth login`). {how_to}."
         ) from err
     except LocalEntryNotFoundError as err:
         missing = err
     except EntryNotFoundError as err:
-        raise ModelFormatError(
-            f"'{repo_id}' on the Hugging Face Hub is not a diffusers Stable Diffusion repository "
-            f"(no model_index.json). {HOW_TO}."
-        ) from err
+        raise ModelFormatError(f"'{repo_id}' on the Hugging Face Hub is not {kind} (no {filename}). {how_to}.") from err
     except Exception as err:
         missing = err
     reason = reason or f"it could not be downloaded ({first_line(missing)})"
     raise ModelNotFoundError(
         f"Model '{repo_id}' is neither a local path nor in the Hugging Face cache ({kwargs['cache_dir']}), "
-        f"and {reason}. {HOW_TO}."
+        f"and {reason}. {how_to}."
     ) from missing
 
 

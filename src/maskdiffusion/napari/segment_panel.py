@@ -349,6 +349,8 @@ class SegmentPanel(QWidget):
             job["plane"], job["planes_total"] = item.index, item.count
             return
         if item.stage == "load" or item.total <= 0:
+            if item.message:  # OpenVINO's one-time conversion says what it does and that it is once
+                self.status.setText(item.message)
             return
         if item.region is not None and job["annotation"].run.classes:
             job["annotation"].show_rows(job["planes"][job.get("plane", 0)], item.region, item.labels)
