@@ -20,6 +20,7 @@ MODULES = [
     "maskdiffusion.core.memory",
     "maskdiffusion.dataset.project",
     "maskdiffusion.dataset.lock",
+    "maskdiffusion.geo.label_files",
 ]
 
 

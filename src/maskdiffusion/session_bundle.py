@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .core.labels import SOFTWARE
 from .errors import BadInputError
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def save_session(path: str | Path, session: Session) -> Path:
     index = {
         "format": FORMAT,
         "version": VERSION,
-        "software": "napari-maskdiffusion",
+        "software": SOFTWARE,
         "software_version": __version__,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "image": session.image,

@@ -32,6 +32,7 @@ import numpy as np
 
 __all__ = [
     "LEGACY_NOTE",
+    "SOFTWARE",
     "UNLABELLED",
     "UNLABELLED_NAME",
     "from_index",
@@ -41,6 +42,9 @@ __all__ = [
     "label_values",
     "to_index",
 ]
+
+#: What every file this package writes names as its ``software`` (sidecars, bundles, sessions).
+SOFTWARE = "napari-maskdiffusion"
 
 UNLABELLED = 0
 UNLABELLED_NAME = "unlabelled"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .classes import ClassSpec
-from .labels import label_values
+from .labels import SOFTWARE, label_values
 from .params import SegmentParams
 
 __all__ = ["Progress", "SegmentationResult"]
@@ -90,7 +90,7 @@ class SegmentationResult:
             "backend": self.backend,
             "parameters": self.params.to_dict(),
             "version": __version__,
-            "software": "napari-maskdiffusion",
+            "software": SOFTWARE,
         }
         if self.bands is not None:
             meta["bands_used"] = list(self.bands)

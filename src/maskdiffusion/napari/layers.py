@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.classes import ClassSpec, default_color
-from ..core.labels import label_dtype
+from ..core.labels import SOFTWARE, label_dtype
 from ..errors import BadInputError
 from .images import LayerImage, level0
 from .napari_compat import outside_history
@@ -63,7 +63,6 @@ __all__ = [
 CLASS, SEMANTIC, CONFIDENCE = "class", "semantic", "confidence"
 #: Metadata keys binding a class layer to its annotation and class (:mod:`.annotation`).
 ANNOTATION, CLASS_ID = "annotation", "class_id"
-SOFTWARE = "napari-maskdiffusion"
 OPACITY = 0.7
 #: A class layer's values: the class as drafted, and as the annotator painted it.
 DRAFT, STROKE = 1, 2

@@ -183,13 +183,10 @@ def read_result(sidecar: Path) -> list[tuple]:
     meta, classes = _read_sidecar(sidecar)
     raster = _raster_of(sidecar)
     labels, geo = read_image(raster)
-    if labels.ndim == 3 and labels.shape[2] >= 3 and all(c.color for c in classes):
-        colors = np.array([(0, 0, 0), *(c.color for c in classes)], np.int64)
-        codes = colors @ np.array([1 << 16, 1 << 8, 1])
-        rgb = labels[..., :3].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
-        order = np.argsort(codes)
-        found = np.clip(np.searchsorted(codes[order], rgb), 0, len(codes) - 1)
-        labels = np.where(codes[order][found] == rgb, order[found], 0).astype(np.uint8)
+    if labels.ndim == 3 and labels.shape[2] >= 3 and labels.dtype == np.uint8 and all(c.color for c in classes):
+        from ..geo.isprs import decode_isprs_labels
+
+        labels = (decode_isprs_labels(labels[..., :3], classes)[0] + 1).astype(np.uint8)
     elif labels.ndim != 2:
         raise BadInputError(f"{raster} is not a one-band label raster")
     else:

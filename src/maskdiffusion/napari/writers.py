@@ -5,17 +5,13 @@ Several layers are merged into one label map first (:data:`~.layers.MERGE_RULE`:
 higher in the list wins), so selecting a run's class layers and saving them gives the run's
 label map with its classes and georeference. Values follow :mod:`maskdiffusion.core.labels`.
 
-Every file is written atomically (nothing is left behind on failure), and an existing path is
-only replaced by a file of the same kind: a label map never silently overwrites an image,
-a file never replaces a folder and a bundle never replaces a folder it did not write.
+Every file is written atomically and replaces only a file of its own kind
+(:mod:`maskdiffusion.geo.label_files`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -87,71 +83,11 @@ def write_annotation(path, labels: np.ndarray, classes: list[ClassSpec], metadat
     return _write_map(path, [semantic_layer_data(labels, classes, metadata)], kind)
 
 
-def _existing_kind(path: Path) -> str | None:
-    """What is at ``path`` now: None, "folder", "labels" (ours), "rgb labels" (ours), or "other"."""
-    if not path.exists() and not path.is_symlink():
-        return None
-    if path.is_dir():
-        return "folder"
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    from ..geo.raster_io import sidecar_path
-
-    try:
-        with rasterio.open(path) as src:
-            if "CLASSES" in src.tags() and src.count == 1:
-                return "labels"
-            ours = _read_json(sidecar_path(path)).get("software") == SOFTWARE
-            if ours and src.count == 3:
-                return "rgb labels"
-            if ours and src.count == 1:
-                return "labels"
-    except (RasterioError, OSError):
-        pass
-    return "other"
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _refuse_other(path: Path, want: str, allowed: set[str]) -> None:
-    found = _existing_kind(path)
-    if found is not None and found not in allowed:
-        what = {"folder": "a folder", "labels": "a label map", "rgb labels": "an RGB label image"}
-        raise BadInputError(
-            f"{path} exists and is {what.get(found, 'a file of another kind')}, not {want}: "
-            "not overwriting it; delete it or choose another name"
-        )
-
-
 def _write_map(path: Path, layer_data: list[tuple], kind: str) -> list[str]:
-    from ..geo import raster_io
+    from ..geo.label_files import write_label_map
 
     labels, classes, metadata = _label_map(layer_data)
-    if labels.ndim != 2:
-        raise BadInputError(
-            f"{path.name}: only 2-D (H, W) Labels layers can be written as one map, got shape {labels.shape}"
-        )
-    export_meta = _export_metadata(metadata, classes, path)
-    geo = _geo(metadata)
-    if kind == "isprs":
-        _refuse_other(path, "an RGB label image", {"rgb labels"})
-        written = raster_io.write_isprs_rgb(path, labels, classes, geo)
-    else:
-        _refuse_other(path, "a label map", {"labels"})
-        written = raster_io.write_labels(path, labels, classes, geo if kind == "geotiff" else None, export_meta)
-    try:
-        sidecar = raster_io.write_sidecar(path, export_meta)
-    except BaseException:
-        Path(written).unlink(missing_ok=True)
-        raise
-    return [str(path), str(sidecar)]
+    return write_label_map(path, labels, classes, _geo(metadata), _export_metadata(metadata, classes, path), kind)
 
 
 def _label_map(layer_data: list[tuple]) -> tuple[np.ndarray, list[ClassSpec], dict]:
@@ -205,67 +141,16 @@ def write_bundle(path: str, layer_data: list[tuple]) -> list[str]:
     ``semantic.tif`` merges the classes by :data:`maskdiffusion.napari.layers.MERGE_RULE`
     (the layers' order). The folder appears complete or not at all.
     """
-    from ..geo import raster_io
+    from ..geo.label_files import write_class_bundle
 
-    folder = Path(path)
     entries = _class_masks(layer_data)
-    if folder.exists():
-        if not folder.is_dir():
-            raise BadInputError(f"{folder} exists and is a file, not a bundle folder: not overwriting it")
-        if any(folder.iterdir()) and "bundle" not in _read_json(folder / "classes.json"):
-            raise BadInputError(
-                f"{folder} is a folder that holds other files, not a MaskDiffusion bundle: not overwriting it"
-            )
-    if not folder.parent.is_dir():
-        raise BadInputError(f"cannot write {folder}: folder {folder.parent} does not exist")
-
-    first_meta = entries[0][2]
-    common = {k: v for k, v in first_meta.items()
+    common = {k: v for k, v in entries[0][2].items()
               if k not in ("kind", "prompt", "classes", "merge_rule", *_NOT_EXPORTED)}
-    geo = _geo(first_meta)
     classes = [spec for spec, _, _ in entries]
-    files = []
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:12]}.tmp")
-    tmp.mkdir()
-    try:
-        semantic = np.zeros(entries[0][1].shape, label_dtype(len(entries)))
-        for k, (spec, mask, _) in enumerate(entries, start=1):
-            name = f"{k:02d}_{safe_filename(spec.name)}.tif"
-            raster_io.write_labels(tmp / name, mask.astype(np.uint8), [spec], geo,
-                                   _export_metadata({**common, "kind": CLASS}, [spec], folder / name))
-            semantic[mask] = k
-            files.append(name)
-        sem_meta = _export_metadata({**common, "kind": SEMANTIC, "merge_rule": MERGE_RULE}, classes,
-                                    folder / "semantic.tif")
-        raster_io.write_labels(tmp / "semantic.tif", semantic, classes, geo, sem_meta)
-        info = {
-            **_export_metadata(common, classes, folder / "classes.json"),
-            "software": SOFTWARE,
-            "bundle": 1,
-            "classes": [dict(c.to_dict(), value=i + 1, file=f) for i, (c, f) in enumerate(zip(classes, files))],
-            "semantic": "semantic.tif",
-            "merge_rule": MERGE_RULE,
-        }
-        from ..geo.atomic import write_json
 
-        write_json(tmp / "classes.json", info)
-        _swap_in(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return [str(folder / f) for f in (*files, "semantic.tif", "classes.json")]
+    def metadata(kind: str, of: list[ClassSpec], where: Path) -> dict:
+        extra = {"class": {"kind": CLASS}, "semantic": {"kind": SEMANTIC, "merge_rule": MERGE_RULE}}
+        return _export_metadata({**common, **extra.get(kind, {"merge_rule": MERGE_RULE})}, of, where)
 
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    """Move the finished ``tmp`` folder onto ``folder``, replacing an old bundle only at the end."""
-    if not folder.exists():
-        os.replace(tmp, folder)
-        return
-    old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:12]}.old")
-    os.replace(folder, old)
-    try:
-        os.replace(tmp, folder)
-    except BaseException:
-        os.replace(old, folder)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    names = [f"{k:02d}_{safe_filename(spec.name)}.tif" for k, spec in enumerate(classes, start=1)]
+    return write_class_bundle(path, [mask for _, mask, _ in entries], classes, _geo(entries[0][2]), metadata, names)
