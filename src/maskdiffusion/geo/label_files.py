@@ -1,9 +1,11 @@
-"""Label maps as files that never replace a file of another kind: one map with its sidecar, or a
-class bundle folder (a 0/1 GeoTIFF per class, ``semantic.tif`` and ``classes.json``).
+"""Our label files, Qt-free: a label map with its sidecar ``X.classes.json`` (GeoTIFF, palette
+PNG or ISPRS colour-coded RGB), and class bundle folders (a 0/1 GeoTIFF per class,
+``semantic.tif`` and ``classes.json``).
 
-What the napari writers save (:mod:`maskdiffusion.napari.writers` builds the map and the
-metadata from layers). A label map only replaces a label map of ours, an RGB label image only
-an RGB label image, a bundle only a bundle; everything appears complete or not at all.
+Writing never replaces a file of another kind: a label map only a label map of ours, an RGB
+label image only an RGB label image, a bundle only a bundle; everything appears complete or not
+at all. Reading gives the map as label values (0 = unlabelled, k = k-th class) and refuses a
+sidecar it cannot use in one line. The napari reader and writers turn these into layers.
 
 Examples
 --------
@@ -16,6 +18,9 @@ Examples
 ['x.tif', 'x.classes.json']
 >>> existing_kind(folder / "x.tif")
 'labels'
+>>> labels_back, classes_back, meta, geo = read_label_map(folder / "x.classes.json")
+>>> labels_back.tolist(), [c.name for c in classes_back]
+([[0, 1], [2, 2]], ['tree', 'road'])
 """
 
 from __future__ import annotations
@@ -24,18 +29,24 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..core.classes import ClassSpec
-from ..core.labels import SOFTWARE, label_dtype
+from ..core.classes import ClassSpec, default_color
+from ..core.labels import SOFTWARE, from_stored, label_dtype, label_values
 from ..errors import BadInputError
 from .atomic import write_json
-from .raster_io import GeoInfo, sidecar_path, write_isprs_rgb, write_labels, write_sidecar
+from .raster_io import GeoInfo, read_image, sidecar_path, write_isprs_rgb, write_labels, write_sidecar
 
-__all__ = ["existing_kind", "write_class_bundle", "write_label_map"]
+__all__ = ["BUNDLE_FILE", "SIDECAR", "existing_kind", "is_bundle", "label_sidecar", "raster_of", "read_label_map",
+           "write_class_bundle", "write_label_map"]
+
+SIDECAR = ".classes.json"
+BUNDLE_FILE = "classes.json"
+_RASTER_SUFFIXES = (".tif", ".tiff", ".png")
 
 _KIND_NAMES = {"folder": "a folder", "labels": "a label map", "rgb labels": "an RGB label image"}
 
@@ -46,6 +57,87 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def raster_of(sidecar) -> Path | None:
+    """The label raster beside a sidecar ``X.classes.json`` (``X.tif``, ``X.tiff`` or ``X.png``)."""
+    sidecar = Path(sidecar)
+    stem = sidecar.name[: -len(SIDECAR)]
+    return next((sidecar.with_name(stem + s) for s in _RASTER_SUFFIXES if sidecar.with_name(stem + s).is_file()),
+                None)
+
+
+def label_sidecar(path) -> Path | None:
+    """The sidecar of a label raster we wrote (``X.tif`` beside our ``X.classes.json``), else ``None``."""
+    path = Path(path)
+    if path.suffix.lower() not in _RASTER_SUFFIXES:
+        return None
+    meta = _read_json(sidecar_path(path))
+    return sidecar_path(path) if meta.get("software") == SOFTWARE and "classes" in meta else None
+
+
+def is_bundle(folder) -> bool:
+    """Whether ``folder`` holds a class bundle of ours."""
+    data = _read_json(Path(folder) / BUNDLE_FILE)
+    return data.get("software") == SOFTWARE and "bundle" in data
+
+
+def read_sidecar(sidecar) -> tuple[dict, list[ClassSpec]]:
+    """A result sidecar's metadata and classes; one line naming the file when it cannot be used."""
+    try:
+        meta = json.loads(Path(sidecar).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BadInputError(f"{sidecar}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{sidecar}: not UTF-8 text, so not a result's sidecar") from None
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{sidecar}, line {e.lineno}: not valid JSON ({e.msg}, column {e.colno}); "
+                            "the result's classes cannot be read") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list):
+        raise BadInputError(f"{sidecar}: not a result's sidecar (it holds no list of \"classes\")")
+    try:
+        return meta, [ClassSpec.from_dict(c) for c in meta["classes"]]
+    except BadInputError as e:
+        raise BadInputError(f"{sidecar}: {e}") from None
+
+
+def _with_unknown_classes(labels: np.ndarray, classes: list[ClassSpec], raster: Path,
+                          sidecar: Path) -> tuple[np.ndarray, list[ClassSpec]]:
+    """Stored values above the sidecar's classes become classes "unknown class N" (numbered on
+    after the known ones), said in one warning: nothing the file holds is hidden."""
+    n = len(classes)
+    if not labels.size or int(labels.max()) <= n:
+        return labels, classes
+    unknown = [int(v) for v in np.unique(labels[labels > n])]
+    warnings.warn(f"{raster.name} holds label value(s) {', '.join(map(str, unknown))} that {sidecar.name} does not "
+                  f"list (it has {n} classes): shown as 'unknown class N'", stacklevel=3)
+    lookup = np.arange(int(labels.max()) + 1)
+    lookup[unknown] = np.arange(n + 1, n + 1 + len(unknown))
+    return (lookup[labels].astype(label_dtype(n + len(unknown))),
+            classes + [ClassSpec(f"unknown class {v}", (), default_color(n + i)) for i, v in enumerate(unknown)])
+
+
+def read_label_map(sidecar) -> tuple[np.ndarray, list[ClassSpec], dict, GeoInfo]:
+    """The label map beside ``sidecar`` (0 = unlabelled, k = k-th class), its classes, the
+    sidecar's metadata and the raster's georeference. An ISPRS-style colour-coded raster is
+    decoded by the colours of its classes; stored values the sidecar does not list become
+    classes "unknown class N", with a warning."""
+    sidecar = Path(sidecar)
+    meta, classes = read_sidecar(sidecar)
+    raster = raster_of(sidecar)
+    if raster is None:
+        raise BadInputError(f"{sidecar}: no label raster beside it ({sidecar.name[: -len(SIDECAR)]}.tif or .png)")
+    labels, geo = read_image(raster)
+    if labels.ndim == 3 and labels.shape[2] >= 3 and labels.dtype == np.uint8 and all(c.color for c in classes):
+        from .isprs import decode_isprs_labels
+
+        labels = (decode_isprs_labels(labels[..., :3], classes)[0] + 1).astype(label_dtype(len(classes)))
+    elif labels.ndim != 2:
+        raise BadInputError(f"{raster} is not a one-band label raster")
+    else:
+        labels = from_stored(labels, meta, len(classes), what=str(raster))
+        labels, classes = _with_unknown_classes(labels, classes, raster, sidecar)
+    return labels, classes, meta, geo
 
 
 def existing_kind(path) -> str | None:
@@ -77,12 +169,19 @@ def _refuse_other(path: Path, want: str, allowed: str) -> None:
                             "not overwriting it; delete it or choose another name")
 
 
+def _with_classes(metadata: dict, classes: Sequence[ClassSpec]) -> dict:
+    """``metadata`` as a sidecar: the classes with their label values, and who wrote it."""
+    return {"software": SOFTWARE, **metadata, "classes": [dict(c.to_dict(), value=k) for k, c in enumerate(classes, 1)],
+            "label_values": label_values(classes)}
+
+
 def write_label_map(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: GeoInfo | None, metadata: dict,
                     kind: str = "geotiff") -> list[str]:
     """``labels`` (0 = unlabelled, k = k-th class) as a label GeoTIFF (``kind`` "geotiff"), a
     palette PNG ("png", no georeference) or ISPRS colour-coded RGB ("isprs"), with ``metadata``
-    as its sidecar. Returns the two paths written."""
+    and the classes as its sidecar. Returns the two paths written."""
     path = Path(path)
+    metadata = _with_classes(metadata, classes)
     if labels.ndim != 2:
         raise BadInputError(f"{path.name}: only 2-D (H, W) label maps can be written, got shape {labels.shape}")
     if kind == "isprs":
@@ -100,10 +199,11 @@ def write_label_map(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo:
 
 
 def write_class_bundle(folder, masks: Sequence[np.ndarray], classes: Sequence[ClassSpec], geo: GeoInfo | None,
-                       metadata: Callable[[str, list[ClassSpec], Path], dict], file_names: Sequence[str]) -> list[str]:
+                       metadata: Callable[[str, Path], dict], file_names: Sequence[str]) -> list[str]:
     """One 0/1 GeoTIFF per class (``file_names``), ``semantic.tif`` (a later class wins) and
     ``classes.json`` in ``folder``, which appears complete or not at all and replaces only a
-    bundle. ``metadata(kind, classes, path)`` gives each file's metadata."""
+    bundle. ``metadata(kind, path)`` gives the metadata of each file ("class", "semantic",
+    "bundle"), to which the classes are added."""
     folder = Path(folder)
     if folder.exists():
         if not folder.is_dir():
@@ -118,11 +218,12 @@ def write_class_bundle(folder, masks: Sequence[np.ndarray], classes: Sequence[Cl
     try:
         semantic = np.zeros(masks[0].shape, label_dtype(len(classes)))
         for k, (spec, mask, name) in enumerate(zip(classes, masks, file_names), start=1):
-            write_labels(tmp / name, mask.astype(np.uint8), [spec], geo, metadata("class", [spec], folder / name))
+            write_labels(tmp / name, mask.astype(np.uint8), [spec], geo,
+                         _with_classes(metadata("class", folder / name), [spec]))
             semantic[mask] = k
-        write_labels(tmp / "semantic.tif", semantic, classes, geo, metadata("semantic", list(classes),
-                                                                             folder / "semantic.tif"))
-        info = {**metadata("bundle", list(classes), folder / "classes.json"), "software": SOFTWARE, "bundle": 1,
+        write_labels(tmp / "semantic.tif", semantic, classes, geo,
+                     _with_classes(metadata("semantic", folder / "semantic.tif"), classes))
+        info = {**_with_classes(metadata("bundle", folder / BUNDLE_FILE), classes), "bundle": 1,
                 "classes": [dict(c.to_dict(), value=i, file=f) for i, (c, f) in enumerate(zip(classes, file_names), 1)],
                 "semantic": "semantic.tif"}
         write_json(tmp / "classes.json", info)

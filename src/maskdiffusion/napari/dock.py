@@ -110,9 +110,9 @@ class AnnotatorDock(QWidget):
         layer = event.value
         path = source_path(layer) if layer.metadata.get("kind") is None else None
         if path is not None and hasattr(layer, "rgb"):
-            from .reader import labels_sidecar
+            from ..geo.label_files import label_sidecar
 
-            sidecar = labels_sidecar(path)
+            sidecar = label_sidecar(path)
             if sidecar is not None:
                 next_turn(partial(self._open_as_classes, layer, sidecar))
                 return

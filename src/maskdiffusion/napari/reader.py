@@ -20,37 +20,33 @@ from __future__ import annotations
 import json
 import re
 import uuid
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..core.classes import ClassSpec, default_color, preset_classes
-from ..core.labels import from_stored
+from ..core.classes import ClassSpec, preset_classes
 from ..errors import BadInputError
 from .images import image_layer_data
-from .layers import ANNOTATION, SOFTWARE, STROKE, base_metadata, class_layer_data, semantic_layer_data
+from .layers import ANNOTATION, STROKE, base_metadata, class_layer_data, semantic_layer_data
 
-__all__ = ["get_reader", "image_layer_data", "labels_sidecar", "read_path"]
+__all__ = ["get_reader", "image_layer_data", "read_path"]
 
-_SIDECAR = ".classes.json"
-_BUNDLE_FILE = "classes.json"
 _SESSION_FILE = "session.json"
 _POTSDAM_IMAGE = re.compile(r"^top_potsdam_\d+_\d+_(RGBIR|IRRG|RGB)\.tiff?$", re.IGNORECASE)
 _POTSDAM_LABEL = re.compile(r"potsdam_\d+_\d+_label(_noboundary)?\.tiff?$", re.IGNORECASE)
-_RASTER_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 def _kind(path) -> str | None:
     """Which of our files ``path`` is: "sidecar", "bundle", "session", "potsdam", or None."""
+    from ..geo.label_files import BUNDLE_FILE, SIDECAR, is_bundle, raster_of
     from ..session_bundle import SUFFIX, is_session
 
     p = Path(path)
     if (p.suffix == SUFFIX or p.name == _SESSION_FILE) and is_session(p):
         return "session"
-    if p.name == _BUNDLE_FILE and _is_bundle(p.parent):
+    if p.name == BUNDLE_FILE and is_bundle(p.parent):
         return "bundle"
-    if p.name.endswith(_SIDECAR) and p.is_file() and _raster_of(p) is not None:
+    if p.name.endswith(SIDECAR) and p.is_file() and raster_of(p) is not None:
         return "sidecar"
     if p.is_file() and (_POTSDAM_IMAGE.search(p.name) or _POTSDAM_LABEL.search(p.name)):
         from ..geo.raster_io import page_count
@@ -78,36 +74,6 @@ def read_path(path) -> list[tuple]:
     for _, kwargs, _ in layers:
         kwargs["metadata"] = {**kwargs.get("metadata", {}), ANNOTATION: annotation}
     return layers
-
-
-def labels_sidecar(path) -> Path | None:
-    """The sidecar of a label raster written by this plugin (``X.tif`` beside ``X.classes.json``),
-    else ``None``: what the dock opens when napari opened the raster as a plain image."""
-    from ..geo.raster_io import sidecar_path
-
-    p = Path(path)
-    if p.suffix.lower() not in _RASTER_SUFFIXES:
-        return None
-    sidecar = sidecar_path(p)
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return sidecar if isinstance(meta, dict) and meta.get("software") == SOFTWARE and "classes" in meta else None
-
-
-def _is_bundle(folder: Path) -> bool:
-    try:
-        data = json.loads((folder / _BUNDLE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("software") == SOFTWARE and "bundle" in data
-
-
-def _raster_of(sidecar: Path) -> Path | None:
-    stem = sidecar.name[: -len(_SIDECAR)]
-    return next((sidecar.with_name(stem + s) for s in _RASTER_SUFFIXES if sidecar.with_name(stem + s).is_file()),
-                None)
 
 
 def _class_layers(labels: np.ndarray, classes, meta: dict, image_name: str, edited: np.ndarray | None = None,
@@ -138,60 +104,13 @@ def _image_layers(meta: dict, sidecar: Path, fallback: str) -> tuple[list[tuple]
     return out, out[-1][1]["name"] if len(out) > 1 else source.stem, str(source)
 
 
-def _read_sidecar(sidecar: Path) -> tuple[dict, list[ClassSpec]]:
-    """A result sidecar's metadata and classes; one line naming the file when it cannot be used."""
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise BadInputError(f"{sidecar}: cannot be read ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise BadInputError(f"{sidecar}: not UTF-8 text, so not a result's sidecar") from None
-    except json.JSONDecodeError as e:
-        raise BadInputError(f"{sidecar}, line {e.lineno}: not valid JSON ({e.msg}, column {e.colno}); "
-                            "the result's classes cannot be read") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list):
-        raise BadInputError(f"{sidecar}: not a result's sidecar (it holds no list of \"classes\")")
-    try:
-        return meta, [ClassSpec.from_dict(c) for c in meta["classes"]]
-    except BadInputError as e:
-        raise BadInputError(f"{sidecar}: {e}") from None
-
-
-def _with_unknown_classes(labels: np.ndarray, classes: list[ClassSpec], raster: Path,
-                          sidecar: Path) -> tuple[np.ndarray, list[ClassSpec]]:
-    """Stored values above the sidecar's classes become classes "unknown class N" (numbered on
-    after the known ones), said in one warning: nothing the file holds is hidden."""
-    n = len(classes)
-    if not labels.size or int(labels.max()) <= n:
-        return labels, classes
-    unknown = [int(v) for v in np.unique(labels[labels > n])]
-    warnings.warn(f"{raster.name} holds label value(s) {', '.join(map(str, unknown))} that {sidecar.name} does not "
-                  f"list (it has {n} classes): shown as layer(s) 'unknown class N'", stacklevel=3)
-    lookup = np.arange(int(labels.max()) + 1)
-    lookup[unknown] = np.arange(n + 1, n + 1 + len(unknown))
-    dtype = np.uint8 if n + len(unknown) < 256 else np.uint16
-    return (lookup[labels].astype(dtype),
-            classes + [ClassSpec(f"unknown class {v}", (), default_color(n + i)) for i, v in enumerate(unknown)])
-
-
 def read_result(sidecar: Path) -> list[tuple]:
-    """A result (its sidecar): its image when still on disk, then one class layer per class, and
-    one per stored value the sidecar does not list ("unknown class N", with a warning). An
-    ISPRS-style colour-coded raster is decoded by the colours of its classes."""
-    from ..geo.raster_io import read_image
+    """A result (its sidecar): its image when still on disk, then one class layer per class
+    (:func:`~maskdiffusion.geo.label_files.read_label_map`)."""
+    from ..geo.label_files import raster_of, read_label_map
 
-    meta, classes = _read_sidecar(sidecar)
-    raster = _raster_of(sidecar)
-    labels, geo = read_image(raster)
-    if labels.ndim == 3 and labels.shape[2] >= 3 and labels.dtype == np.uint8 and all(c.color for c in classes):
-        from ..geo.isprs import decode_isprs_labels
-
-        labels = (decode_isprs_labels(labels[..., :3], classes)[0] + 1).astype(np.uint8)
-    elif labels.ndim != 2:
-        raise BadInputError(f"{raster} is not a one-band label raster")
-    else:
-        labels = from_stored(labels, meta, len(classes), what=str(raster))
-        labels, classes = _with_unknown_classes(labels, classes, raster, sidecar)
+    labels, classes, meta, geo = read_label_map(sidecar)
+    raster = raster_of(sidecar)
     if geo.transform is not None and not meta.get("georeference"):
         meta["georeference"] = geo.to_dict()
     out, image_name, image_path = _image_layers(meta, sidecar, raster.stem)
@@ -242,11 +161,12 @@ def read_potsdam(path: Path) -> list[tuple]:
 
 def read_bundle(folder: Path) -> list[tuple]:
     """The class layers of a bundle written by :func:`maskdiffusion.napari.writers.write_bundle`."""
+    from ..geo.label_files import BUNDLE_FILE
     from ..geo.raster_io import read_image
 
-    info = json.loads((folder / _BUNDLE_FILE).read_text(encoding="utf-8"))
+    info = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
     base = {k: v for k, v in info.items() if k not in ("classes", "bundle", "semantic", "merge_rule", "label_values")}
-    out, image_name, image_path = _image_layers(info, folder / _BUNDLE_FILE, folder.stem)
+    out, image_name, image_path = _image_layers(info, folder / BUNDLE_FILE, folder.stem)
     base = {**base_metadata(None, base), "image": image_name, "source_file": {"kind": "bundle", "path": str(folder)}}
     if image_path:
         base["image_path"] = image_path

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.classes import ClassSpec, default_color
-from ..core.labels import label_dtype, label_values
+from ..core.labels import label_dtype
 from ..errors import BadInputError
-from .layers import ANNOTATION, CLASS, CLASS_ID, MERGE_RULE, SEMANTIC, SOFTWARE, export_labels, safe_filename
+from .layers import ANNOTATION, CLASS, CLASS_ID, MERGE_RULE, SEMANTIC, export_labels, safe_filename
 
 __all__ = ["write_annotation", "write_bundle", "write_geotiff", "write_isprs_rgb", "write_palette_png"]
 
@@ -56,15 +56,13 @@ def _jsonable(metadata: dict) -> dict:
     return json.loads(json.dumps(to_jsonable(metadata), default=str))
 
 
-def _export_metadata(metadata: dict, classes: list[ClassSpec], out_path: Path) -> dict:
-    """The sidecar of ``out_path``: the classes, their label values, and the image named by a path
-    relative to the sidecar (the layer's name as ``image_layer``, for when the file is gone)."""
+def _export_metadata(metadata: dict, out_path: Path) -> dict:
+    """The layers' metadata as the sidecar of ``out_path`` (the classes are added by the writer):
+    the image named by a path relative to the sidecar, and the layer's name as ``image_layer``
+    for when the file is gone."""
     from ..geo.raster_io import image_reference
 
     meta = {k: v for k, v in _jsonable(metadata).items() if k not in _NOT_EXPORTED}
-    meta["classes"] = [dict(c.to_dict(), value=k) for k, c in enumerate(classes, start=1)]
-    meta["label_values"] = label_values(classes)
-    meta.setdefault("software", SOFTWARE)
     name, path = meta.pop("image", None), meta.pop("image_path", None)
     if name:
         meta["image_layer"] = name
@@ -87,7 +85,7 @@ def _write_map(path: Path, layer_data: list[tuple], kind: str) -> list[str]:
     from ..geo.label_files import write_label_map
 
     labels, classes, metadata = _label_map(layer_data)
-    return write_label_map(path, labels, classes, _geo(metadata), _export_metadata(metadata, classes, path), kind)
+    return write_label_map(path, labels, classes, _geo(metadata), _export_metadata(metadata, path), kind)
 
 
 def _label_map(layer_data: list[tuple]) -> tuple[np.ndarray, list[ClassSpec], dict]:
@@ -148,9 +146,9 @@ def write_bundle(path: str, layer_data: list[tuple]) -> list[str]:
               if k not in ("kind", "prompt", "classes", "merge_rule", *_NOT_EXPORTED)}
     classes = [spec for spec, _, _ in entries]
 
-    def metadata(kind: str, of: list[ClassSpec], where: Path) -> dict:
+    def metadata(kind: str, where: Path) -> dict:
         extra = {"class": {"kind": CLASS}, "semantic": {"kind": SEMANTIC, "merge_rule": MERGE_RULE}}
-        return _export_metadata({**common, **extra.get(kind, {"merge_rule": MERGE_RULE})}, of, where)
+        return _export_metadata({**common, **extra.get(kind, {"merge_rule": MERGE_RULE})}, where)
 
     names = [f"{k:02d}_{safe_filename(spec.name)}.tif" for k, spec in enumerate(classes, start=1)]
     return write_class_bundle(path, [mask for _, mask, _ in entries], classes, _geo(entries[0][2]), metadata, names)
