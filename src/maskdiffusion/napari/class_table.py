@@ -9,6 +9,7 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QColorDialog,
     QComboBox,
+    QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -20,7 +21,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.classes import PRESETS, ClassListError, ClassSpec, as_class_specs, default_color, parse_class_list
+from ..core.classes import (
+    PRESETS,
+    ClassListError,
+    ClassSpec,
+    as_class_specs,
+    default_color,
+    parse_class_list,
+    read_class_file,
+    write_class_file,
+)
+from ..errors import BadInputError
+from .notify import report
 
 __all__ = ["PRESET_TITLES", "ClassEditor", "ClassTable", "class_line"]
 
@@ -226,7 +238,29 @@ class ClassEditor(QWidget):
         rows[row], rows[target] = rows[target], rows[row]
         self._set_rows(rows, target)
 
-    def buttons(self, on_load, on_save) -> QHBoxLayout:
+    def load_file(self, path) -> None:
+        try:
+            self.set_classes(read_class_file(path))
+        except ClassListError as e:
+            report(e)
+
+    def save_file(self, path) -> None:
+        try:
+            write_class_file(path, self.classes())
+        except (ClassListError, OSError) as e:
+            report(BadInputError(f"cannot save the class list: {e}"))
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load class list", "", "Class lists (*.json *.txt);;All files (*)")
+        if path:
+            self.load_file(path)
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save class list", "classes.json", "JSON (*.json)")
+        if path:
+            self.save_file(path)
+
+    def buttons(self) -> QHBoxLayout:
         """Add, remove, reorder, load and save buttons for the table."""
         row = QHBoxLayout()
         for text, slot, tip in (
@@ -234,8 +268,8 @@ class ClassEditor(QWidget):
             ("−", self.remove_row, "Remove the selected class"),
             ("↑", lambda: self.move_row(-1), "Move up"),
             ("↓", lambda: self.move_row(1), "Move down"),
-            ("Load…", on_load, "Load a class list (.json or text)"),
-            ("Save…", on_save, "Save the class list as .json"),
+            ("Load…", self._load_dialog, "Load a class list (.json or text)"),
+            ("Save…", self._save_dialog, "Save the class list as .json"),
         ):
             button = QPushButton(text)
             button.setToolTip(tip)

@@ -34,31 +34,10 @@ if TYPE_CHECKING:
     from napari.layers import Labels, Layer
 
 
-__all__ = [
-    "ANNOTATION",
-    "CLASS",
-    "CLASS_ID",
-    "CONFIDENCE",
-    "DRAFT",
-    "MERGE_RULE",
-    "SEMANTIC",
-    "SOFTWARE",
-    "STROKE",
-    "class_colormap",
-    "class_layer_data",
-    "class_layers",
-    "export_labels",
-    "layer_class",
-    "layer_classes",
-    "merge_class_layers",
-    "merge_layer_data",
-    "safe_filename",
-    "semantic_colormap",
-    "semantic_layer_data",
-    "split_layer_data",
-    "split_semantic_layer",
-    "write_into_layer",
-]
+__all__ = ["ANNOTATION", "CLASS", "CLASS_ID", "CONFIDENCE", "DRAFT", "MERGE_RULE", "SEMANTIC", "SOFTWARE", "STROKE",
+           "class_colormap", "class_layer_data", "class_layers", "export_labels", "layer_class", "layer_classes",
+           "merge_class_layers", "merge_layer_data", "safe_filename", "semantic_colormap", "semantic_layer_data",
+           "split_layer_data", "split_semantic_layer", "write_into_layer"]
 
 CLASS, SEMANTIC, CONFIDENCE = "class", "semantic", "confidence"
 #: Metadata keys binding a class layer to its annotation and class (:mod:`.annotation`).

@@ -17,7 +17,6 @@ from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QFileDialog,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -28,7 +27,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.classes import ClassListError, read_class_file, write_class_file
+from ..core.classes import ClassListError
 from ..errors import BadInputError
 from .annotation import Annotation, AnnotatorState
 from .class_table import ClassEditor, class_line
@@ -125,7 +124,7 @@ class SegmentPanel(QWidget):
         self.classes_editor = ClassEditor()
         self.classes_editor.changed.connect(self._update_buttons)
         column.addWidget(self.classes_editor)
-        column.addLayout(self.classes_editor.buttons(self._load_classes_dialog, self._save_classes_dialog))
+        column.addLayout(self.classes_editor.buttons())
         return box
 
     def _params_box(self) -> QWidget:
@@ -438,27 +437,3 @@ class SegmentPanel(QWidget):
         job, self._progress = self._progress, {}
         if job:
             self._take_back(job["annotation"])
-
-    # ------------------------------------------------------------------ class files
-
-    def load_class_file(self, path) -> None:
-        try:
-            self.set_classes(read_class_file(path))
-        except ClassListError as e:
-            report(e)
-
-    def save_class_file(self, path) -> None:
-        try:
-            write_class_file(path, self.classes())
-        except (ClassListError, OSError) as e:
-            report(BadInputError(f"cannot save the class list: {e}"))
-
-    def _load_classes_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load class list", "", "Class lists (*.json *.txt);;All files (*)")
-        if path:
-            self.load_class_file(path)
-
-    def _save_classes_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save class list", "classes.json", "JSON (*.json)")
-        if path:
-            self.save_class_file(path)

@@ -55,11 +55,10 @@ def load_settings() -> WidgetSettings:
 
 def save_settings(settings: WidgetSettings) -> None:
     """Write the settings; a read-only config folder only loses the memory, not the session."""
-    path = settings_path()
+    from ..geo.atomic import write_json
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(settings), indent=2), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
+        settings_path().parent.mkdir(parents=True, exist_ok=True)
+        write_json(settings_path(), asdict(settings))
+    except OSError:  # OutputError is one
         pass
