@@ -145,6 +145,41 @@ def test_cancel_after_rows_streamed_removes_the_new_layers_one_per_frame(make_na
     assert "cancelled" in dock.segment.status.text() and not dock.state.annotations
 
 
+def test_cancel_pressed_after_the_last_tile_was_computed_still_cancels(make_napari_viewer, qtbot, tiny_model_dir,
+                                                                       neon, monkeypatch):
+    """Cancel while the rows are still being shown but the worker has already finished: the
+    run's result arrives after the Cancel and must not be added (it was, with "done")."""
+    import threading
+
+    import maskdiffusion.napari.workers as workers
+
+    computed = threading.Event()
+    segment_planes = workers.segment_planes
+
+    def observed(*args, **kwargs):
+        results = yield from segment_planes(*args, **kwargs)
+        computed.set()
+        return results
+
+    monkeypatch.setattr(workers, "segment_planes", observed)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(neon))
+    dock = make_dock(viewer, qtbot, tiny_model_dir, FOUR, synchronous=False)
+    dock.segment.parameters["tile_size"].value = 128
+    worker = dock.segment.run()
+
+    def cancel_once_computed(_):
+        if not worker.abort_requested and any(ly.metadata.get("kind") == "class" and ly.data.any()
+                                              for ly in viewer.layers):
+            assert computed.wait(120)
+            dock.segment.cancel_button.click()
+
+    worker.yielded.connect(cancel_once_computed)
+    qtbot.waitUntil(lambda: not dock.segment.running and [ly.name for ly in viewer.layers] == ["neon"],
+                    timeout=TIMEOUT_MS)
+    assert "cancelled" in dock.segment.status.text() and not dock.state.annotations
+
+
 def test_a_renamed_layer_renames_its_class_and_reordering_changes_nothing(annotator, qtbot, tmp_path):
     """Item 5: the name typed in the layer list is the class's, in files and after class changes."""
     viewer, dock = annotator

@@ -47,6 +47,7 @@ __all__ = ["Annotation", "AnnotatorState", "remove_layers"]
 
 Region = tuple[int, int, int, int]
 _UNDO, _REDO = "Control-Z", "Control-Shift-Z"
+_LEAVING = "leaving"
 #: A change of more than 1/DENSE_SHARE of a map's pixels is written straight into the layers'
 #: arrays and each layer refreshed once (one redraw, not dozens of partial ones).
 DENSE_SHARE = 50
@@ -56,9 +57,12 @@ def remove_layers(viewer: napari.Viewer, layers: Sequence[Layer], then: Callable
     """Remove ``layers`` from the viewer one per drawn frame, then call ``then``.
 
     napari 0.9.2 under software OpenGL crashed when two Labels layers were removed before the
-    canvas drew once; one removal per frame did not.
+    canvas drew once; one removal per frame did not. Layers waiting their turn are marked
+    leaving, so that no annotation adopts them meanwhile.
     """
     left = [ly for ly in layers if ly in viewer.layers]
+    for layer in left:
+        layer.metadata[_LEAVING] = True
     if not left:
         if then is not None:
             then()
@@ -472,7 +476,9 @@ class Annotation:
             return
         names = ", ".join(repr(name) for _, name in pending)
         self.change_classes(lambda session, group: session.delete_classes(ids, group))
-        self.notify(f"deleted the class {names}: its pixels are unlabelled now (Undo or Ctrl-Z brings it back)")
+        self.notify(f"deleted the class {names}: its pixels are unlabelled now (Undo or Ctrl-Z brings it back)"
+                    if len(pending) == 1 else f"deleted the classes {names}: their pixels are unlabelled now "
+                    "(Undo or Ctrl-Z brings them back)")
 
     def layer_renamed(self, layer: Labels) -> None:
         """A bound layer was renamed in the layer list: its class takes the name (one step)."""
@@ -660,7 +666,8 @@ class AnnotatorState:
         are grouped by image and shape. Returns the new annotations."""
         groups: dict[str, list] = {}
         for layer in arrived:
-            if layer not in viewer.layers or layer.metadata.get("kind") != CLASS or self.annotation_of(layer):
+            if (layer not in viewer.layers or layer.metadata.get("kind") != CLASS or layer.metadata.get(_LEAVING)
+                    or self.annotation_of(layer)):
                 continue
             key = layer.metadata.get(ANNOTATION)
             if not key or key in self.annotations:

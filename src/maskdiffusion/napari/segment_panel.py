@@ -367,6 +367,9 @@ class SegmentPanel(QWidget):
         self.status.setText(text)
 
     def _on_returned(self, results) -> None:
+        if self._worker is not None and self._worker.abort_requested:  # Cancel came after the last tile
+            self._on_aborted()
+            return
         job, self._progress = self._progress, {}
         annotation: Annotation = job["annotation"]
         if job["layer"] not in self.viewer.layers:
@@ -421,6 +424,8 @@ class SegmentPanel(QWidget):
         self.status.setText("cancelled: the layers are as they were")
 
     def _on_finished(self) -> None:
+        if self._progress:  # quit after the last tile: napari emits neither returned nor aborted
+            self._on_aborted()
         if self._steps is not None:
             self._steps.close()
         self._worker = self._steps = None
