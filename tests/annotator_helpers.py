@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
+import pytest
 
 from maskdiffusion.napari import layers
 
 PLUGIN = "napari-maskdiffusion"
 CLASSES = ["tree", "ground", "road"]
 TIMEOUT_MS = 120_000
+#: The marks of a test module on a real napari window.
+GUI = [
+    pytest.mark.gui,
+    pytest.mark.skipif(sys.platform.startswith("linux") and not os.environ.get("DISPLAY"),
+                       reason="needs a display: run under xvfb-run -a (napari's canvas needs OpenGL)"),
+]
 
 
 def dock_with_model_chosen(viewer, model_dir, synchronous: bool = True):

@@ -6,9 +6,7 @@ thread is the point."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from annotator_helpers import (
+    GUI,
     TIMEOUT_MS,
     class_names,
     make_dock,
@@ -30,11 +29,7 @@ from maskdiffusion.errors import NeedsFeaturesError
 from maskdiffusion.geo.raster_io import read_image
 from maskdiffusion.napari import layers
 
-pytestmark = [
-    pytest.mark.gui,
-    pytest.mark.skipif(sys.platform.startswith("linux") and not os.environ.get("DISPLAY"),
-                       reason="needs a display: run under xvfb-run -a (napari's canvas needs OpenGL)"),
-]
+pytestmark = GUI
 
 FOUR = ["tree", "grass", "sand", "road"]
 

@@ -5,9 +5,6 @@ window kept out."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
@@ -18,15 +15,11 @@ import rasterio
 from PIL import Image
 from rasterio.transform import from_origin
 
-from annotator_helpers import TIMEOUT_MS, make_dock, one_class_per_pixel, stroke, wait_idle
+from annotator_helpers import GUI, TIMEOUT_MS, make_dock, one_class_per_pixel, stroke, wait_idle
 from maskdiffusion.dataset import Project, Status
 from maskdiffusion.geo.raster_io import read_image
 
-pytestmark = [
-    pytest.mark.gui,
-    pytest.mark.skipif(sys.platform.startswith("linux") and not os.environ.get("DISPLAY"),
-                       reason="needs a display: run under xvfb-run -a (napari's canvas needs OpenGL)"),
-]
+pytestmark = GUI
 
 CLASSES = ["road", "tree"]
 

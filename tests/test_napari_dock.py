@@ -6,9 +6,6 @@ Workers run on the test's thread (``dock.state.synchronous``) except where the t
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
@@ -17,6 +14,7 @@ pytest.importorskip("pytestqt")
 
 from annotator_helpers import (
     CLASSES,
+    GUI,
     PLUGIN,
     TIMEOUT_MS,
     class_names,
@@ -30,11 +28,7 @@ from annotator_helpers import (
 from maskdiffusion.napari import layers
 from maskdiffusion.session_bundle import load_session
 
-pytestmark = [
-    pytest.mark.gui,
-    pytest.mark.skipif(sys.platform.startswith("linux") and not os.environ.get("DISPLAY"),
-                       reason="needs a display: run under xvfb-run -a (napari's canvas needs OpenGL)"),
-]
+pytestmark = GUI
 
 
 @pytest.fixture(autouse=True)
