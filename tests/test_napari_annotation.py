@@ -16,6 +16,7 @@ pytest.importorskip("pytestqt")
 
 from annotator_helpers import (
     GUI,
+    PLUGIN,
     TIMEOUT_MS,
     class_names,
     make_dock,
@@ -173,6 +174,30 @@ def test_cancel_pressed_after_the_last_tile_was_computed_still_cancels(make_napa
     qtbot.waitUntil(lambda: not dock.segment.running and [ly.name for ly in viewer.layers] == ["neon"],
                     timeout=TIMEOUT_MS)
     assert "cancelled" in dock.segment.status.text() and not dock.state.annotations
+
+
+def test_the_dock_from_the_plugin_menu_owns_the_layers_of_its_run(make_napari_viewer, qtbot, tiny_model_dir, neon):
+    """npe2 hands the dock a proxy of the viewer, through which every layer is a new proxy
+    object: the run's layers were not its own, a second annotation adopted them, and strokes
+    went to that one (no features, no Refine)."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(neon))
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "MaskDiffusion annotator")
+    dock.state.synchronous = True
+    box = dock.segment.model_box
+    box.source_combo.setCurrentText(str(tiny_model_dir))
+    box.device_combo.setCurrentText("cpu")
+    box.load()
+    qtbot.waitUntil(lambda: box.ready, timeout=TIMEOUT_MS)
+    dock.segment.set_classes(FOUR)
+    dock.segment.parameters["tile_size"].value = 256
+    annotation = run_and_wait(dock, qtbot)
+    qtbot.waitUntil(lambda: not dock._arrived, timeout=TIMEOUT_MS)
+    assert list(dock.state.annotations.values()) == [annotation]
+    road = viewer.layers["road"]
+    stroke(qtbot, dock, road, [(60, 60), (60, 120)])
+    assert annotation.owns(road) and annotation.session().edited.any() and annotation.session().can_refine
+    assert one_class_per_pixel(annotation)
 
 
 def test_a_renamed_layer_renames_its_class_and_reordering_changes_nothing(annotator, qtbot, tmp_path):

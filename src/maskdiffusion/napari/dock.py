@@ -28,6 +28,7 @@ from ..errors import BadInputError, OutputError
 from .annotation import AnnotatorState, remove_layers
 from .dataset_panel import DatasetPanel
 from .images import source_path
+from .napari_compat import unwrapped
 from .notify import report, say
 from .refine_panel import RefinePanel
 from .segment_panel import SegmentPanel
@@ -57,7 +58,7 @@ class AnnotatorDock(QWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
-        self.viewer = viewer
+        self.viewer = viewer = unwrapped(viewer)
         self.state = AnnotatorState(notify=say)
         self.segment = SegmentPanel(viewer, self.state)
         self.refine = RefinePanel(viewer, self.state)

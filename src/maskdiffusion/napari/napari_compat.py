@@ -14,9 +14,19 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Labels
 
-__all__ = ["after_next_draw", "outside_history", "qt_window", "stroke_region"]
+__all__ = ["after_next_draw", "outside_history", "qt_window", "stroke_region", "unwrapped"]
 
 Region = tuple[int, int, int, int]
+
+
+def unwrapped(viewer: napari.Viewer) -> napari.Viewer:
+    """The viewer itself where npe2 hands a dock widget a ``PublicOnlyProxy`` of it.
+
+    Annotations bind their layers by identity. Through the proxy every layer napari returns is
+    a new proxy object, never the layer napari's events carry: a run's own layers were not
+    recognised as its own, and a second annotation adopted them.
+    """
+    return getattr(viewer, "__wrapped__", viewer)
 
 
 @contextmanager
