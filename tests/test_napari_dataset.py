@@ -73,6 +73,7 @@ def test_five_images_walked_with_next_leave_their_labels_and_a_restart_resumes_a
         assert [ly.name for ly in viewer.layers] == [name, *CLASSES], "one image layer, a layer a class: no pile"
         assert layers_before is None or all(a is b for a, b in zip(layers_before, viewer.layers)), "same layers"
         layers_before = list(viewer.layers)
+        assert dock.saved_label.text().startswith(f"{name}: {name}"), "Save labels… names the image in view"
         stroke(qtbot, dock, viewer.layers["tree"], [(10, 10)])
         panel.done_button.click() if i == 4 else panel.next_button.click()
     wait_idle(dock, qtbot)

@@ -63,7 +63,7 @@ class AnnotatorDock(QWidget):
         self.segment = SegmentPanel(viewer, self.state)
         self.refine = RefinePanel(viewer, self.state)
         self.dataset = DatasetPanel(viewer, self.state, self.segment)
-        self.state.on_change, self.state.background = self.refine.on_change, self.refine.background
+        self.state.on_change, self.state.background = self._on_change, self.refine.background
         self.tabs = QTabWidget()
         self.tabs.addTab(self.segment, "Segment")
         self.tabs.addTab(self.refine, "Refine")
@@ -143,6 +143,14 @@ class AnnotatorDock(QWidget):
     def _on_active(self, event=None) -> None:
         self.segment.follow_selection()
         self.refine.reset_choices()
+        self._show_save_target()
+
+    def _on_change(self, annotation: Annotation, what: str) -> None:
+        self.refine.on_change(annotation, what)
+        self._show_save_target()
+
+    def _show_save_target(self) -> None:
+        """Beside *Save labels…*: the file the annotation in front saves back to, if any."""
         annotation, _ = self.current()
         path = self.in_place_path(annotation)
         self.saved_label.setText(f"{annotation.name}: {Path(path).name}" if path else SAVE_HINT)
