@@ -335,6 +335,7 @@ def test_a_person_walks_run_delete_paint_rename_refine_undo_save_close_open_pain
     assert not viewer.layers and not dock.state.annotations
     reopened = opened(dock, qtbot, viewer, saved.with_suffix(".classes.json"))
     assert np.array_equal(reopened.session().labels, shown) and class_names(reopened) == ["tree", "sand", "road"]
+    assert dock.saved_label.text() == f"{reopened.name}: {saved.name}", "Save labels… says it saves back there"
     lowest = reopened.ordered_layers()[0]
     target = np.argwhere(reopened.session().labels == 3)[0]
     stroke(qtbot, dock, lowest, [tuple(int(c) for c in target)])

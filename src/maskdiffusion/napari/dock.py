@@ -135,6 +135,7 @@ class AnnotatorDock(QWidget):
         arrived, self._arrived = self._arrived, []
         if self.state.adopt(self.viewer, arrived):
             self.refine.reset_choices()
+            self._show_save_target()
 
     def _on_removed(self, event) -> None:
         self.state.layer_removed(event.value)
