@@ -341,6 +341,10 @@ def test_corrections_teach_the_next_draft_and_a_class_added_by_example_is_known_
         inside, outside = _sand(second.labels)
         assert inside > 0.9 and outside < 0.1
         assert _sand(second.session().refine())[0] > 0.9
+        session = second.session()
+        session.delete_classes([1])  # its class layer deleted in napari: the memory's prior follows
+        assert [c.name for c in session.classes] == ["road", "sand"] and session.state.prior.shape[0] == 2
+        assert (session.refine()[32:96, 32:96] == 2).mean() > 0.9, "sand is label 2 now"
         refreshed = drain(draft(project, 2, "no-such-model"))  # the stored draft catches up, no model
         assert refreshed.source == "draft" and refreshed.state.n_classes == 3
         assert _sand(refreshed.labels)[0] > 0.9 and not (ahead.labels == 3).any()

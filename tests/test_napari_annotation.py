@@ -26,7 +26,7 @@ from annotator_helpers import (
     stroke,
     wait_idle,
 )
-from maskdiffusion.errors import NeedsFeaturesError
+from maskdiffusion.errors import BadInputError, NeedsFeaturesError
 from maskdiffusion.geo.raster_io import read_image
 from maskdiffusion.napari import layers
 
@@ -98,6 +98,28 @@ def test_deleting_a_class_layer_deletes_its_class_and_undo_brings_it_back(annota
     wait_idle(dock, qtbot)
     assert class_names(annotation) == FOUR and (annotation.session().labels[grass] == 2).all()
     assert "grass" in viewer.layers and one_class_per_pixel(annotation)
+
+
+def test_a_class_that_cannot_be_deleted_keeps_its_layer_and_pixels(annotator, qtbot, monkeypatch):
+    """A deletion the session refuses (a memory prior once did: "a prior needs one prototype…")
+    left the class without its layer, the layers no longer showing the map. The layer comes
+    back with its pixels, and the reason is said."""
+    from maskdiffusion.session import Session
+
+    viewer, dock = annotator
+    annotation = run_and_wait(dock, qtbot)
+    before = annotation.session().labels.copy()
+    said = []
+    annotation.notify = said.append
+
+    def refuse(*_args, **_kwargs):
+        raise BadInputError("cannot delete it")
+
+    monkeypatch.setattr(Session, "delete_classes", refuse)
+    viewer.layers.remove("grass")
+    wait_idle(dock, qtbot)
+    assert [ly.name for ly in annotation.ordered_layers()] == FOUR and one_class_per_pixel(annotation)
+    assert np.array_equal(annotation.session().labels, before) and said == ["kept 'grass': cannot delete it"]
 
 
 def test_deleting_several_class_layers_at_once_is_one_step_and_napari_survives(annotator, qtbot):

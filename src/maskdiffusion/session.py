@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .core.class_edits import add_class, merge_classes, remove_class, rename_class
+from .core.class_edits import add_class, keep_classes, merge_classes, remove_class, rename_class
 from .core.classes import ClassSpec, as_class_specs, default_color, new_class_id
 from .core.confidence import grid_margin
 from .core.labels import label_dtype
@@ -464,13 +464,7 @@ class Session:
         above = np.arange(len(self.classes) + 1, len(lut))
         lut[above] = above - len(ks)
         new = lut[self.labels]
-        state = None
-        if self.state is not None:
-            keep = [k - 1 for k in kept]
-            st = self.state
-            state = replace(st, attention=st.attention[keep], classes=tuple(st.classes[i] for i in keep),
-                            from_text=tuple(st.from_text[i] for i in keep),
-                            base=None if st.base is None else st.base[keep])
+        state = None if self.state is None else keep_classes(self.state, [k - 1 for k in kept])
         classes, ids = self._without(ks)
         return self._push("delete class", new, np.asarray(self.edited) & ~gone, state, classes=classes, ids=ids,
                           group=group)

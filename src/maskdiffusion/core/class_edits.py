@@ -15,7 +15,7 @@ from ..errors import BadInputError
 from .classes import ClassSpec, as_class_specs, default_color
 from .refine import RefineState, check_maps, refine
 
-__all__ = ["add_class", "merge_classes", "remove_class", "rename_class"]
+__all__ = ["add_class", "keep_classes", "merge_classes", "remove_class", "rename_class"]
 
 
 def _prior_of(state: RefineState, rows) -> dict:
@@ -27,6 +27,15 @@ def _prior_of(state: RefineState, rows) -> dict:
     prior, share = state.prior[rows], state.prior_share[rows]
     prior[rows < 0], share[rows < 0] = 0, 0
     return {"prior": prior, "prior_share": share}
+
+
+def keep_classes(state: RefineState, rows: Sequence[int]) -> RefineState:
+    """A state of only the classes at positions ``rows``, in that order: their attention maps,
+    draft scores and memory prior (the features stay)."""
+    rows = [int(k) for k in rows]
+    return replace(state, attention=state.attention[rows], classes=tuple(state.classes[k] for k in rows),
+                   from_text=tuple(state.from_text[k] for k in rows),
+                   base=None if state.base is None else state.base[rows], **_prior_of(state, rows))
 
 
 def add_class(state: RefineState, spec: ClassSpec | str) -> RefineState:
@@ -65,11 +74,7 @@ def remove_class(state: RefineState, labels: np.ndarray, edited: np.ndarray, k: 
     if K == 1:
         raise BadInputError("cannot remove the only class")
     mine = labels == k + 1
-    new_state = replace(state, attention=np.delete(state.attention, k, 0),
-                        classes=state.classes[:k] + state.classes[k + 1:],
-                        from_text=state.from_text[:k] + state.from_text[k + 1:],
-                        base=None if state.base is None else np.delete(state.base, k, 0),
-                        **_prior_of(state, np.delete(np.arange(K), k)))
+    new_state = keep_classes(state, [i for i in range(K) if i != k])
     new_edited = edited & ~mine
     out = refine(new_state, _drop_value(labels, k, K), new_edited, keep=~mine, **options)
     return new_state, out, new_edited

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core.classes import ClassSpec, new_class_id
+from ..errors import BadInputError
 from .images import LayerImage, describe_image
 from .layers import ANNOTATION, CLASS, CLASS_ID, DRAFT, STROKE, class_layer_data, layer_class, write_into_layer
 from .napari_compat import after_next_draw, stroke_region
@@ -475,7 +476,13 @@ class Annotation:
         if not ids:
             return
         names = ", ".join(repr(name) for _, name in pending)
-        self.change_classes(lambda session, group: session.delete_classes(ids, group))
+        try:
+            self.change_classes(lambda session, group: session.delete_classes(ids, group))
+        except BadInputError as e:  # the class stays: its layer comes back with its pixels
+            self.match_layers()
+            self.show()
+            self.notify(f"kept {names}: {e}")
+            return
         self.notify(f"deleted the class {names}: its pixels are unlabelled now (Undo or Ctrl-Z brings it back)"
                     if len(pending) == 1 else f"deleted the classes {names}: their pixels are unlabelled now "
                     "(Undo or Ctrl-Z brings them back)")
