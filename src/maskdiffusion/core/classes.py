@@ -21,10 +21,12 @@ __all__ = [
     "PRESETS",
     "as_class_specs",
     "default_color",
+    "format_class_list",
     "new_class_id",
     "parse_class_list",
     "preset_classes",
     "read_class_file",
+    "with_free_colors",
     "write_class_file",
 ]
 
@@ -150,6 +152,31 @@ def parse_class_list(text: str) -> list[ClassSpec]:
         name, _, prompts = item.partition("=")
         specs.append(ClassSpec(name, tuple(p.strip() for p in prompts.split("|")) if prompts else ()))
     return as_class_specs(specs)
+
+
+def format_class_list(classes: Iterable[ClassSpec]) -> str:
+    """Classes as the line :func:`parse_class_list` reads (``name=prompt|prompt`` where the
+    prompts are not just the name): what the dock's class line shows and remembers.
+
+    Examples
+    --------
+    >>> format_class_list(parse_class_list("road, building=house|roof"))
+    'road, building=house | roof'
+    """
+    return ", ".join(c.name if c.prompts == (c.name,) else f"{c.name}={c.prompt}" for c in classes)
+
+
+def with_free_colors(specs: Sequence[ClassSpec]) -> list[ClassSpec]:
+    """The classes, those without a colour given the first palette colours no other class has.
+
+    Examples
+    --------
+    >>> [c.color for c in with_free_colors([ClassSpec("a", (), default_color(0)), ClassSpec("b")])]
+    [(230, 25, 75), (60, 180, 75)]
+    """
+    used = {s.color for s in specs if s.color}
+    free = (default_color(i) for i in range(10**6) if default_color(i) not in used)
+    return [s if s.color else ClassSpec(s.name, s.prompts, next(free)) for s in specs]
 
 
 def read_class_file(path: str | Path) -> list[ClassSpec]:

@@ -27,10 +27,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.classes import ClassListError
+from ..core.classes import ClassListError, format_class_list
 from ..errors import BadInputError
 from .annotation import Annotation, AnnotatorState
-from .class_table import ClassEditor, class_line
+from .class_table import ClassEditor
 from .images import current_plane, describe_image, read_plane
 from .model_box import ModelBox
 from .notify import report
@@ -316,7 +316,7 @@ class SegmentPanel(QWidget):
             planes = image.planes()
         from .workers import segment_planes
 
-        self.settings.classes = class_line(classes)
+        self.settings.classes = format_class_list(classes)
         save_settings(self.settings)
         annotation = self._annotation_for(layer, image, classes, planes)
         annotation.start_run([] if params.unsupervised else classes)
