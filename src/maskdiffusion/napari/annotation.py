@@ -142,11 +142,15 @@ class Annotation:
         session = self.session()
         return list(zip(session.class_ids, session.classes)) if session is not None else []
 
-    def value_of(self, class_id: str) -> int | None:
+    def value_of(self, class_id: str | None) -> int | None:
         """The label value (1-based) of a class id, ``None`` if the class is gone."""
         session = self.session()
         ids = session.class_ids if session is not None else ()
         return ids.index(class_id) + 1 if class_id in ids else None
+
+    def layer_value(self, layer: Layer) -> int | None:
+        """The label value of a bound layer's class, ``None`` if it is not bound or its class is gone."""
+        return self.value_of(next((i for i, own in self.layers.items() if own is layer), None))
 
     def ordered_layers(self) -> list[Labels]:
         """The bound layers in class order."""
@@ -234,17 +238,11 @@ class Annotation:
             else:
                 getattr(annotation, method)(annotation.current_plane())
 
-        def undo(own):
-            step("undo", own)
-
-        def redo(own):
-            step("redo", own)
-
         layer.events.paint.connect(on_paint)
         layer.events.name.connect(on_name)
         self._hooks[id(layer)] = (on_paint, on_name)
-        layer.bind_key(_UNDO, undo, overwrite=True)
-        layer.bind_key(_REDO, redo, overwrite=True)
+        layer.bind_key(_UNDO, partial(step, "undo"), overwrite=True)
+        layer.bind_key(_REDO, partial(step, "redo"), overwrite=True)
         layer.selected_label = STROKE
         layer.editable = self.idle
 
@@ -289,10 +287,7 @@ class Annotation:
     def read_strokes(self, layer: Labels, plane: tuple[int, ...], region: Region | None = None):
         """What the annotator changed in ``layer`` since the session last wrote it: (region,
         new labels, painted, released), or ``None`` if nothing changed."""
-        session, class_id = self.sessions.get(tuple(plane)), None
-        for i, own in self.layers.items():
-            class_id = i if own is layer else class_id
-        value = self.value_of(class_id) if class_id is not None else None
+        session, value = self.sessions.get(tuple(plane)), self.layer_value(layer)
         if session is None or value is None:
             return None
         height, width = session.labels.shape
@@ -482,8 +477,7 @@ class Annotation:
 
     def layer_renamed(self, layer: Labels) -> None:
         """A bound layer was renamed in the layer list: its class takes the name (one step)."""
-        class_id = next((i for i, own in self.layers.items() if own is layer), None)
-        value = self.value_of(class_id) if class_id is not None else None
+        value = self.layer_value(layer)
         if self._naming or value is None:
             return
         old, new = self.classes[value - 1][1].name, layer.name.strip()
@@ -703,20 +697,12 @@ def _from_layers(viewer: napari.Viewer, layers: list) -> Annotation:
     if meta.get("session"):
         session = load_session(meta["session"])
         annotation.session_path = meta["session"]
-        ids = session.class_ids
     else:
-        data = [np.asarray(ly.data) for ly in layers]
-        labels = np.zeros(data[0].shape[-2:], np.uint8 if len(layers) < 256 else np.uint16)
-        edited = np.zeros(labels.shape, bool)
-        for k, d in enumerate(data, start=1):
-            labels[d != 0] = k
-            edited |= d == STROKE
-        ids = [ly.metadata.get(CLASS_ID) or new_class_id() for ly in layers]
-        if len(set(ids)) != len(ids):
-            ids = [new_class_id() for _ in layers]
-        session = Session(labels, edited, image={"layer": image.name, "georeference": image.georeference},
-                          parameters=dict(meta.get("parameters") or {}), model=str(meta.get("model") or ""),
-                          class_list=tuple(layer_class(ly) for ly in layers), class_ids=tuple(ids))
+        session = Session.from_class_maps(
+            [ly.data for ly in layers], [layer_class(ly) for ly in layers],
+            [ly.metadata.get(CLASS_ID) for ly in layers], STROKE,
+            image={"layer": image.name, "georeference": image.georeference},
+            parameters=dict(meta.get("parameters") or {}), model=str(meta.get("model") or ""))
     annotation.sessions[()] = session
     for layer, class_id in zip(layers, session.class_ids):
         annotation.bind(layer, class_id)
