@@ -26,6 +26,7 @@ from .workers import make_worker, start
 if TYPE_CHECKING:
     import napari
 
+    from ..session import Session
     from .annotation import Annotation, AnnotatorState
 
 __all__ = ["AUTOSAVE_MINUTES", "SessionBox"]
@@ -37,7 +38,7 @@ class SessionBox(QGroupBox):
     """Save…, Open…, autosave minutes and where the session was last written."""
 
     def __init__(self, viewer: napari.viewer.Viewer, state: AnnotatorState,
-                 current: Callable[[], tuple[Annotation | None, tuple]], parent=None):
+                 current: Callable[[], tuple[Annotation | None, tuple, Session | None]], parent=None):
         super().__init__("Session", parent)
         self.viewer, self.state, self.current = viewer, state, current
         self.dirty = False
@@ -76,22 +77,17 @@ class SessionBox(QGroupBox):
 
         return settings_path().parent / "sessions" / (safe_filename(run.name) + SUFFIX)
 
-    def _current_session(self):
-        """The chosen run, its current plane and that plane's session (``None`` if none)."""
-        run, plane = self.current()
-        return run, plane, run.session(plane) if run is not None else None
-
     def _needs_saving(self) -> bool:
         """A prepared session changed since its last save, or never saved (the cache is never
         built on the interface's thread for a save nobody asked for)."""
-        run, _, session = self._current_session()
+        run, _, session = self.current()
         return session is not None and session.prepared and (self.dirty or run.session_path is None)
 
     def save(self, path: str | Path | None = None) -> Path | None:
         """Save the chosen run's current plane (with the annotator's latest strokes) now, on this
         thread; the bundle's folder, or ``None``. For scripts and for quitting: the dock saves
         with :meth:`save_soon`."""
-        run, plane, session = self._current_session()
+        run, plane, session = self.current()
         if session is None:
             return None
         self._wait_for_write()
@@ -110,7 +106,7 @@ class SessionBox(QGroupBox):
         back a band of rows per turn (:meth:`~.state.Annotation.sync_soon`), the map copied, the
         bundle written on a worker. Strokes made meanwhile go to the next save. ``False`` if
         there is nothing to save, a save is being written or the run is busy."""
-        run, plane, session = self._current_session()
+        run, plane, session = self.current()
         if session is None or self._writing is not None:
             return False
         target = self._target(run, path)
@@ -185,7 +181,7 @@ class SessionBox(QGroupBox):
             self.timer.stop()
 
     def _save_dialog(self) -> None:
-        run, _ = self.current()
+        run, _, _ = self.current()
         start = str(run.session_path or "") if run is not None else ""
         path, _ = QFileDialog.getSaveFileName(self, "Save session", start, f"Session (*{SUFFIX})")
         if path and not self.save_soon(path) and run is not None:
