@@ -21,17 +21,21 @@ array([1, 3, 2], dtype=uint8)
 array([-1,  0,  2])
 >>> label_values(["road", "tree"])
 {'0': 'unlabelled', '1': 'road', '2': 'tree'}
+>>> merge_masks([np.array([[1, 1, 0]]), np.array([[0, 1, 0]])])
+array([[1, 2, 0]], dtype=uint8)
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
+    "CLASS",
     "LEGACY_NOTE",
+    "SEMANTIC",
     "SOFTWARE",
     "UNLABELLED",
     "UNLABELLED_NAME",
@@ -40,11 +44,16 @@ __all__ = [
     "is_current",
     "label_dtype",
     "label_values",
+    "merge_masks",
     "to_index",
 ]
 
 #: What every file this package writes names as its ``software`` (sidecars, bundles, sessions).
 SOFTWARE = "napari-maskdiffusion"
+
+#: The ``kind`` in the metadata of a map of one class (non-zero = the class) and of a label map
+#: of several classes: napari layers and the files written from them.
+CLASS, SEMANTIC = "class", "semantic"
 
 UNLABELLED = 0
 UNLABELLED_NAME = "unlabelled"
@@ -62,6 +71,15 @@ def label_values(classes: Iterable) -> dict[str, str]:
     """``{"0": "unlabelled", "1": first name, ...}`` for ``ClassSpec`` objects or names."""
     names = [getattr(c, "name", c) for c in classes]
     return {"0": UNLABELLED_NAME, **{str(k): str(n) for k, n in enumerate(names, start=1)}}
+
+
+def merge_masks(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """One label map of class masks: value k where the k-th mask is non-zero, a later mask
+    winning where two overlap (the class layer drawn on top)."""
+    labels = np.zeros(np.shape(masks[0]), label_dtype(len(masks)))
+    for k, mask in enumerate(masks, start=1):
+        labels[np.asarray(mask) != 0] = k
+    return labels
 
 
 def from_index(index: np.ndarray, n_classes: int, invalid: np.ndarray | None = None) -> np.ndarray:
