@@ -32,7 +32,7 @@ import numpy as np
 
 from ..core.classes import ClassSpec, new_class_id
 from .images import LayerImage, describe_image
-from .layers import ANNOTATION, CLASS, CLASS_ID, DRAFT, STROKE, class_layer_data, layer_class, write_into_layer
+from .layers import ANNOTATION, CLASS, CLASS_ID, STROKE, class_layer_data, class_view, layer_class, write_into_layer
 from .napari_compat import after_next_draw, stroke_region
 from .turns import in_turns, next_turn, row_bands
 
@@ -69,13 +69,6 @@ def remove_layers(viewer: napari.Viewer, layers: Sequence[Layer], then: Callable
         return
     viewer.layers.remove(left[0])
     after_next_draw(viewer, partial(remove_layers, viewer, left[1:], then))
-
-
-def _class_view(labels: np.ndarray, edited: np.ndarray, value: int) -> np.ndarray:
-    """What the layer of label ``value`` shows of a band: STROKE where painted, DRAFT elsewhere
-    in its class, 0 outside it."""
-    mine = labels == value
-    return np.where(mine & edited, np.uint8(STROKE), np.where(mine, np.uint8(DRAFT), np.uint8(0)))
 
 
 @dataclass(eq=False)
@@ -294,7 +287,7 @@ class Annotation:
         y0, y1, x0, x1 = region or (0, height, 0, width)
         current = np.asarray(layer.data[(*plane, slice(y0, y1), slice(x0, x1))])
         labels, edited = session.labels[y0:y1, x0:x1], session.edited[y0:y1, x0:x1]
-        if np.array_equal(current, _class_view(labels, edited, value)):
+        if np.array_equal(current, class_view(labels, edited, value)):
             return None
         expected = labels == value
         painted = ((current == STROKE) & ~(expected & edited)) | ((current != 0) & ~expected)
@@ -350,7 +343,7 @@ class Annotation:
             layer = self.layers.get(class_id)
             n = 0
             if layer is not None and layer in self.viewer.layers:
-                n = write_into_layer(layer, _class_view(labels, edited, value), tuple(plane), (y0, y1, x0, x1),
+                n = write_into_layer(layer, class_view(labels, edited, value), tuple(plane), (y0, y1, x0, x1),
                                      refresh=refresh)
             changed.append(n)
         return changed
@@ -534,7 +527,7 @@ class Annotation:
         run = self.run
         layer = run.layers.get(k) if run is not None else None
         if layer is not None and layer in self.viewer.layers:
-            write_into_layer(layer, np.where(labels == k, np.uint8(DRAFT), np.uint8(0)), plane, region)
+            write_into_layer(layer, class_view(labels, None, k), plane, region)
 
     def finish_run(self, results: dict, image_info: Callable[[tuple], dict]) -> dict:
         """The run's ``results`` ({plane: result}) become the sessions (one undo step on a plane

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 __all__ = ["ANNOTATION", "CLASS", "CLASS_ID", "CONFIDENCE", "DRAFT", "MERGE_RULE", "SEMANTIC", "SOFTWARE", "STROKE",
-           "class_colormap", "class_layer_data", "class_layers", "layer_class", "layer_classes",
+           "class_colormap", "class_layer_data", "class_layers", "class_view", "layer_class", "layer_classes",
            "merge_class_layers", "merge_layer_data", "safe_filename", "semantic_colormap", "semantic_layer_data",
            "split_layer_data", "split_semantic_layer", "write_into_layer"]
 
@@ -228,6 +228,14 @@ def write_into_layer(layer: Labels, values: np.ndarray, plane: tuple[int, ...] =
         with outside_history(layer):
             layer.data_setitem(index, new)
     return n
+
+
+def class_view(labels: np.ndarray, edited: np.ndarray | None, value: int) -> np.ndarray:
+    """What the class layer of label ``value`` shows of a label map: :data:`STROKE` where
+    ``edited`` (none when ``None``), :data:`DRAFT` elsewhere in its class, 0 outside it."""
+    mine = labels == value
+    draft = np.where(mine, np.uint8(DRAFT), np.uint8(0))
+    return draft if edited is None else np.where(mine & edited, np.uint8(STROKE), draft)
 
 
 def safe_filename(name: str) -> str:
