@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,11 +73,6 @@ class SessionBox(QGroupBox):
         if QApplication.instance() is not None:
             QApplication.instance().aboutToQuit.connect(self._save_before_quit)
 
-    def _default_path(self, run: Annotation) -> Path:
-        from .settings import settings_path
-
-        return settings_path().parent / "sessions" / (safe_filename(run.name) + SUFFIX)
-
     def _needs_saving(self) -> bool:
         """A prepared session changed since its last save, or never saved (the cache is never
         built on the interface's thread for a save nobody asked for)."""
@@ -90,7 +86,8 @@ class SessionBox(QGroupBox):
         run, plane, session = self.current()
         if session is None:
             return None
-        self._wait_for_write()
+        if self._writing is not None:
+            self._written_event.wait()
         for layer in run.ordered_layers():
             run.take_strokes(layer, plane)
         self.dirty = False
@@ -117,7 +114,7 @@ class SessionBox(QGroupBox):
             self._written_event.clear()
             self._writing = make_worker(self._write, target, session, session.snapshot(),
                                         returned=lambda folder: self._written(run, folder),
-                                        errored=self._write_failed, finished=self._write_finished)
+                                        errored=self._write_failed, finished=partial(setattr, self, "_writing", None))
             start(self._writing, self.state.synchronous)
 
         return run.sync_soon(plane, synced)
@@ -132,7 +129,11 @@ class SessionBox(QGroupBox):
             self.save()
 
     def _target(self, run: Annotation, path: str | Path | None) -> Path:
-        return Path(path) if path else (run.session_path or self._default_path(run))
+        """``path``, else the bundle last saved or opened, else one in the config folder."""
+        from .settings import settings_path
+
+        return Path(path) if path else (run.session_path or settings_path().parent / "sessions" /
+                                        (safe_filename(run.name) + SUFFIX))
 
     def _write(self, path: Path, session, snapshot) -> Path:
         """Write ``snapshot`` (of ``session``, whose cache it takes once built) as a bundle, on
@@ -159,13 +160,6 @@ class SessionBox(QGroupBox):
         if isinstance(exc, OutputError):
             self.autosave_spin.setValue(0)
         report(exc)
-
-    def _write_finished(self) -> None:
-        self._writing = None
-
-    def _wait_for_write(self) -> None:
-        if self._writing is not None:
-            self._written_event.wait()
 
     def open(self, path: str | Path) -> list:
         """Open a bundle through the plugin's reader; the dock takes its layers in."""
