@@ -19,7 +19,7 @@ import numpy as np
 from .core.class_edits import add_class, merge_classes, remove_class, rename_class
 from .core.classes import ClassSpec, as_class_specs, default_color, new_class_id
 from .core.confidence import grid_margin
-from .core.labels import label_dtype
+from .core.labels import STROKE, label_dtype
 from .core.marks import Marks
 from .core.refine import PRIOR_CELLS, RefineState, assign, refined_scores
 from .errors import BadInputError, NeedsFeaturesError
@@ -212,7 +212,7 @@ class Session:
 
     @classmethod
     def from_class_maps(cls, maps: Sequence[np.ndarray], classes: Sequence[ClassSpec],
-                        class_ids: Sequence[str | None] = (), stroke: int = 2, **fields) -> Session:
+                        class_ids: Sequence[str | None] = (), stroke: int = STROKE, **fields) -> Session:
         """A session from one (H, W) map per class (the napari class layers): non-zero pixels
         are the class, a later map winning where two overlap; ``stroke`` marks the pixels the
         annotator set. ``class_ids``: the classes' ids (a missing one is new; all are new when

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core.classes import ClassSpec, new_class_id
+from ..core.labels import class_view, class_view_edits
 from .images import LayerImage, describe_image
-from .layers import ANNOTATION, CLASS, CLASS_ID, STROKE, class_layer_data, class_view, layer_class, write_into_layer
+from .layers import ANNOTATION, CLASS, CLASS_ID, STROKE, class_layer_data, layer_class, write_into_layer
 from .napari_compat import after_next_draw, stroke_region
 from .turns import in_turns, next_turn, row_bands
 
@@ -286,15 +287,8 @@ class Annotation:
         height, width = session.labels.shape
         y0, y1, x0, x1 = region or (0, height, 0, width)
         current = np.asarray(layer.data[(*plane, slice(y0, y1), slice(x0, x1))])
-        labels, edited = session.labels[y0:y1, x0:x1], session.edited[y0:y1, x0:x1]
-        if np.array_equal(current, class_view(labels, edited, value)):
-            return None
-        expected = labels == value
-        painted = ((current == STROKE) & ~(expected & edited)) | ((current != 0) & ~expected)
-        released = expected & (current == 0)
-        if not painted.any() and not released.any():
-            return None
-        return (y0, y1, x0, x1), np.where(painted, value, labels), painted, released
+        found = class_view_edits(current, session.labels[y0:y1, x0:x1], session.edited[y0:y1, x0:x1], value)
+        return None if found is None else ((y0, y1, x0, x1), *found)
 
     def take_strokes(self, layer: Labels, plane: tuple[int, ...] = (), region: Region | None = None) -> int:
         """Take a stroke from ``layer`` into the plane's session (one undo step) and show it in every
@@ -693,7 +687,7 @@ def _from_layers(viewer: napari.Viewer, layers: list) -> Annotation:
     else:
         session = Session.from_class_maps(
             [ly.data for ly in layers], [layer_class(ly) for ly in layers],
-            [ly.metadata.get(CLASS_ID) for ly in layers], STROKE,
+            [ly.metadata.get(CLASS_ID) for ly in layers],
             image={"layer": image.name, "georeference": image.georeference},
             parameters=dict(meta.get("parameters") or {}), model=str(meta.get("model") or ""))
     annotation.sessions[()] = session

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.classes import ClassSpec, default_color
-from ..core.labels import CLASS, SEMANTIC, SOFTWARE, merge_masks
+from ..core.labels import CLASS, DRAFT, SEMANTIC, SOFTWARE, STROKE, merge_masks
 from ..errors import BadInputError
 from .images import LayerImage, level0
 from .napari_compat import outside_history
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 __all__ = ["ANNOTATION", "CLASS", "CLASS_ID", "CONFIDENCE", "DRAFT", "MERGE_RULE", "SEMANTIC", "SOFTWARE", "STROKE",
-           "class_colormap", "class_layer_data", "class_layers", "class_view", "layer_class", "layer_classes",
+           "class_colormap", "class_layer_data", "class_layers", "layer_class", "layer_classes",
            "merge_class_layers", "merge_layer_data", "safe_filename", "semantic_colormap", "semantic_layer_data",
            "split_layer_data", "split_semantic_layer", "write_into_layer"]
 
@@ -43,8 +43,6 @@ CONFIDENCE = "confidence"
 #: Metadata keys binding a class layer to its annotation and class (:mod:`.annotation`).
 ANNOTATION, CLASS_ID = "annotation", "class_id"
 OPACITY = 0.7
-#: A class layer's values: the class as drafted, and as the annotator painted it.
-DRAFT, STROKE = 1, 2
 
 MERGE_RULE = (
     "where class layers overlap, the layer higher in napari's layer list (drawn on top) wins; "
@@ -228,14 +226,6 @@ def write_into_layer(layer: Labels, values: np.ndarray, plane: tuple[int, ...] =
         with outside_history(layer):
             layer.data_setitem(index, new)
     return n
-
-
-def class_view(labels: np.ndarray, edited: np.ndarray | None, value: int) -> np.ndarray:
-    """What the class layer of label ``value`` shows of a label map: :data:`STROKE` where
-    ``edited`` (none when ``None``), :data:`DRAFT` elsewhere in its class, 0 outside it."""
-    mine = labels == value
-    draft = np.where(mine, np.uint8(DRAFT), np.uint8(0))
-    return draft if edited is None else np.where(mine & edited, np.uint8(STROKE), draft)
 
 
 def safe_filename(name: str) -> str:

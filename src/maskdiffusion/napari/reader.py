@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from ..core.classes import ClassSpec, preset_classes
+from ..core.labels import class_view
 from ..errors import BadInputError
 from .images import image_layer_data
-from .layers import ANNOTATION, base_metadata, class_layer_data, class_view, semantic_layer_data
+from .layers import ANNOTATION, base_metadata, class_layer_data, semantic_layer_data
 
 __all__ = ["get_reader", "image_layer_data", "read_path"]
 
