@@ -240,6 +240,13 @@ class Session:
         """The classes in label-value order (value k = ``classes[k - 1]``)."""
         return tuple(self.class_list)
 
+    def class_index(self, name: str) -> int:
+        """The 0-based index of the class named ``name`` (any case); one line if there is none."""
+        for k, c in enumerate(self.classes):
+            if c.name.lower() == name.lower():
+                return k
+        raise BadInputError(f"no class named {name!r}")
+
     def memory(self) -> dict[str, int]:
         """Bytes the session holds, by part: ``map``, ``marks`` (the painted pixels), ``cache``
         (the refinement's arrays, of every state an undo step keeps, its margin and a run not

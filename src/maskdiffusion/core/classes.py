@@ -20,6 +20,7 @@ __all__ = [
     "ClassListError",
     "PRESETS",
     "as_class_specs",
+    "classes_from_rows",
     "default_color",
     "format_class_list",
     "new_class_id",
@@ -177,6 +178,25 @@ def with_free_colors(specs: Sequence[ClassSpec]) -> list[ClassSpec]:
     used = {s.color for s in specs if s.color}
     free = (default_color(i) for i in range(10**6) if default_color(i) not in used)
     return [s if s.color else ClassSpec(s.name, s.prompts, next(free)) for s in specs]
+
+
+def classes_from_rows(rows: Iterable[tuple[str, str, tuple[int, int, int] | None]]) -> list[ClassSpec]:
+    """Classes from a class table's rows of (name, prompt text, colour): prompts ``a | b``, and
+    a name holding commas is several classes, the new ones in colours no other class has.
+    Raises :class:`ClassListError` with the reason (an empty name, a duplicate...).
+
+    Examples
+    --------
+    >>> [(c.name, c.prompts) for c in classes_from_rows([("road", "road | street", None), ("tree, sky", "", None)])]
+    [('road', ('road', 'street')), ('tree', ('tree',)), ('sky', ('sky',))]
+    """
+    specs = []
+    for name, prompt, color in rows:
+        names = name.split(",") if "," in name else [name]
+        prompts = tuple(p for p in prompt.split("|") if p.strip())
+        for i, part in enumerate(names):
+            specs.append(ClassSpec(part, prompts if len(names) == 1 else (), color if i == 0 else None))
+    return as_class_specs(with_free_colors(specs)) if specs else []
 
 
 def read_class_file(path: str | Path) -> list[ClassSpec]:

@@ -26,6 +26,7 @@ from ..core.classes import (
     ClassListError,
     ClassSpec,
     as_class_specs,
+    classes_from_rows,
     default_color,
     format_class_list,
     parse_class_list,
@@ -114,18 +115,8 @@ class ClassTable(QTableWidget):
         ]
 
     def classes(self) -> list[ClassSpec]:
-        """The table as validated classes; a name holding commas is several classes, the new
-        ones in colours no other class has.
-
-        Raises ``ClassListError`` with the reason (an empty name, a duplicate...).
-        """
-        specs = []
-        for name, prompt, color in self.rows():
-            names = name.split(",") if "," in name else [name]
-            prompts = tuple(p for p in prompt.split("|") if p.strip())
-            for i, part in enumerate(names):
-                specs.append(ClassSpec(part, prompts if len(names) == 1 else (), color if i == 0 else None))
-        return as_class_specs(with_free_colors(specs)) if specs else []
+        """The table as validated classes (:func:`~maskdiffusion.core.classes.classes_from_rows`)."""
+        return classes_from_rows(self.rows())
 
 
 class ClassEditor(QWidget):

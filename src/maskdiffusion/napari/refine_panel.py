@@ -348,18 +348,12 @@ class RefinePanel(QWidget):
         self._class_change(add, f"added {name!r}: paint a few strokes of it, then Refine", needs_features=False)
         QTimer.singleShot(0, added)
 
-    def _index(self, session, name: str) -> int:
-        for k, c in enumerate(session.classes):
-            if c.name.lower() == name.lower():
-                return k
-        raise BadInputError(f"no class named {name!r}")
-
     def remove_class(self, name: str) -> None:
-        self._class_change(lambda s, group: s.remove_class(self._index(s, name)), f"removed {name!r}")
+        self._class_change(lambda s, group: s.remove_class(s.class_index(name)), f"removed {name!r}")
 
     def merge_class(self, source: str, into: str) -> None:
         if source.lower() != into.lower():
-            self._class_change(lambda s, group: s.merge_classes([self._index(s, source)], self._index(s, into)),
+            self._class_change(lambda s, group: s.merge_classes([s.class_index(source)], s.class_index(into)),
                                f"merged {source!r} into {into!r}")
 
     # ------------------------------------------------------------------ confidence
