@@ -232,11 +232,17 @@ class Annotation:
             else:
                 getattr(annotation, method)(annotation.current_plane())
 
+        def undo(own):  # a function, not a partial: napari 0.9.2 never called a partial bound to Ctrl-Z
+            step("undo", own)
+
+        def redo(own):
+            step("redo", own)
+
         layer.events.paint.connect(on_paint)
         layer.events.name.connect(on_name)
         self._hooks[id(layer)] = (on_paint, on_name)
-        layer.bind_key(_UNDO, partial(step, "undo"), overwrite=True)
-        layer.bind_key(_REDO, partial(step, "redo"), overwrite=True)
+        layer.bind_key(_UNDO, undo, overwrite=True)
+        layer.bind_key(_REDO, redo, overwrite=True)
         layer.selected_label = STROKE
         layer.editable = self.idle
 
