@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.classes import ClassListError, format_class_list
+from ..core.classes import format_class_list
 from ..errors import BadInputError
 from .annotation import Annotation, AnnotatorState
 from .class_table import ClassEditor
@@ -301,15 +301,11 @@ class SegmentPanel(QWidget):
         layer = self.image_layer()
         if layer is None or not self.model_box.ready or self.running:
             return None
-        try:
-            params = self.params()
-            classes = self.classes()
-            if not classes and not params.unsupervised:
-                raise ClassListError("no classes: type a few names, e.g. tree, grass, road (or set Unsupervised)")
-            image = describe_image(layer)
-        except BadInputError as e:
-            report(e)
+        error = self._input_error()
+        if error:
+            report(BadInputError(error))
             return None
+        params, classes, image = self.params(), self.classes(), describe_image(layer)
         if image.n_planes > 1 and self.planes_picker.value == CURRENT_PLANE:
             planes = image.planes(current_plane(layer, image, self.viewer.dims.point))
         else:
