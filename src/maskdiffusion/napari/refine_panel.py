@@ -252,8 +252,14 @@ class RefinePanel(QWidget):
             return session.history[-1]
 
         def then(step):
-            self._write_in_bands(annotation, plane, f"refined from {session.edited.sum()} painted pixels: "
-                                                    f"{step.n_changed} pixels changed", step.changed)
+            message = f"refined from {session.edited.sum()} painted pixels: {step.n_changed} pixels changed"
+
+            def done():
+                self._writing = None
+                self._after_change(message)
+
+            self._writing = done  # the layers show the result a band of rows per event-loop turn
+            annotation.show(plane, step.changed, done)
 
         annotation.in_background(work, then)
 
@@ -275,15 +281,6 @@ class RefinePanel(QWidget):
     def _on_worker_finished(self) -> None:
         self._worker = None
         self.refresh()
-
-    def _write_in_bands(self, annotation: Annotation, plane, message: str, changed: np.ndarray | None = None) -> None:
-        """Show the session's map in the layers a band of rows per event-loop turn."""
-        def done():
-            self._writing = None
-            self._after_change(message)
-
-        self._writing = done
-        annotation.show(plane, changed, done)
 
     def _after_change(self, message: str) -> None:
         self.session_box.dirty = True

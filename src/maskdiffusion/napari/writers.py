@@ -49,19 +49,15 @@ def _geo(metadata: dict):
     return GeoInfo.from_dict(geo) if geo else None
 
 
-def _jsonable(metadata: dict) -> dict:
-    from ..geo.atomic import to_jsonable
-
-    return json.loads(json.dumps(to_jsonable(metadata), default=str))
-
-
 def _export_metadata(metadata: dict, out_path: Path) -> dict:
     """The layers' metadata as the sidecar of ``out_path`` (the classes are added by the writer):
     the image named by a path relative to the sidecar, and the layer's name as ``image_layer``
     for when the file is gone."""
+    from ..geo.atomic import to_jsonable
     from ..geo.raster_io import image_reference
 
-    meta = {k: v for k, v in _jsonable(metadata).items() if k not in _NOT_EXPORTED}
+    jsonable = json.loads(json.dumps(to_jsonable(metadata), default=str))
+    meta = {k: v for k, v in jsonable.items() if k not in _NOT_EXPORTED}
     name, path = meta.pop("image", None), meta.pop("image_path", None)
     if name:
         meta["image_layer"] = name
