@@ -14,6 +14,7 @@ MODULES = [
     "maskdiffusion.core.params",
     "maskdiffusion.core.refine",
     "maskdiffusion.core.prototypes",
+    "maskdiffusion.core.classes",
     "maskdiffusion.core.labels",
     "maskdiffusion.core.marks",
     "maskdiffusion.napari.turns",

@@ -169,17 +169,17 @@ def test_cancel_pressed_after_the_last_tile_was_computed_still_cancels(make_napa
     run's result arrives after the Cancel and must not be added (it was, with "done")."""
     import threading
 
-    import maskdiffusion.napari.workers as workers
+    import maskdiffusion.engine as engine
 
     computed = threading.Event()
-    segment_planes = workers.segment_planes
+    segment_planes = engine.iter_segment_planes
 
     def observed(*args, **kwargs):
         results = yield from segment_planes(*args, **kwargs)
         computed.set()
         return results
 
-    monkeypatch.setattr(workers, "segment_planes", observed)
+    monkeypatch.setattr(engine, "iter_segment_planes", observed)
     viewer = make_napari_viewer(show=True)
     viewer.open(str(neon))
     dock = make_dock(viewer, qtbot, tiny_model_dir, FOUR, synchronous=False)

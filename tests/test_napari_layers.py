@@ -15,6 +15,7 @@ from maskdiffusion.core.classes import ClassSpec, as_class_specs  # noqa: E402
 from maskdiffusion.core.params import SegmentParams  # noqa: E402
 from maskdiffusion.core.result import SegmentationResult  # noqa: E402
 from maskdiffusion.errors import BadInputError  # noqa: E402
+from maskdiffusion.geo.label_files import export_labels  # noqa: E402
 from maskdiffusion.napari import layers  # noqa: E402
 from maskdiffusion.napari.annotation import Annotation, AnnotatorState  # noqa: E402
 from maskdiffusion.napari.images import current_plane, describe_image, read_plane  # noqa: E402
@@ -267,14 +268,14 @@ def test_split_any_labels_layer_by_value():
 
 
 def test_export_labels_class_semantic_and_plain():
-    labels, classes = layers.export_labels(np.array([[0, 1]], np.uint8),
-                                           {"kind": "class", "class": "tree", "color": [0, 255, 0]})
+    labels, classes = export_labels(np.array([[0, 1]], np.uint8),
+                                    {"kind": "class", "class": "tree", "color": [0, 255, 0]})
     assert [c.name for c in classes] == ["tree"] and classes[0].color == (0, 255, 0)
     assert labels.tolist() == [[0, 1]]
     meta = {"kind": "semantic", "classes": [{"name": "a", "value": 1}, {"name": "b", "value": 2}]}
-    labels, classes = layers.export_labels(np.array([[0, 2]], np.uint8), meta)
+    labels, classes = export_labels(np.array([[0, 2]], np.uint8), meta)
     assert [c.name for c in classes] == ["a", "b"] and labels.tolist() == [[0, 2]]
-    _, classes = layers.export_labels(np.array([[0, 3]], np.int32), {})
+    _, classes = export_labels(np.array([[0, 3]], np.int32), {})
     assert [c.name for c in classes] == ["label 1", "label 2", "label 3"]
     with pytest.raises(BadInputError, match="negative"):
-        layers.export_labels(np.array([[-1, 3]], np.int32), {})
+        export_labels(np.array([[-1, 3]], np.int32), {})

@@ -9,7 +9,8 @@ command line and the Dask batch all run this code.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .core.params import SegmentParams
 from .core.result import Progress, SegmentationResult
 from .core.tiling import GRID_STRIDE, GridAccumulator, RowBlender, Tile, tile_grid
 
-__all__ = ["drain", "iter_segment", "segment"]
+__all__ = ["PlaneStarted", "drain", "iter_segment", "iter_segment_planes", "segment"]
 
 
 def segment(image, classes=None, model=None, params: SegmentParams | None = None, *, device: str | None = "auto",
@@ -124,6 +125,29 @@ def iter_segment(image, classes=None, model=None, params: SegmentParams | None =
     specs = _class_specs(classes, params)
     source = ImageSource(image, params.bands, params.scale, valid=valid)
     return _run(source, specs, model, params, device, dtype, keep_features, prototype_memory)
+
+
+@dataclass(frozen=True)
+class PlaneStarted:
+    """Yielded by :func:`iter_segment_planes` before each plane of a stack: plane ``index`` of ``count``."""
+
+    index: int
+    count: int
+
+
+def iter_segment_planes(read_plane: Callable, planes: Sequence[tuple[int, ...]], classes, model, params):
+    """Segment each plane of a stack (``read_plane(plane)`` gives its pixels) with a CPU core spared
+    (:func:`~maskdiffusion.model.loading.spare_one_core`): yield :class:`PlaneStarted` and the
+    plane's :class:`Progress` steps, return ``{plane: result}`` (results keep their features for
+    refinement)."""
+    from .model.loading import spare_one_core
+
+    results = {}
+    with spare_one_core(model.device):
+        for i, plane in enumerate(planes):
+            yield PlaneStarted(i, len(planes))
+            results[plane] = yield from iter_segment(read_plane(plane), classes, model, params, keep_features=True)
+    return results
 
 
 def _class_specs(classes, params: SegmentParams) -> list[ClassSpec]:

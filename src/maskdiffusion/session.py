@@ -19,7 +19,7 @@ import numpy as np
 from .core.class_edits import add_class, keep_classes, merge_classes, remove_class, rename_class
 from .core.classes import ClassSpec, as_class_specs, default_color, new_class_id
 from .core.confidence import grid_margin
-from .core.labels import label_dtype
+from .core.labels import STROKE, label_dtype
 from .core.marks import Marks
 from .core.refine import PRIOR_CELLS, RefineState, assign, refined_scores
 from .errors import BadInputError, NeedsFeaturesError
@@ -210,10 +210,42 @@ class Session:
                 session.prepare()
         return session
 
+    @classmethod
+    def from_class_maps(cls, maps: Sequence[np.ndarray], classes: Sequence[ClassSpec],
+                        class_ids: Sequence[str | None] = (), stroke: int = STROKE, **fields) -> Session:
+        """A session from one (H, W) map per class (the napari class layers): non-zero pixels
+        are the class, a later map winning where two overlap; ``stroke`` marks the pixels the
+        annotator set. ``class_ids``: the classes' ids (a missing one is new; all are new when
+        two repeat). ``fields``: the other :class:`Session` fields (``image``, ``model``...).
+
+        Examples
+        --------
+        >>> classes = [ClassSpec("tree"), ClassSpec("road")]
+        >>> session = Session.from_class_maps([np.array([[1, 2, 0]]), np.array([[0, 1, 1]])], classes)
+        >>> session.labels.tolist(), np.asarray(session.edited).tolist()
+        ([[1, 2, 2]], [[False, True, False]])
+        """
+        labels = np.zeros(np.shape(maps[0])[-2:], label_dtype(len(maps)))
+        edited = np.zeros(labels.shape, bool)
+        for k, data in enumerate(maps, start=1):
+            data = np.asarray(data)
+            labels[data != 0] = k
+            edited |= data == stroke
+        ids = [i or new_class_id() for i in class_ids]
+        return cls(labels, edited, class_list=tuple(classes),
+                   class_ids=tuple(ids) if len(set(ids)) == len(ids) else (), **fields)
+
     @property
     def classes(self) -> tuple[ClassSpec, ...]:
         """The classes in label-value order (value k = ``classes[k - 1]``)."""
         return tuple(self.class_list)
+
+    def class_index(self, name: str) -> int:
+        """The 0-based index of the class named ``name`` (any case); one line if there is none."""
+        for k, c in enumerate(self.classes):
+            if c.name.lower() == name.lower():
+                return k
+        raise BadInputError(f"no class named {name!r}")
 
     def memory(self) -> dict[str, int]:
         """Bytes the session holds, by part: ``map``, ``marks`` (the painted pixels), ``cache``

@@ -34,12 +34,13 @@ from .errors import BadInputError
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["FORMAT", "SUFFIX", "VERSION", "SessionError", "is_session", "load_session", "save_session"]
+__all__ = ["FORMAT", "INDEX", "SUFFIX", "VERSION", "SessionError", "bundle_path", "is_session", "load_session",
+           "save_session"]
 
 FORMAT = "maskdiffusion-session"
 VERSION = 2
 SUFFIX = ".mdsession"
-_INDEX = "session.json"
+INDEX = "session.json"
 _ARRAYS = ("labels", "edited", "attention", "features")
 _OPTIONAL = ("base", "prior", "prior_share")
 
@@ -49,18 +50,19 @@ class SessionError(BadInputError):
 
 
 
-def _bundle_path(path: str | Path) -> Path:
+def bundle_path(path: str | Path) -> Path:
+    """The bundle folder of ``path``: the folder itself, its ``session.json``, or a name without ``.mdsession``."""
     path = Path(path)
-    if path.name == _INDEX:
+    if path.name == INDEX:
         path = path.parent
     return path if path.suffix == SUFFIX else path.with_name(path.name + SUFFIX)
 
 
 def is_session(path: str | Path) -> bool:
     """Whether ``path`` (the folder or its ``session.json``) looks like a session bundle."""
-    folder = _bundle_path(path)
+    folder = bundle_path(path)
     try:
-        return json.loads((folder / _INDEX).read_text(encoding="utf-8")).get("format") == FORMAT
+        return json.loads((folder / INDEX).read_text(encoding="utf-8")).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -90,7 +92,7 @@ def save_session(path: str | Path, session: Session) -> Path:
     from . import __version__
     from .geo.atomic import write_json
 
-    folder = _bundle_path(path)
+    folder = bundle_path(path)
     state = session.prepare()
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
@@ -117,8 +119,8 @@ def save_session(path: str | Path, session: Session) -> Path:
                    "prior_cells": session.prior_cells, "normalize": session.normalize},
         "arrays": arrays,
     }
-    write_json(folder / _INDEX, index)
-    keep = set(arrays.values()) | {_INDEX}
+    write_json(folder / INDEX, index)
+    keep = set(arrays.values()) | {INDEX}
     for f in folder.glob("*.npy"):
         if f.name not in keep:
             f.unlink(missing_ok=True)
@@ -127,14 +129,14 @@ def save_session(path: str | Path, session: Session) -> Path:
 
 def _read_index(folder: Path) -> dict:
     try:
-        index = json.loads((folder / _INDEX).read_text(encoding="utf-8"))
+        index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SessionError(f"{folder} is not a session bundle: it has no {_INDEX}") from None
+        raise SessionError(f"{folder} is not a session bundle: it has no {INDEX}") from None
     except (OSError, ValueError) as e:
-        raise SessionError(f"cannot read {folder / _INDEX}: {e}") from None
+        raise SessionError(f"cannot read {folder / INDEX}: {e}") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise SessionError(f"{folder / _INDEX} is not a MaskDiffusion session (format {index.get('format')!r})"
-                           if isinstance(index, dict) else f"{folder / _INDEX} is not a MaskDiffusion session")
+        raise SessionError(f"{folder / INDEX} is not a MaskDiffusion session (format {index.get('format')!r})"
+                           if isinstance(index, dict) else f"{folder / INDEX} is not a MaskDiffusion session")
     version = index.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise SessionError(f"session {folder} has version {version!r}; this software reads versions up to {VERSION}")
@@ -161,7 +163,7 @@ def load_session(path: str | Path) -> Session:
     from .core.refine import PRIOR_CELLS, RefineState, refined_scores
     from .session import Session
 
-    folder = _bundle_path(path)
+    folder = bundle_path(path)
     if not folder.is_dir():
         raise SessionError(f"no session bundle at {folder}")
     index = _read_index(folder)

@@ -20,11 +20,14 @@ __all__ = [
     "ClassListError",
     "PRESETS",
     "as_class_specs",
+    "classes_from_rows",
     "default_color",
+    "format_class_list",
     "new_class_id",
     "parse_class_list",
     "preset_classes",
     "read_class_file",
+    "with_free_colors",
     "write_class_file",
 ]
 
@@ -150,6 +153,50 @@ def parse_class_list(text: str) -> list[ClassSpec]:
         name, _, prompts = item.partition("=")
         specs.append(ClassSpec(name, tuple(p.strip() for p in prompts.split("|")) if prompts else ()))
     return as_class_specs(specs)
+
+
+def format_class_list(classes: Iterable[ClassSpec]) -> str:
+    """Classes as the line :func:`parse_class_list` reads (``name=prompt|prompt`` where the
+    prompts are not just the name): what the dock's class line shows and remembers.
+
+    Examples
+    --------
+    >>> format_class_list(parse_class_list("road, building=house|roof"))
+    'road, building=house | roof'
+    """
+    return ", ".join(c.name if c.prompts == (c.name,) else f"{c.name}={c.prompt}" for c in classes)
+
+
+def with_free_colors(specs: Sequence[ClassSpec]) -> list[ClassSpec]:
+    """The classes, those without a colour given the first palette colours no other class has.
+
+    Examples
+    --------
+    >>> [c.color for c in with_free_colors([ClassSpec("a", (), default_color(0)), ClassSpec("b")])]
+    [(230, 25, 75), (60, 180, 75)]
+    """
+    used = {s.color for s in specs if s.color}
+    free = (default_color(i) for i in range(10**6) if default_color(i) not in used)
+    return [s if s.color else ClassSpec(s.name, s.prompts, next(free)) for s in specs]
+
+
+def classes_from_rows(rows: Iterable[tuple[str, str, tuple[int, int, int] | None]]) -> list[ClassSpec]:
+    """Classes from a class table's rows of (name, prompt text, colour): prompts ``a | b``, and
+    a name holding commas is several classes, the new ones in colours no other class has.
+    Raises :class:`ClassListError` with the reason (an empty name, a duplicate...).
+
+    Examples
+    --------
+    >>> [(c.name, c.prompts) for c in classes_from_rows([("road", "road | street", None), ("tree, sky", "", None)])]
+    [('road', ('road', 'street')), ('tree', ('tree',)), ('sky', ('sky',))]
+    """
+    specs = []
+    for name, prompt, color in rows:
+        names = name.split(",") if "," in name else [name]
+        prompts = tuple(p for p in prompt.split("|") if p.strip())
+        for i, part in enumerate(names):
+            specs.append(ClassSpec(part, prompts if len(names) == 1 else (), color if i == 0 else None))
+    return as_class_specs(with_free_colors(specs)) if specs else []
 
 
 def read_class_file(path: str | Path) -> list[ClassSpec]:

@@ -21,30 +21,45 @@ array([1, 3, 2], dtype=uint8)
 array([-1,  0,  2])
 >>> label_values(["road", "tree"])
 {'0': 'unlabelled', '1': 'road', '2': 'tree'}
+>>> merge_masks([np.array([[1, 1, 0]]), np.array([[0, 1, 0]])])
+array([[1, 2, 0]], dtype=uint8)
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
+    "CLASS",
+    "DRAFT",
     "LEGACY_NOTE",
+    "SEMANTIC",
+    "STROKE",
     "SOFTWARE",
     "UNLABELLED",
     "UNLABELLED_NAME",
+    "class_view",
+    "class_view_edits",
     "from_index",
     "from_stored",
     "is_current",
     "label_dtype",
     "label_values",
+    "merge_masks",
     "to_index",
 ]
 
 #: What every file this package writes names as its ``software`` (sidecars, bundles, sessions).
 SOFTWARE = "napari-maskdiffusion"
+
+#: The ``kind`` in the metadata of a map of one class (non-zero = the class) and of a label map
+#: of several classes: napari layers and the files written from them.
+CLASS, SEMANTIC = "class", "semantic"
+#: The values of a class map (napari's class layers): the class as drafted, and as the annotator set it.
+DRAFT, STROKE = 1, 2
 
 UNLABELLED = 0
 UNLABELLED_NAME = "unlabelled"
@@ -62,6 +77,48 @@ def label_values(classes: Iterable) -> dict[str, str]:
     """``{"0": "unlabelled", "1": first name, ...}`` for ``ClassSpec`` objects or names."""
     names = [getattr(c, "name", c) for c in classes]
     return {"0": UNLABELLED_NAME, **{str(k): str(n) for k, n in enumerate(names, start=1)}}
+
+
+def merge_masks(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """One label map of class masks: value k where the k-th mask is non-zero, a later mask
+    winning where two overlap (the class layer drawn on top)."""
+    labels = np.zeros(np.shape(masks[0]), label_dtype(len(masks)))
+    for k, mask in enumerate(masks, start=1):
+        labels[np.asarray(mask) != 0] = k
+    return labels
+
+
+def class_view(labels: np.ndarray, edited: np.ndarray | None, value: int) -> np.ndarray:
+    """The class map of label ``value``: :data:`STROKE` where ``edited`` (none when ``None``),
+    :data:`DRAFT` elsewhere in the class, 0 outside it."""
+    mine = labels == value
+    draft = np.where(mine, np.uint8(DRAFT), np.uint8(0))
+    return draft if edited is None else np.where(mine & edited, np.uint8(STROKE), draft)
+
+
+def class_view_edits(view: np.ndarray, labels: np.ndarray, edited: np.ndarray, value: int):
+    """What the annotator changed in ``view``, a :func:`class_view` of ``value``: (new labels,
+    painted, released), or ``None`` if nothing. A non-zero pixel outside the class, and a
+    :data:`STROKE` on a class pixel not set yet, are painted ``value``; a class pixel set to 0 is
+    released (the next refinement reassigns it).
+
+    Examples
+    --------
+    >>> labels, edited = np.array([[1, 1, 2]]), np.zeros((1, 3), bool)
+    >>> view = class_view(labels, edited, 1)
+    >>> view[0, 1], view[0, 2] = 0, STROKE
+    >>> new, painted, released = class_view_edits(view, labels, edited, 1)
+    >>> new.tolist(), painted.tolist(), released.tolist()
+    ([[1, 1, 1]], [[False, False, True]], [[False, True, False]])
+    """
+    if np.array_equal(view, class_view(labels, edited, value)):
+        return None
+    expected = labels == value
+    painted = ((view == STROKE) & ~(expected & edited)) | ((view != 0) & ~expected)
+    released = expected & (view == 0)
+    if not painted.any() and not released.any():
+        return None
+    return np.where(painted, value, labels), painted, released
 
 
 def from_index(index: np.ndarray, n_classes: int, invalid: np.ndarray | None = None) -> np.ndarray:

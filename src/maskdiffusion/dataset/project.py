@@ -346,6 +346,12 @@ class Project:
                     return i
         return None
 
+    def following(self, index: int, n: int) -> list[int]:
+        """The ``n`` images after ``index``, wrapping round (never ``index`` itself): those to draft
+        ahead while image ``index`` is corrected."""
+        ahead = ((index + k) % len(self) for k in range(1, n + 1))
+        return list(dict.fromkeys(i for i in ahead if i != index))
+
     def labels_path(self, index: int) -> Path:
         """Where image ``index``'s labels are saved (``labels/NAME.tif``)."""
         return self.folder / LABELS / f"{self._data['images'][index]['name']}.tif"

@@ -30,19 +30,19 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..core.classes import ClassSpec, default_color
-from ..core.labels import SOFTWARE, from_stored, label_dtype, label_values
+from ..core.labels import CLASS, SEMANTIC, SOFTWARE, from_stored, label_dtype, label_values
 from ..errors import BadInputError
 from .atomic import write_json
 from .raster_io import GeoInfo, read_image, sidecar_path, write_isprs_rgb, write_labels, write_sidecar
 
-__all__ = ["BUNDLE_FILE", "SIDECAR", "existing_kind", "is_bundle", "label_sidecar", "raster_of", "read_label_map",
-           "write_class_bundle", "write_label_map"]
+__all__ = ["BUNDLE_FILE", "SIDECAR", "class_masks", "existing_kind", "export_labels", "is_bundle", "label_sidecar",
+           "raster_of", "read_label_map", "write_class_bundle", "write_label_map"]
 
 SIDECAR = ".classes.json"
 BUNDLE_FILE = "classes.json"
@@ -173,6 +173,66 @@ def _with_classes(metadata: dict, classes: Sequence[ClassSpec]) -> dict:
     """``metadata`` as a sidecar: the classes with their label values, and who wrote it."""
     return {"software": SOFTWARE, **metadata, "classes": [dict(c.to_dict(), value=k) for k, c in enumerate(classes, 1)],
             "label_values": label_values(classes)}
+
+
+def export_labels(data: np.ndarray, metadata: Mapping) -> tuple[np.ndarray, list[ClassSpec]]:
+    """Labels and their metadata (a napari Labels layer's) as (label map, classes) to write
+    (value k = ``classes[k - 1]``).
+
+    A class map (``kind`` "class") gives a 0/1 map of its class; a semantic map its classes;
+    any other labels one class per value ("label 3").
+
+    Examples
+    --------
+    >>> labels, classes = export_labels(np.array([[0, 2]]), {"kind": "class", "class": "tree"})
+    >>> labels.tolist(), [c.name for c in classes]
+    ([[0, 1]], ['tree'])
+    """
+    data = np.asarray(data)
+    if data.dtype.kind not in "uib":
+        raise BadInputError(f"labels must be integers, got {data.dtype}")
+    if metadata.get("kind") == CLASS:
+        spec = ClassSpec(metadata.get("class") or "class", tuple(metadata.get("prompts") or ()),
+                         tuple(metadata.get("color") or default_color(0)))
+        return (data != 0).astype(np.uint8), [spec]
+    if data.size and data.min() < 0:
+        raise BadInputError("labels have negative values; napari's labels are 0 (background) or positive")
+    top = int(data.max()) if data.size else 0
+    by_value = {}
+    if metadata.get("kind") == SEMANTIC and metadata.get("classes"):
+        by_value = {int(d.get("value", k)): ClassSpec.from_dict(d) for k, d in enumerate(metadata["classes"], 1)}
+    classes = [by_value.get(v) or ClassSpec(f"label {v}", (), default_color(v - 1))
+               for v in range(1, max(top, max(by_value, default=0)) + 1)]
+    return data, classes
+
+
+def class_masks(items: Sequence[tuple[np.ndarray, Mapping, str | None]]) -> list[tuple[ClassSpec, np.ndarray, Mapping]]:
+    """(class, binary mask, metadata) for each class of labels given as (data, metadata, name),
+    napari's Labels layers: class and semantic maps give their classes (:func:`export_labels`),
+    other labels one class, ``name``, of their non-zero pixels. Refuses, in one line, nothing
+    to write, a class held twice, different shapes and stacks."""
+    out = []
+    for data, metadata, name in items:
+        data = np.asarray(data)
+        if metadata.get("kind") in (CLASS, SEMANTIC):
+            labels, classes = export_labels(data, metadata)
+            for value, spec in enumerate(classes, start=1):
+                out.append((spec, labels == value, metadata))
+        else:
+            color = metadata.get("color") or default_color(len(out))
+            out.append((ClassSpec(name or f"class {len(out) + 1}", (), tuple(color)), data != 0, metadata))
+    if not out:
+        raise BadInputError("no Labels layers to write")
+    names = [spec.name.lower() for spec, _, _ in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise BadInputError(f"two layers hold the class {dupes[0]!r}; rename one first")
+    shapes = {m.shape for _, m, _ in out}
+    if len(shapes) > 1:
+        raise BadInputError(f"the layers must have the same shape, got {sorted(shapes)}")
+    if len(shapes.pop()) != 2:
+        raise BadInputError("only 2-D (H, W) Labels layers can be written as one map")
+    return out
 
 
 def write_label_map(path, labels: np.ndarray, classes: Sequence[ClassSpec], geo: GeoInfo | None, metadata: dict,

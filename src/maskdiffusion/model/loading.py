@@ -41,6 +41,7 @@ __all__ = [
     "place_parts",
     "resolve_device",
     "resolve_dtype",
+    "spare_one_core",
 ]
 
 _DTYPES = {
@@ -112,6 +113,28 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             raise DeviceError(f"Device {device!r} asked for, but Apple MPS is not available here: use auto or cpu.")
         return dev
     raise DeviceError(f"Unsupported device {device!r}: use auto, cpu, cuda, cuda:N or mps.")
+
+
+@contextlib.contextmanager
+def spare_one_core(device):
+    """On the CPU, run torch on all cores but one, so that another thread (napari's interface)
+    keeps a core and stays responsive.
+
+    Oversubscribed cores (torch's threads spinning on every core) froze napari for 100-500 ms at a
+    time in ``benchmarks/bench_ui_responsiveness.py``; one core fewer costs little compute.
+    """
+    import torch
+
+    cores = os.cpu_count() or 1
+    if torch.device(device).type != "cpu" or cores < 2:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, cores - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core.classes import ClassSpec, new_class_id
+from ..core.labels import class_view, class_view_edits
 from ..errors import BadInputError
 from .images import LayerImage, describe_image
-from .layers import ANNOTATION, CLASS, CLASS_ID, DRAFT, STROKE, class_layer_data, layer_class, write_into_layer
+from .layers import ANNOTATION, CLASS, CLASS_ID, STROKE, class_layer_data, layer_class, write_into_layer
 from .napari_compat import after_next_draw, stroke_region
 from .turns import in_turns, next_turn, row_bands
 
@@ -70,13 +71,6 @@ def remove_layers(viewer: napari.Viewer, layers: Sequence[Layer], then: Callable
         return
     viewer.layers.remove(left[0])
     after_next_draw(viewer, partial(remove_layers, viewer, left[1:], then))
-
-
-def _class_view(labels: np.ndarray, edited: np.ndarray, value: int) -> np.ndarray:
-    """What the layer of label ``value`` shows of a band: STROKE where painted, DRAFT elsewhere
-    in its class, 0 outside it."""
-    mine = labels == value
-    return np.where(mine & edited, np.uint8(STROKE), np.where(mine, np.uint8(DRAFT), np.uint8(0)))
 
 
 @dataclass(eq=False)
@@ -143,11 +137,15 @@ class Annotation:
         session = self.session()
         return list(zip(session.class_ids, session.classes)) if session is not None else []
 
-    def value_of(self, class_id: str) -> int | None:
+    def value_of(self, class_id: str | None) -> int | None:
         """The label value (1-based) of a class id, ``None`` if the class is gone."""
         session = self.session()
         ids = session.class_ids if session is not None else ()
         return ids.index(class_id) + 1 if class_id in ids else None
+
+    def layer_value(self, layer: Layer) -> int | None:
+        """The label value of a bound layer's class, ``None`` if it is not bound or its class is gone."""
+        return self.value_of(next((i for i, own in self.layers.items() if own is layer), None))
 
     def ordered_layers(self) -> list[Labels]:
         """The bound layers in class order."""
@@ -235,7 +233,7 @@ class Annotation:
             else:
                 getattr(annotation, method)(annotation.current_plane())
 
-        def undo(own):
+        def undo(own):  # a function, not a partial: napari 0.9.2 never called a partial bound to Ctrl-Z
             step("undo", own)
 
         def redo(own):
@@ -290,24 +288,14 @@ class Annotation:
     def read_strokes(self, layer: Labels, plane: tuple[int, ...], region: Region | None = None):
         """What the annotator changed in ``layer`` since the session last wrote it: (region,
         new labels, painted, released), or ``None`` if nothing changed."""
-        session, class_id = self.sessions.get(tuple(plane)), None
-        for i, own in self.layers.items():
-            class_id = i if own is layer else class_id
-        value = self.value_of(class_id) if class_id is not None else None
+        session, value = self.sessions.get(tuple(plane)), self.layer_value(layer)
         if session is None or value is None:
             return None
         height, width = session.labels.shape
         y0, y1, x0, x1 = region or (0, height, 0, width)
         current = np.asarray(layer.data[(*plane, slice(y0, y1), slice(x0, x1))])
-        labels, edited = session.labels[y0:y1, x0:x1], session.edited[y0:y1, x0:x1]
-        if np.array_equal(current, _class_view(labels, edited, value)):
-            return None
-        expected = labels == value
-        painted = ((current == STROKE) & ~(expected & edited)) | ((current != 0) & ~expected)
-        released = expected & (current == 0)
-        if not painted.any() and not released.any():
-            return None
-        return (y0, y1, x0, x1), np.where(painted, value, labels), painted, released
+        found = class_view_edits(current, session.labels[y0:y1, x0:x1], session.edited[y0:y1, x0:x1], value)
+        return None if found is None else ((y0, y1, x0, x1), *found)
 
     def take_strokes(self, layer: Labels, plane: tuple[int, ...] = (), region: Region | None = None) -> int:
         """Take a stroke from ``layer`` into the plane's session (one undo step) and show it in every
@@ -356,7 +344,7 @@ class Annotation:
             layer = self.layers.get(class_id)
             n = 0
             if layer is not None and layer in self.viewer.layers:
-                n = write_into_layer(layer, _class_view(labels, edited, value), tuple(plane), (y0, y1, x0, x1),
+                n = write_into_layer(layer, class_view(labels, edited, value), tuple(plane), (y0, y1, x0, x1),
                                      refresh=refresh)
             changed.append(n)
         return changed
@@ -489,8 +477,7 @@ class Annotation:
 
     def layer_renamed(self, layer: Labels) -> None:
         """A bound layer was renamed in the layer list: its class takes the name (one step)."""
-        class_id = next((i for i, own in self.layers.items() if own is layer), None)
-        value = self.value_of(class_id) if class_id is not None else None
+        value = self.layer_value(layer)
         if self._naming or value is None:
             return
         old, new = self.classes[value - 1][1].name, layer.name.strip()
@@ -547,7 +534,7 @@ class Annotation:
         run = self.run
         layer = run.layers.get(k) if run is not None else None
         if layer is not None and layer in self.viewer.layers:
-            write_into_layer(layer, np.where(labels == k, np.uint8(DRAFT), np.uint8(0)), plane, region)
+            write_into_layer(layer, class_view(labels, None, k), plane, region)
 
     def finish_run(self, results: dict, image_info: Callable[[tuple], dict]) -> dict:
         """The run's ``results`` ({plane: result}) become the sessions (one undo step on a plane
@@ -710,20 +697,12 @@ def _from_layers(viewer: napari.Viewer, layers: list) -> Annotation:
     if meta.get("session"):
         session = load_session(meta["session"])
         annotation.session_path = meta["session"]
-        ids = session.class_ids
     else:
-        data = [np.asarray(ly.data) for ly in layers]
-        labels = np.zeros(data[0].shape[-2:], np.uint8 if len(layers) < 256 else np.uint16)
-        edited = np.zeros(labels.shape, bool)
-        for k, d in enumerate(data, start=1):
-            labels[d != 0] = k
-            edited |= d == STROKE
-        ids = [ly.metadata.get(CLASS_ID) or new_class_id() for ly in layers]
-        if len(set(ids)) != len(ids):
-            ids = [new_class_id() for _ in layers]
-        session = Session(labels, edited, image={"layer": image.name, "georeference": image.georeference},
-                          parameters=dict(meta.get("parameters") or {}), model=str(meta.get("model") or ""),
-                          class_list=tuple(layer_class(ly) for ly in layers), class_ids=tuple(ids))
+        session = Session.from_class_maps(
+            [ly.data for ly in layers], [layer_class(ly) for ly in layers],
+            [ly.metadata.get(CLASS_ID) for ly in layers],
+            image={"layer": image.name, "georeference": image.georeference},
+            parameters=dict(meta.get("parameters") or {}), model=str(meta.get("model") or ""))
     annotation.sessions[()] = session
     for layer, class_id in zip(layers, session.class_ids):
         annotation.bind(layer, class_id)

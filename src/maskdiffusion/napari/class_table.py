@@ -26,15 +26,18 @@ from ..core.classes import (
     ClassListError,
     ClassSpec,
     as_class_specs,
+    classes_from_rows,
     default_color,
+    format_class_list,
     parse_class_list,
     read_class_file,
+    with_free_colors,
     write_class_file,
 )
 from ..errors import BadInputError
 from .notify import report
 
-__all__ = ["PRESET_TITLES", "ClassEditor", "ClassTable", "class_line"]
+__all__ = ["PRESET_TITLES", "ClassEditor", "ClassTable"]
 
 PRESET_TITLES = {
     "potsdam6": "ISPRS Potsdam (6 classes)",
@@ -43,11 +46,6 @@ PRESET_TITLES = {
     "cocostuff27": "COCO-Stuff-27",
 }
 _NAME, _PROMPT, _COLOR = range(3)
-
-
-def class_line(classes) -> str:
-    """Classes as the comma-separated line (``name=prompt|prompt`` where the prompt differs)."""
-    return ", ".join(c.name if c.prompts == (c.name,) else f"{c.name}={c.prompt}" for c in classes)
 
 
 def _text_color(color) -> QColor:
@@ -72,10 +70,15 @@ class ClassTable(QTableWidget):
         self.cellDoubleClicked.connect(self._pick_color)
 
     def set_classes(self, classes) -> None:
+        self.set_rows((spec.name, "" if spec.prompts == (spec.name,) else spec.prompt, spec.color)
+                      for spec in (as_class_specs(classes) if classes else []))
+
+    def set_rows(self, rows) -> None:
+        """Show ``rows`` of (name, prompt text, colour), without firing ``itemChanged``."""
         self.blockSignals(True)
         self.setRowCount(0)
-        for spec in as_class_specs(classes) if classes else []:
-            self.append_row(spec.name, "" if spec.prompts == (spec.name,) else spec.prompt, spec.color)
+        for name, prompt, color in rows:
+            self.append_row(name, prompt, color)
         self.blockSignals(False)
 
     def append_row(self, name: str, prompt: str, color) -> None:
@@ -112,25 +115,8 @@ class ClassTable(QTableWidget):
         ]
 
     def classes(self) -> list[ClassSpec]:
-        """The table as validated classes; a name holding commas is several classes, the new
-        ones in colours no other class has.
-
-        Raises ``ClassListError`` with the reason (an empty name, a duplicate...).
-        """
-        specs = []
-        for name, prompt, color in self.rows():
-            names = name.split(",") if "," in name else [name]
-            prompts = tuple(p for p in prompt.split("|") if p.strip())
-            for i, part in enumerate(names):
-                specs.append(ClassSpec(part, prompts if len(names) == 1 else (), color if i == 0 else None))
-        return as_class_specs(with_free_colors(specs)) if specs else []
-
-
-def with_free_colors(specs: list[ClassSpec]) -> list[ClassSpec]:
-    """Classes without a colour of their own get the first palette colours no other class has."""
-    used = {s.color for s in specs if s.color}
-    free = (default_color(i) for i in range(10**6) if default_color(i) not in used)
-    return [s if s.color else ClassSpec(s.name, s.prompts, next(free)) for s in specs]
+        """The table as validated classes (:func:`~maskdiffusion.core.classes.classes_from_rows`)."""
+        return classes_from_rows(self.rows())
 
 
 class ClassEditor(QWidget):
@@ -169,7 +155,7 @@ class ClassEditor(QWidget):
     def set_classes(self, classes) -> None:
         specs = as_class_specs(classes) if classes else []
         self.table.set_classes(specs)
-        self.line.setText(class_line(specs))
+        self.line.setText(format_class_list(specs))
         self._show_error("")
 
     def classes(self) -> list[ClassSpec]:
@@ -196,7 +182,7 @@ class ClassEditor(QWidget):
             return
         if any("," in name for name, _, _ in self.table.rows()):
             self.table.set_classes(specs)
-        self.line.setText(class_line(specs))
+        self.line.setText(format_class_list(specs))
         self._show_error("")
 
     def _show_error(self, error: str) -> None:
@@ -212,11 +198,7 @@ class ClassEditor(QWidget):
             self.preset_combo.setCurrentIndex(0)
 
     def _set_rows(self, rows, current: int | None = None) -> None:
-        self.table.blockSignals(True)
-        self.table.setRowCount(0)
-        for name, prompt, color in rows:
-            self.table.append_row(name, prompt, color)
-        self.table.blockSignals(False)
+        self.table.set_rows(rows)
         if current is not None:
             self.table.setCurrentCell(current, _NAME)
         self._table_edited(None)

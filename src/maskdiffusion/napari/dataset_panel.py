@@ -279,12 +279,11 @@ class DatasetPanel(QWidget):
                                                          " (no features: Refine needs a model run)"))
         if self.state.on_change is not None:
             self.state.on_change(annotation, "classes")
-        for ahead in range(1, self.ahead_spin.value() + 1):
-            following = (ready.index + ahead) % len(self.project)
-            if following != ready.index and following not in self.drafts:
+        ahead = self.project.following(ready.index, self.ahead_spin.value())
+        for following in ahead:
+            if following not in self.drafts:
                 self._draft(following)
-        self.drafts = {i: d for i, d in self.drafts.items() if 0 < (i - ready.index) % len(self.project)
-                       <= self.ahead_spin.value()}
+        self.drafts = {i: d for i, d in self.drafts.items() if i in ahead}
 
     def _image_layer(self, ready, name: str):
         """The dataset's one image layer, named after the image and holding its pixels (replaced

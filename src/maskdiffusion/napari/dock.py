@@ -38,6 +38,7 @@ from .workers import make_worker, start
 if TYPE_CHECKING:
     import napari
 
+    from ..session import Session
     from .annotation import Annotation
 
 __all__ = ["AnnotatorDock"]
@@ -101,8 +102,8 @@ class AnnotatorDock(QWidget):
         self.segment.reset_choices()
         self.refine.reset_choices()
 
-    def current(self) -> tuple[Annotation | None, tuple[int, ...]]:
-        """The annotation in front and its plane in view (see the Refine tab)."""
+    def current(self) -> tuple[Annotation | None, tuple[int, ...], Session | None]:
+        """The annotation in front, its plane in view and that plane's session (see the Refine tab)."""
         return self.refine.current()
 
     # ------------------------------------------------------------------ layers coming and going
@@ -152,7 +153,7 @@ class AnnotatorDock(QWidget):
 
     def _show_save_target(self) -> None:
         """Beside *Save labels…*: the file the annotation in front saves back to, if any."""
-        annotation, _ = self.current()
+        annotation, _, _ = self.current()
         path = self.in_place_path(annotation)
         self.saved_label.setText(f"{annotation.name}: {Path(path).name}" if path else SAVE_HINT)
 
@@ -163,8 +164,7 @@ class AnnotatorDock(QWidget):
         view); the returned call writes it with its sidecar, on any thread."""
         from .writers import write_annotation
 
-        annotation, plane = self.current()
-        session = annotation.session(plane) if annotation is not None else None
+        annotation, plane, session = self.current()
         if session is None:
             raise BadInputError("nothing to save yet: segment an image first, or open a result")
         for layer in annotation.ordered_layers():
@@ -186,7 +186,7 @@ class AnnotatorDock(QWidget):
     def save_labels(self, path=None) -> list[str]:
         """Write the label map of the annotation in front with its sidecar now, on this thread
         (``path`` None: back to the file it was opened from); returns the files."""
-        annotation, _ = self.current()
+        annotation, _, _ = self.current()
         path = path or self.in_place_path(annotation)
         if path is None:
             raise BadInputError("give a file to save to: this annotation was not opened from a label file")
@@ -196,7 +196,7 @@ class AnnotatorDock(QWidget):
     def save_labels_soon(self, path):
         """Write the label map like :meth:`save_labels`, on a worker (unpacking and encoding a
         6000² map took 0.5–0.7 s); returns the worker, or ``None`` after one notification."""
-        annotation, _ = self.current()
+        annotation, _, _ = self.current()
         try:
             write = self._label_writer(path)
         except BadInputError as e:
@@ -225,7 +225,7 @@ class AnnotatorDock(QWidget):
         report(exc)
 
     def _save_dialog(self) -> None:
-        annotation, _ = self.current()
+        annotation, _, _ = self.current()
         here = self.in_place_path(annotation)
         if here is not None:
             answer = QMessageBox.question(

@@ -98,13 +98,9 @@ def describe_image(layer: Image) -> LayerImage:
     names = tuple(layer.metadata.get("band_names") or ())
     if len(names) != n_bands:
         names = ("R", "G", "B", "A")[:n_bands] if layer.rgb else tuple(f"band {i + 1}" for i in range(n_bands))
-    if band_axis is not None and not layer.rgb:
-        keep = [i for i in range(ndim) if i != band_axis]
-        scale = tuple(float(layer.scale[i]) for i in keep)
-        translate = tuple(float(layer.translate[i]) for i in keep)
-    else:
-        scale = tuple(float(s) for s in layer.scale)
-        translate = tuple(float(t) for t in layer.translate)
+    keep = [i for i in range(len(layer.scale)) if i != band_axis]  # an RGB layer's scale has no band axis
+    scale = tuple(float(layer.scale[i]) for i in keep)
+    translate = tuple(float(layer.translate[i]) for i in keep)
     return LayerImage(layer.name, shape, band_axis, names, scale, translate, georeference(layer), source_path(layer))
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.classes import ClassSpec, default_color
-from ..core.labels import SOFTWARE, label_dtype
+from ..core.labels import CLASS, DRAFT, SEMANTIC, SOFTWARE, STROKE, merge_masks
 from ..errors import BadInputError
 from .images import LayerImage, level0
 from .napari_compat import outside_history
@@ -35,16 +35,14 @@ if TYPE_CHECKING:
 
 
 __all__ = ["ANNOTATION", "CLASS", "CLASS_ID", "CONFIDENCE", "DRAFT", "MERGE_RULE", "SEMANTIC", "SOFTWARE", "STROKE",
-           "class_colormap", "class_layer_data", "class_layers", "export_labels", "layer_class", "layer_classes",
+           "class_colormap", "class_layer_data", "class_layers", "layer_class", "layer_classes",
            "merge_class_layers", "merge_layer_data", "safe_filename", "semantic_colormap", "semantic_layer_data",
            "split_layer_data", "split_semantic_layer", "write_into_layer"]
 
-CLASS, SEMANTIC, CONFIDENCE = "class", "semantic", "confidence"
+CONFIDENCE = "confidence"
 #: Metadata keys binding a class layer to its annotation and class (:mod:`.annotation`).
 ANNOTATION, CLASS_ID = "annotation", "class_id"
 OPACITY = 0.7
-#: A class layer's values: the class as drafted, and as the annotator painted it.
-DRAFT, STROKE = 1, 2
 
 MERGE_RULE = (
     "where class layers overlap, the layer higher in napari's layer list (drawn on top) wins; "
@@ -170,9 +168,7 @@ def merge_layer_data(layers: Sequence[Labels], *, name: str = "semantic map") ->
         if c.name.lower() in seen:
             raise BadInputError(f"two layers hold the class {c.name!r}; rename one before merging")
         seen.add(c.name.lower())
-    data = np.zeros(shapes.pop(), label_dtype(len(layers)))
-    for k, ly in enumerate(layers, start=1):
-        data[np.asarray(ly.data) != 0] = k
+    data = merge_masks([ly.data for ly in layers])
     first = layers[0]
     base = base_metadata(None, first.metadata)
     base["merge_rule"] = MERGE_RULE
@@ -188,30 +184,6 @@ def split_layer_data(layer: Labels) -> list[LayerDataTuple]:
     base.setdefault("image", layer.metadata.get("image", layer.name))
     return [class_layer_data((data == value).astype(np.uint8), spec, k, base, layer.scale, layer.translate)
             for k, (value, spec) in enumerate(sorted(layer_classes(layer).items()), start=1)]
-
-
-def export_labels(data: np.ndarray, metadata: Mapping) -> tuple[np.ndarray, list[ClassSpec]]:
-    """A Labels layer's data as (label map, classes) for the writers (value k = ``classes[k - 1]``).
-
-    A class layer gives a 0/1 map of its class; a semantic map its classes; any other Labels
-    layer one class per value ("label 3").
-    """
-    data = np.asarray(data)
-    if data.dtype.kind not in "uib":
-        raise BadInputError(f"labels must be integers, got {data.dtype}")
-    if metadata.get("kind") == CLASS:
-        spec = ClassSpec(metadata.get("class") or "class", tuple(metadata.get("prompts") or ()),
-                         tuple(metadata.get("color") or default_color(0)))
-        return (data != 0).astype(np.uint8), [spec]
-    if data.size and data.min() < 0:
-        raise BadInputError("labels have negative values; napari's labels are 0 (background) or positive")
-    top = int(data.max()) if data.size else 0
-    by_value = {}
-    if metadata.get("kind") == SEMANTIC and metadata.get("classes"):
-        by_value = {int(d.get("value", k)): ClassSpec.from_dict(d) for k, d in enumerate(metadata["classes"], 1)}
-    classes = [by_value.get(v) or ClassSpec(f"label {v}", (), default_color(v - 1))
-               for v in range(1, max(top, max(by_value, default=0)) + 1)]
-    return data, classes
 
 
 # --------------------------------------------------------------------------- writing into a layer

@@ -23,12 +23,6 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-def normalise_source(text: str) -> str:
-    """The source as typed, without surrounding blanks or a trailing path separator."""
-    text = text.strip()
-    return text.rstrip("/\\") or text
-
-
 class ModelBox(QGroupBox):
     """Model source (hub id, folder, checkpoint file or ``random:tiny``), device, precision."""
 
@@ -75,8 +69,9 @@ class ModelBox(QGroupBox):
             combo.currentTextChanged.connect(self._on_choice_changed)
 
     def choice(self) -> tuple[str, str, str]:
-        return (normalise_source(self.source_combo.currentText()), self.device_combo.currentText(),
-                self.precision_combo.currentText())
+        """The source as typed (without surrounding blanks or a trailing path separator), device, precision."""
+        source = self.source_combo.currentText().strip()
+        return source.rstrip("/\\") or source, self.device_combo.currentText(), self.precision_combo.currentText()
 
     @property
     def ready(self) -> bool:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Labels
 
-__all__ = ["after_next_draw", "outside_history", "qt_window", "stroke_region", "unwrapped"]
+__all__ = ["after_next_draw", "outside_history", "stroke_region", "unwrapped"]
 
 Region = tuple[int, int, int, int]
 
@@ -58,11 +58,6 @@ def stroke_region(event_value, plane: tuple[int, ...], shape: tuple[int, int]) -
     if not boxes:
         return None
     return min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes)
-
-
-def qt_window(viewer: napari.Viewer):
-    """The viewer's main Qt window (for screenshots and dialogs' parent)."""
-    return viewer.window._qt_window
 
 
 def after_next_draw(viewer: napari.Viewer, callback: Callable[[], None]) -> None:

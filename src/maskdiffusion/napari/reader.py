@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from ..core.classes import ClassSpec, preset_classes
+from ..core.labels import class_view
 from ..errors import BadInputError
 from .images import image_layer_data
-from .layers import ANNOTATION, STROKE, base_metadata, class_layer_data, semantic_layer_data
+from .layers import ANNOTATION, base_metadata, class_layer_data, semantic_layer_data
 
 __all__ = ["get_reader", "image_layer_data", "read_path"]
 
-_SESSION_FILE = "session.json"
 _POTSDAM_IMAGE = re.compile(r"^top_potsdam_\d+_\d+_(RGBIR|IRRG|RGB)\.tiff?$", re.IGNORECASE)
 _POTSDAM_LABEL = re.compile(r"potsdam_\d+_\d+_label(_noboundary)?\.tiff?$", re.IGNORECASE)
 
@@ -39,10 +39,10 @@ _POTSDAM_LABEL = re.compile(r"potsdam_\d+_\d+_label(_noboundary)?\.tiff?$", re.I
 def _kind(path) -> str | None:
     """Which of our files ``path`` is: "sidecar", "bundle", "session", "potsdam", or None."""
     from ..geo.label_files import BUNDLE_FILE, SIDECAR, is_bundle, raster_of
-    from ..session_bundle import SUFFIX, is_session
+    from ..session_bundle import INDEX, SUFFIX, is_session
 
     p = Path(path)
-    if (p.suffix == SUFFIX or p.name == _SESSION_FILE) and is_session(p):
+    if (p.suffix == SUFFIX or p.name == INDEX) and is_session(p):
         return "session"
     if p.name == BUNDLE_FILE and is_bundle(p.parent):
         return "bundle"
@@ -76,19 +76,19 @@ def read_path(path) -> list[tuple]:
     return layers
 
 
+def _base(meta: dict, image_name: str, image_path: str | None) -> dict:
+    """The class layers' shared metadata, naming their image (and its file, when known)."""
+    base = {**base_metadata(None, meta), "image": image_name}
+    if image_path:
+        base["image_path"] = image_path
+    return base
+
+
 def _class_layers(labels: np.ndarray, classes, meta: dict, image_name: str, edited: np.ndarray | None = None,
                   image_path: str | None = None) -> list[tuple]:
     """One class layer per class of a label map (``edited`` pixels as strokes)."""
-    base = base_metadata(None, meta)
-    base["image"] = image_name
-    if image_path:
-        base["image_path"] = image_path
-    out = []
-    for k, spec in enumerate(classes, start=1):
-        mine = labels == k
-        data = mine.astype(np.uint8) if edited is None else np.where(mine & edited, STROKE, mine).astype(np.uint8)
-        out.append(class_layer_data(data, spec, k, base))
-    return out
+    base = _base(meta, image_name, image_path)
+    return [class_layer_data(class_view(labels, edited, k), spec, k, base) for k, spec in enumerate(classes, start=1)]
 
 
 def _image_layers(meta: dict, sidecar: Path, fallback: str) -> tuple[list[tuple], str, str | None]:
@@ -122,11 +122,9 @@ def read_session(path) -> list[tuple]:
     """A ``.mdsession`` bundle (or its ``session.json``): its image when the file is still there,
     then its class layers, the annotator's strokes as strokes."""
     from ..geo.raster_io import read_image
-    from ..session_bundle import SUFFIX, load_session
+    from ..session_bundle import bundle_path, load_session
 
-    p = Path(path)
-    folder = (p.parent if p.name == _SESSION_FILE else p if p.suffix == SUFFIX else p.with_name(p.name + SUFFIX))
-    folder = folder.resolve()
+    folder = bundle_path(path).resolve()
     session = load_session(folder)
     name = session.image.get("layer") or folder.stem
     out = []
@@ -165,11 +163,9 @@ def read_bundle(folder: Path) -> list[tuple]:
     from ..geo.raster_io import read_image
 
     info = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
-    base = {k: v for k, v in info.items() if k not in ("classes", "bundle", "semantic", "merge_rule", "label_values")}
     out, image_name, image_path = _image_layers(info, folder / BUNDLE_FILE, folder.stem)
-    base = {**base_metadata(None, base), "image": image_name, "source_file": {"kind": "bundle", "path": str(folder)}}
-    if image_path:
-        base["image_path"] = image_path
+    meta = {k: v for k, v in info.items() if k not in ("classes", "bundle", "semantic", "merge_rule", "label_values")}
+    base = {**_base(meta, image_name, image_path), "source_file": {"kind": "bundle", "path": str(folder)}}
     for k, entry in enumerate(info["classes"], start=1):
         labels, _ = read_image(folder / entry["file"])
         out.append(class_layer_data((labels != 0).astype(np.uint8), ClassSpec.from_dict(entry), k, base))

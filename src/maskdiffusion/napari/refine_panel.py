@@ -49,6 +49,8 @@ from .workers import make_worker, start
 if TYPE_CHECKING:
     import napari
 
+    from ..session import Session
+
 __all__ = ["RefinePanel"]
 
 CONFIDENCE_NAME = "unsure (refine)"
@@ -151,15 +153,19 @@ class RefinePanel(QWidget):
     def annotations(self) -> list[Annotation]:
         return list(self.state.annotations.values())
 
-    def current(self) -> tuple[Annotation | None, tuple[int, ...]]:
-        """The annotation in front and the plane the viewer shows of it: the selected layer's
-        (none for an image not annotated yet), else the one chosen in the list, else the latest."""
+    def current(self) -> tuple[Annotation | None, tuple[int, ...], Session | None]:
+        """The annotation in front, the plane the viewer shows of it and that plane's session:
+        the selected layer's (none for an image not annotated yet), else the one chosen in the
+        list, else the latest."""
         annotations = self.annotations()
         active = self.viewer.layers.selection.active
         found = self.state.annotation_of(active)
         if found is None and not (hasattr(active, "rgb") and active.metadata.get("kind") is None):
             found = self._chosen if self._chosen in annotations else annotations[-1] if annotations else None
-        return found, found.current_plane() if found is not None else ()
+        if found is None:
+            return None, (), None
+        plane = found.current_plane()
+        return found, plane, found.session(plane)
 
     def _choose(self, index: int) -> None:
         annotations = self.annotations()
@@ -173,7 +179,7 @@ class RefinePanel(QWidget):
     def reset_choices(self, *_) -> None:
         """Refill the image list and show the annotation in front."""
         annotations = self.annotations()
-        current, _ = self.current()
+        current, _, _ = self.current()
         self.run_combo.blockSignals(True)
         self.run_combo.clear()
         self.run_combo.addItems([a.name for a in annotations])
@@ -183,8 +189,7 @@ class RefinePanel(QWidget):
         self.refresh()
 
     def refresh(self) -> None:
-        annotation, plane = self.current()
-        session = annotation.session(plane) if annotation is not None else None
+        _, _, session = self.current()
         names = [c.name for c in session.classes] if session is not None else []
         for combo in (self.class_combo, self.merge_combo):
             keep = combo.currentText()
@@ -218,8 +223,7 @@ class RefinePanel(QWidget):
     def _session(self, needs_features: bool = False):
         """The annotation in front, its plane and that plane's session; ``None`` (and one line)
         when there is nothing to work on."""
-        annotation, plane = self.current()
-        session = annotation.session(plane) if annotation is not None else None
+        annotation, plane, session = self.current()
         if session is None:
             self.status.setText(NO_ANNOTATION)
             return annotation, plane, None
@@ -248,8 +252,14 @@ class RefinePanel(QWidget):
             return session.history[-1]
 
         def then(step):
-            self._write_in_bands(annotation, plane, f"refined from {session.edited.sum()} painted pixels: "
-                                                    f"{step.n_changed} pixels changed", step.changed)
+            message = f"refined from {session.edited.sum()} painted pixels: {step.n_changed} pixels changed"
+
+            def done():
+                self._writing = None
+                self._after_change(message)
+
+            self._writing = done  # the layers show the result a band of rows per event-loop turn
+            annotation.show(plane, step.changed, done)
 
         annotation.in_background(work, then)
 
@@ -271,15 +281,6 @@ class RefinePanel(QWidget):
     def _on_worker_finished(self) -> None:
         self._worker = None
         self.refresh()
-
-    def _write_in_bands(self, annotation: Annotation, plane, message: str, changed: np.ndarray | None = None) -> None:
-        """Show the session's map in the layers a band of rows per event-loop turn."""
-        def done():
-            self._writing = None
-            self._after_change(message)
-
-        self._writing = done
-        annotation.show(plane, changed, done)
 
     def _after_change(self, message: str) -> None:
         self.session_box.dirty = True
@@ -333,7 +334,7 @@ class RefinePanel(QWidget):
             session.add_class(spec, class_id, group)
 
         def added():
-            annotation, _ = self.current()
+            annotation, _, _ = self.current()
             layer = annotation.layers.get(class_id) if annotation is not None else None
             if layer is not None:
                 self.viewer.layers.selection.active = layer
@@ -344,30 +345,31 @@ class RefinePanel(QWidget):
         self._class_change(add, f"added {name!r}: paint a few strokes of it, then Refine", needs_features=False)
         QTimer.singleShot(0, added)
 
-    def _index(self, session, name: str) -> int:
-        for k, c in enumerate(session.classes):
-            if c.name.lower() == name.lower():
-                return k
-        raise BadInputError(f"no class named {name!r}")
-
     def remove_class(self, name: str) -> None:
-        self._class_change(lambda s, group: s.remove_class(self._index(s, name)), f"removed {name!r}")
+        self._class_change(lambda s, group: s.remove_class(s.class_index(name)), f"removed {name!r}")
 
     def merge_class(self, source: str, into: str) -> None:
         if source.lower() != into.lower():
-            self._class_change(lambda s, group: s.merge_classes([self._index(s, source)], self._index(s, into)),
+            self._class_change(lambda s, group: s.merge_classes([s.class_index(source)], s.class_index(into)),
                                f"merged {source!r} into {into!r}")
 
     # ------------------------------------------------------------------ confidence
 
-    def update_confidence(self):
-        """Show the session's grid margin as an image layer aligned with the class layers."""
-        annotation, plane = self.current()
-        session = annotation.session(plane) if annotation is not None else None
+    def _margin(self):
+        """The annotation in front, its plane, session and first layer when the session has a
+        margin (a refinement or a run's draft made it), else ``None``."""
+        annotation, plane, session = self.current()
         layers = annotation.ordered_layers() if annotation is not None else []
         if session is None or session.margin is None or not layers:
             return None
-        ref = layers[0]
+        return annotation, plane, session, layers[0]
+
+    def update_confidence(self):
+        """Show the session's grid margin as an image layer aligned with the class layers."""
+        found = self._margin()
+        if found is None:
+            return None
+        annotation, _, session, ref = found
         stride = session.state.stride
         scale = np.asarray(ref.scale[-2:], float)
         kwargs = {"scale": tuple(scale * stride), "translate": tuple(np.asarray(ref.translate[-2:])
@@ -387,12 +389,11 @@ class RefinePanel(QWidget):
 
     def next_unsure_region(self):
         """Centre the view on the largest low-margin region not visited since the last change."""
-        annotation, plane = self.current()
-        session = annotation.session(plane) if annotation is not None else None
-        layers = annotation.ordered_layers() if annotation is not None else []
-        if session is None or session.margin is None or not layers:
+        found = self._margin()
+        if found is None:
             self.status.setText("refine once to know where the segmentation is unsure")
             return None
+        _, plane, session, ref = found
         from ..core.confidence import next_unsure_region
 
         stride = session.state.stride
@@ -404,7 +405,7 @@ class RefinePanel(QWidget):
         (gy, gx), _ = found
         self._visited.append((gy, gx))
         pixel = (gy * stride + (stride - 1) / 2, gx * stride + (stride - 1) / 2)
-        world = layers[0].data_to_world((*plane, *pixel))
+        world = ref.data_to_world((*plane, *pixel))
         camera = getattr(self.viewer, "scene", self.viewer).camera  # napari 0.9 moved it to the scene
         camera.center = tuple(world[-2:]) if self.viewer.dims.ndisplay == 2 else tuple(world)
         self.status.setText(f"unsure region around row {int(pixel[0])}, column {int(pixel[1])}")

@@ -27,10 +27,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.classes import ClassListError
+from ..core.classes import format_class_list
 from ..errors import BadInputError
 from .annotation import Annotation, AnnotatorState
-from .class_table import ClassEditor, class_line
+from .class_table import ClassEditor
 from .images import current_plane, describe_image, read_plane
 from .model_box import ModelBox
 from .notify import report
@@ -301,28 +301,24 @@ class SegmentPanel(QWidget):
         layer = self.image_layer()
         if layer is None or not self.model_box.ready or self.running:
             return None
-        try:
-            params = self.params()
-            classes = self.classes()
-            if not classes and not params.unsupervised:
-                raise ClassListError("no classes: type a few names, e.g. tree, grass, road (or set Unsupervised)")
-            image = describe_image(layer)
-        except BadInputError as e:
-            report(e)
+        error = self._input_error()
+        if error:
+            report(BadInputError(error))
             return None
+        params, classes, image = self.params(), self.classes(), describe_image(layer)
         if image.n_planes > 1 and self.planes_picker.value == CURRENT_PLANE:
             planes = image.planes(current_plane(layer, image, self.viewer.dims.point))
         else:
             planes = image.planes()
-        from .workers import segment_planes
+        from ..engine import iter_segment_planes
 
-        self.settings.classes = class_line(classes)
+        self.settings.classes = format_class_list(classes)
         save_settings(self.settings)
         annotation = self._annotation_for(layer, image, classes, planes)
         annotation.start_run([] if params.unsupervised else classes)
         self._progress = {"layer": layer, "image": image, "planes": planes, "start": None, "annotation": annotation}
         params = params.replace(return_confidence=False)
-        self._steps = segment_planes(partial(read_plane, layer, image), planes, classes, self.state.model, params)
+        self._steps = iter_segment_planes(partial(read_plane, layer, image), planes, classes, self.state.model, params)
         self._worker = worker = make_worker(lambda: (yield from self._steps), yielded=self._on_progress,
                                             returned=self._on_returned, errored=self._on_error,
                                             aborted=self._on_aborted, finished=self._on_finished)
@@ -339,7 +335,7 @@ class SegmentPanel(QWidget):
             self._worker.quit()
 
     def _on_progress(self, item) -> None:
-        from .workers import PlaneStarted
+        from ..engine import PlaneStarted
 
         job = self._progress
         if self._worker is None or self._worker.abort_requested or not job:
@@ -370,12 +366,12 @@ class SegmentPanel(QWidget):
         if self._worker is not None and self._worker.abort_requested:  # Cancel came after the last tile
             self._on_aborted()
             return
-        job, self._progress = self._progress, {}
-        annotation: Annotation = job["annotation"]
-        if job["layer"] not in self.viewer.layers:
-            self._take_back(annotation)
+        if self._progress["layer"] not in self.viewer.layers:
+            self._take_back()
             self.status.setText("the image was removed during the run: nothing was added")
             return
+        job, self._progress = self._progress, {}
+        annotation: Annotation = job["annotation"]
         changed = annotation.finish_run(results, partial(self._session_info, job))
         n = len(annotation.classes)
         if changed["added"] and not changed["replaced"] and len(annotation.sessions) == len(results):
@@ -405,22 +401,21 @@ class SegmentPanel(QWidget):
         return {"layer": image.name, "path": image.path, "georeference": image.georeference, "plane": list(plane),
                 "shape": list(image.shape[-2:])}
 
-    def _take_back(self, annotation: Annotation) -> None:
-        annotation.cancel_run()
-        if not annotation.sessions:
-            self.state.forget(annotation)
-
-    def _on_error(self, exc: BaseException) -> None:
+    def _take_back(self) -> None:
+        """Drop the run in progress: the rows and layers it added go, the viewer is as it was."""
         job, self._progress = self._progress, {}
         if job:
-            self._take_back(job["annotation"])
+            job["annotation"].cancel_run()
+            if not job["annotation"].sessions:
+                self.state.forget(job["annotation"])
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._take_back()
         self.status.setText("failed (see the notification)")
         report(exc)
 
     def _on_aborted(self) -> None:
-        job, self._progress = self._progress, {}
-        if job:
-            self._take_back(job["annotation"])
+        self._take_back()
         self.status.setText("cancelled: the layers are as they were")
 
     def _on_finished(self) -> None:
@@ -439,6 +434,4 @@ class SegmentPanel(QWidget):
             for signal in (worker.yielded, worker.returned, worker.errored, worker.aborted):
                 signal.disconnect()
             worker.quit()
-        job, self._progress = self._progress, {}
-        if job:
-            self._take_back(job["annotation"])
+        self._take_back()

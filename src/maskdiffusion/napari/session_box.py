@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from .workers import make_worker, start
 if TYPE_CHECKING:
     import napari
 
+    from ..session import Session
     from .annotation import Annotation, AnnotatorState
 
 __all__ = ["AUTOSAVE_MINUTES", "SessionBox"]
@@ -37,7 +39,7 @@ class SessionBox(QGroupBox):
     """Save…, Open…, autosave minutes and where the session was last written."""
 
     def __init__(self, viewer: napari.viewer.Viewer, state: AnnotatorState,
-                 current: Callable[[], tuple[Annotation | None, tuple]], parent=None):
+                 current: Callable[[], tuple[Annotation | None, tuple, Session | None]], parent=None):
         super().__init__("Session", parent)
         self.viewer, self.state, self.current = viewer, state, current
         self.dirty = False
@@ -71,30 +73,21 @@ class SessionBox(QGroupBox):
         if QApplication.instance() is not None:
             QApplication.instance().aboutToQuit.connect(self._save_before_quit)
 
-    def _default_path(self, run: Annotation) -> Path:
-        from .settings import settings_path
-
-        return settings_path().parent / "sessions" / (safe_filename(run.name) + SUFFIX)
-
-    def _current_session(self):
-        """The chosen run, its current plane and that plane's session (``None`` if none)."""
-        run, plane = self.current()
-        return run, plane, run.session(plane) if run is not None else None
-
     def _needs_saving(self) -> bool:
         """A prepared session changed since its last save, or never saved (the cache is never
         built on the interface's thread for a save nobody asked for)."""
-        run, _, session = self._current_session()
+        run, _, session = self.current()
         return session is not None and session.prepared and (self.dirty or run.session_path is None)
 
     def save(self, path: str | Path | None = None) -> Path | None:
         """Save the chosen run's current plane (with the annotator's latest strokes) now, on this
         thread; the bundle's folder, or ``None``. For scripts and for quitting: the dock saves
         with :meth:`save_soon`."""
-        run, plane, session = self._current_session()
+        run, plane, session = self.current()
         if session is None:
             return None
-        self._wait_for_write()
+        if self._writing is not None:
+            self._written_event.wait()
         for layer in run.ordered_layers():
             run.take_strokes(layer, plane)
         self.dirty = False
@@ -110,7 +103,7 @@ class SessionBox(QGroupBox):
         back a band of rows per turn (:meth:`~.state.Annotation.sync_soon`), the map copied, the
         bundle written on a worker. Strokes made meanwhile go to the next save. ``False`` if
         there is nothing to save, a save is being written or the run is busy."""
-        run, plane, session = self._current_session()
+        run, plane, session = self.current()
         if session is None or self._writing is not None:
             return False
         target = self._target(run, path)
@@ -121,7 +114,7 @@ class SessionBox(QGroupBox):
             self._written_event.clear()
             self._writing = make_worker(self._write, target, session, session.snapshot(),
                                         returned=lambda folder: self._written(run, folder),
-                                        errored=self._write_failed, finished=self._write_finished)
+                                        errored=self._write_failed, finished=partial(setattr, self, "_writing", None))
             start(self._writing, self.state.synchronous)
 
         return run.sync_soon(plane, synced)
@@ -136,7 +129,11 @@ class SessionBox(QGroupBox):
             self.save()
 
     def _target(self, run: Annotation, path: str | Path | None) -> Path:
-        return Path(path) if path else (run.session_path or self._default_path(run))
+        """``path``, else the bundle last saved or opened, else one in the config folder."""
+        from .settings import settings_path
+
+        return Path(path) if path else (run.session_path or settings_path().parent / "sessions" /
+                                        (safe_filename(run.name) + SUFFIX))
 
     def _write(self, path: Path, session, snapshot) -> Path:
         """Write ``snapshot`` (of ``session``, whose cache it takes once built) as a bundle, on
@@ -164,13 +161,6 @@ class SessionBox(QGroupBox):
             self.autosave_spin.setValue(0)
         report(exc)
 
-    def _write_finished(self) -> None:
-        self._writing = None
-
-    def _wait_for_write(self) -> None:
-        if self._writing is not None:
-            self._written_event.wait()
-
     def open(self, path: str | Path) -> list:
         """Open a bundle through the plugin's reader; the dock takes its layers in."""
         folder = Path(path)
@@ -185,7 +175,7 @@ class SessionBox(QGroupBox):
             self.timer.stop()
 
     def _save_dialog(self) -> None:
-        run, _ = self.current()
+        run, _, _ = self.current()
         start = str(run.session_path or "") if run is not None else ""
         path, _ = QFileDialog.getSaveFileName(self, "Save session", start, f"Session (*{SUFFIX})")
         if path and not self.save_soon(path) and run is not None:

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.classes import ClassSpec, default_color
-from ..core.labels import label_dtype
-from ..errors import BadInputError
-from .layers import ANNOTATION, CLASS, CLASS_ID, MERGE_RULE, SEMANTIC, export_labels, safe_filename
+from ..core.classes import ClassSpec
+from ..core.labels import CLASS, SEMANTIC, merge_masks
+from .layers import ANNOTATION, CLASS_ID, MERGE_RULE, safe_filename
 
 __all__ = ["write_annotation", "write_bundle", "write_geotiff", "write_isprs_rgb", "write_palette_png"]
 
@@ -50,19 +49,15 @@ def _geo(metadata: dict):
     return GeoInfo.from_dict(geo) if geo else None
 
 
-def _jsonable(metadata: dict) -> dict:
-    from ..geo.atomic import to_jsonable
-
-    return json.loads(json.dumps(to_jsonable(metadata), default=str))
-
-
 def _export_metadata(metadata: dict, out_path: Path) -> dict:
     """The layers' metadata as the sidecar of ``out_path`` (the classes are added by the writer):
     the image named by a path relative to the sidecar, and the layer's name as ``image_layer``
     for when the file is gone."""
+    from ..geo.atomic import to_jsonable
     from ..geo.raster_io import image_reference
 
-    meta = {k: v for k, v in _jsonable(metadata).items() if k not in _NOT_EXPORTED}
+    jsonable = json.loads(json.dumps(to_jsonable(metadata), default=str))
+    meta = {k: v for k, v in jsonable.items() if k not in _NOT_EXPORTED}
     name, path = meta.pop("image", None), meta.pop("image_path", None)
     if name:
         meta["image_layer"] = name
@@ -88,49 +83,22 @@ def _write_map(path: Path, layer_data: list[tuple], kind: str) -> list[str]:
     return write_label_map(path, labels, classes, _geo(metadata), _export_metadata(metadata, path), kind)
 
 
+def _labelled(layer_data: list[tuple]) -> list[tuple[np.ndarray, dict, str | None]]:
+    """(data, metadata, name) of the Labels layers among ``layer_data``."""
+    return [(np.asarray(data), dict(kwargs.get("metadata") or {}), kwargs.get("name"))
+            for data, kwargs, layer_type in layer_data if layer_type == "labels"]
+
+
 def _label_map(layer_data: list[tuple]) -> tuple[np.ndarray, list[ClassSpec], dict]:
     """One label map of the layers: a single layer as it is, several merged by the merge rule."""
-    layer_data = [item for item in layer_data if item[2] == "labels"]
-    if len(layer_data) == 1:
-        data, meta, _ = layer_data[0]
-        metadata = dict(meta.get("metadata") or {})
-        labels, classes = export_labels(np.asarray(data), metadata)
-        return labels, classes, metadata
-    entries = _class_masks(layer_data)
-    labels = np.zeros(entries[0][1].shape, label_dtype(len(entries)))
-    for k, (_, mask, _) in enumerate(entries, start=1):
-        labels[mask] = k
+    from ..geo.label_files import class_masks, export_labels
+
+    items = _labelled(layer_data)
+    if len(items) == 1:
+        return (*export_labels(*items[0][:2]), items[0][1])
+    entries = class_masks(items)
     metadata = {**entries[0][2], "merge_rule": MERGE_RULE}
-    return labels, [spec for spec, _, _ in entries], metadata
-
-
-def _class_masks(layer_data: list[tuple]) -> list[tuple[ClassSpec, np.ndarray, dict]]:
-    """(class, binary mask, metadata) for each class in the layers; semantic maps give all theirs."""
-    out = []
-    for data, meta, layer_type in layer_data:
-        if layer_type != "labels":
-            continue
-        metadata = dict(meta.get("metadata") or {})
-        data = np.asarray(data)
-        if metadata.get("kind") in (CLASS, SEMANTIC):
-            labels, classes = export_labels(data, metadata)
-            for value, spec in enumerate(classes, start=1):
-                out.append((spec, labels == value, metadata))
-        else:
-            color = metadata.get("color") or default_color(len(out))
-            out.append((ClassSpec(meta.get("name") or f"class {len(out) + 1}", (), tuple(color)), data != 0, metadata))
-    if not out:
-        raise BadInputError("no Labels layers to write")
-    names = [spec.name.lower() for spec, _, _ in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise BadInputError(f"two layers hold the class {dupes[0]!r}; rename one first")
-    shapes = {m.shape for _, m, _ in out}
-    if len(shapes) > 1:
-        raise BadInputError(f"the layers must have the same shape, got {sorted(shapes)}")
-    if len(shapes.pop()) != 2:
-        raise BadInputError("only 2-D (H, W) Labels layers can be written as one map")
-    return out
+    return merge_masks([mask for _, mask, _ in entries]), [spec for spec, _, _ in entries], metadata
 
 
 def write_bundle(path: str, layer_data: list[tuple]) -> list[str]:
@@ -139,9 +107,9 @@ def write_bundle(path: str, layer_data: list[tuple]) -> list[str]:
     ``semantic.tif`` merges the classes by :data:`maskdiffusion.napari.layers.MERGE_RULE`
     (the layers' order). The folder appears complete or not at all.
     """
-    from ..geo.label_files import write_class_bundle
+    from ..geo.label_files import class_masks, write_class_bundle
 
-    entries = _class_masks(layer_data)
+    entries = class_masks(_labelled(layer_data))
     common = {k: v for k, v in entries[0][2].items()
               if k not in ("kind", "prompt", "classes", "merge_rule", *_NOT_EXPORTED)}
     classes = [spec for spec, _, _ in entries]
