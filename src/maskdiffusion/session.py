@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,7 +24,7 @@ from .core.marks import Marks
 from .core.refine import PRIOR_CELLS, RefineState, assign, refined_scores
 from .errors import BadInputError, NeedsFeaturesError
 
-__all__ = ["Session"]
+__all__ = ["Session", "steps_together"]
 
 #: Refinements and class changes the undo history keeps, and the memory it may take (the
 #: latest step is always kept).
@@ -522,3 +522,22 @@ class Session:
         old = classes[k]
         classes[k] = ClassSpec(name, old.prompts, tuple(color) if color is not None else old.color)
         self._push("rename class", self.labels, classes=tuple(as_class_specs(classes)), group=group)
+
+
+def steps_together(session: Session, planes: Iterable[Session], method: str) -> list[Session]:
+    """The sessions whose last step ``method`` ("undo" or "redo") goes with ``session``'s: a
+    class change made on every plane of a stack (one ``group``) is undone and redone on all.
+
+    Raises :class:`BadInputError` (its message is the line to show) when ``session`` has no such
+    step, or when another plane has later steps on top of the shared one.
+    """
+    steps = session.history if method == "undo" else session.future
+    if not steps:
+        raise BadInputError(f"nothing to {method}")
+    others = [s for s in planes if s is not session]
+    if steps[-1].group is None:
+        return [session]
+    tops = [s.history if method == "undo" else s.future for s in others]
+    if not all(top and top[-1].group is steps[-1].group for top in tops):
+        raise BadInputError(f"{method} the later steps of the other planes first: this class change spans them all")
+    return [session, *others]

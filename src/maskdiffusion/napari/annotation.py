@@ -137,6 +137,12 @@ class Annotation:
         session = self.session()
         return list(zip(session.class_ids, session.classes)) if session is not None else []
 
+    def ids_by_name(self, classes: Sequence[ClassSpec]) -> list[str | None]:
+        """The id of the class named as each of ``classes`` (in any case), ``None`` for a new name:
+        a run or a draft shows its classes in the layers of the classes of the same name."""
+        by_name = {spec.name.lower(): i for i, spec in self.classes}
+        return [by_name.get(spec.name.lower()) for spec in classes]
+
     def value_of(self, class_id: str | None) -> int | None:
         """The label value (1-based) of a class id, ``None`` if the class is gone."""
         session = self.session()
@@ -391,23 +397,17 @@ class Annotation:
     def _step(self, plane: tuple[int, ...], method: str) -> bool:
         """Undo or redo the plane's last step in every layer; a class change made on every plane
         of a stack is undone on every plane. ``False`` (and one line) if there is none."""
+        from ..session import steps_together
+
         session = self.sessions.get(tuple(plane))
         if session is None or not self.idle:
             return False
-        steps = session.history if method == "undo" else session.future
-        if not steps:
-            self.notify(f"nothing to {method}")
+        try:
+            sessions = steps_together(session, self.sessions.values(), method)
+        except BadInputError as e:
+            self.notify(str(e))
             return False
-        group = steps[-1].group
-        sessions = [session]
-        if group is not None:
-            others = [s for s in self.sessions.values() if s is not session]
-            tops = [(s.history if method == "undo" else s.future) for s in others]
-            if not all(t and t[-1].group is group for t in tops):
-                self.notify(f"{method} the later steps of the other planes first: this class change spans them all")
-                return False
-            sessions += others
-        step = steps[-1]
+        step = (session.history if method == "undo" else session.future)[-1]
         classes_change = step.classes_before != step.classes_after or step.ids_before != step.ids_after
 
         def work():
@@ -497,10 +497,8 @@ class Annotation:
         """A run of ``classes`` starts: its rows are painted as they come (:meth:`show_rows`) into
         the layers of the classes of the same name, or into layers added for it."""
         self.run = _Run(list(classes))
-        by_name = {spec.name.lower(): i for i, spec in self.classes}
-        for k, spec in enumerate(classes, start=1):
-            class_id = by_name.get(spec.name.lower())
-            if class_id is not None and class_id in self.layers:
+        for k, class_id in enumerate(self.ids_by_name(classes), start=1):
+            if class_id in self.layers:
                 self.run.layers[k] = self.layers[class_id]
         self.hold_layers()
 
@@ -545,8 +543,7 @@ class Annotation:
 
         run, self.run = self.run, None
         first = next(iter(results.values()))
-        by_name = {spec.name.lower(): i for i, spec in self.classes}
-        ids = [by_name.get(spec.name.lower()) or new_class_id() for spec in first.classes]
+        ids = [class_id or new_class_id() for class_id in self.ids_by_name(first.classes)]
         replaced, group = set(), object()
         for plane, result in results.items():
             session = self.sessions.get(plane)

@@ -46,6 +46,13 @@ if TYPE_CHECKING:
 __all__ = ["DatasetPanel"]
 
 
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget)
+    return row
+
+
 class DatasetPanel(QWidget):
     """A project: images source, output folder, the image list with statuses, Next / Previous."""
 
@@ -66,45 +73,31 @@ class DatasetPanel(QWidget):
         form.addRow("Images", self._path_row(self.images_edit, folder=True, file=True))
         form.addRow("Output", self._path_row(self.output_edit, folder=True))
         layout.addLayout(form)
-        row = QHBoxLayout()
         self.open_button = QPushButton("Open project")
         self.open_button.setToolTip("start or resume the project in the output folder, with the Segment tab's "
                                     "classes, parameters and model (an existing project keeps its own)")
         self.open_button.clicked.connect(lambda: self.open_project())
-        self.memory_check = QCheckBox("Learn from corrections")
-        self.memory_check.setChecked(True)
-        self.memory_check.setToolTip("corrected images teach the next drafts (docs/algorithm.md §4.7)")
+        self.memory_check = QCheckBox("Learn from corrections", checked=True,
+                                      toolTip="corrected images teach the next drafts (docs/algorithm.md §4.7)")
         self.memory_check.toggled.connect(self._set_memory)
-        self.ahead_spin = QSpinBox()
-        self.ahead_spin.setRange(0, 8)
-        self.ahead_spin.setValue(1)
-        self.ahead_spin.setPrefix("draft ahead: ")
-        for widget in (self.open_button, self.memory_check, self.ahead_spin):
-            row.addWidget(widget)
-        layout.addLayout(row)
+        self.ahead_spin = QSpinBox(minimum=0, maximum=8, value=1, prefix="draft ahead: ")
+        layout.addLayout(_row(self.open_button, self.memory_check, self.ahead_spin))
         self.image_list = QListWidget()
         self.image_list.itemActivated.connect(lambda item: self.go(self.image_list.row(item)))
         layout.addWidget(self.image_list, 1)
-        row = QHBoxLayout()
         self.previous_button, self.next_button = QPushButton("◀ Previous"), QPushButton("Next ▶")
         self.done_button = QPushButton("Mark done")
         self.done_button.setToolTip("save this image's labels as finished (exports take the done images)")
         self.previous_button.clicked.connect(lambda: self.step(-1))
         self.next_button.clicked.connect(lambda: self.step(1))
         self.done_button.clicked.connect(self.mark_done)
-        for widget in (self.previous_button, self.done_button, self.next_button):
-            row.addWidget(widget)
-        layout.addLayout(row)
-        row = QHBoxLayout()
+        layout.addLayout(_row(self.previous_button, self.done_button, self.next_button))
         self.format_combo = QComboBox()
         self.format_combo.addItems(["coco", "isprs", "folders"])
         export = QPushButton("Export done images")
         export.clicked.connect(self.export)
-        row.addWidget(self.format_combo)
-        row.addWidget(export, 1)
-        layout.addLayout(row)
-        self.status = QLabel("open a project: choose the images and an output folder")
-        self.status.setWordWrap(True)
+        layout.addLayout(_row(self.format_combo, export))
+        self.status = QLabel("open a project: choose the images and an output folder", wordWrap=True)
         layout.addWidget(self.status)
         viewer.bind_key("PageDown", lambda _viewer: self.step(1), overwrite=True)
         viewer.bind_key("PageUp", lambda _viewer: self.step(-1), overwrite=True)
@@ -262,9 +255,8 @@ class DatasetPanel(QWidget):
             annotation = self.annotation = self.state.add(Annotation(self.viewer, describe_image(layer)))
         annotation.image, annotation.image_ref = describe_image(layer), weakref.ref(layer)
         session = ready.session()
-        ids = {spec.name.lower(): class_id for class_id, spec in annotation.classes}
-        session.class_ids = tuple(ids.get(spec.name.lower(), fresh) for spec, fresh in
-                                  zip(session.classes, session.class_ids))  # the same layers show them
+        session.class_ids = tuple(known or fresh for known, fresh in  # the same layers show them
+                                  zip(annotation.ids_by_name(session.classes), session.class_ids))
         for bound in annotation.ordered_layers():
             if bound.data.shape != session.labels.shape:
                 bound.data = np.zeros(session.labels.shape, np.uint8)
