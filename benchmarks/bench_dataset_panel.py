@@ -23,22 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def wait(app, condition, timeout_s: float = 600) -> None:
-    end = time.perf_counter() + timeout_s
-    while not condition():
-        if time.perf_counter() > end:
-            raise TimeoutError(f"still waiting after {timeout_s:.0f} s")
-        app.processEvents()
-        time.sleep(0.001)
+from bench_ui_responsiveness import rss_mb, wait  # run as a script: its folder is on the path
 
 
 def main(argv=None) -> dict:
@@ -75,28 +60,28 @@ def main(argv=None) -> dict:
         box.source_combo.setCurrentText(str(model_dir))
         box.device_combo.setCurrentText("cpu")
         box.load()
-        wait(app, lambda: box.ready)
+        wait(app, lambda: box.ready, 600)
         dock.segment.set_classes(["impervious surfaces", "building", "low vegetation", "tree"])
         dock.segment.parameters["tile_size"].value = args.size
         panel = dock.dataset
         panel.images_edit.setText(str(work / "images"))
         panel.output_edit.setText(str(work / "out"))
         panel.open_project()
-        wait(app, lambda: panel.shown == 0 and panel.annotation.idle)
+        wait(app, lambda: panel.shown == 0 and panel.annotation.idle, 600)
         latencies, memory = [], []
         for i in range(args.images - 1):
             layer = viewer.layers["tree"]
             layer.selected_label = STROKE
             layer.paint((20 + i % 100, 20 + i % 100), STROKE)
-            wait(app, lambda: panel.annotation.session().history)
-            wait(app, lambda i=i: (i + 1) in panel.drafts)  # the next draft is ready
+            wait(app, lambda: panel.annotation.session().history, 600)
+            wait(app, lambda i=i: (i + 1) in panel.drafts, 600)  # the next draft is ready
             start = time.perf_counter()
             panel.next_button.click()
-            wait(app, lambda i=i: panel.shown == i + 1 and panel.annotation.idle)
+            wait(app, lambda i=i: panel.shown == i + 1 and panel.annotation.idle, 600)
             latencies.append((time.perf_counter() - start) * 1000)
             gc.collect()
             memory.append(rss_mb())
-        wait(app, lambda: not panel._drafting)
+        wait(app, lambda: not panel._drafting, 600)
         statuses = panel.project.counts()
         viewer.close()
     finally:
