@@ -19,7 +19,7 @@ import numpy as np
 from .core.class_edits import add_class, keep_classes, merge_classes, remove_class, rename_class
 from .core.classes import ClassSpec, as_class_specs, default_color, new_class_id
 from .core.confidence import grid_margin
-from .core.labels import STROKE, label_dtype
+from .core.labels import STROKE, label_dtype, merge_masks
 from .core.marks import Marks
 from .core.refine import PRIOR_CELLS, RefineState, assign, refined_scores
 from .errors import BadInputError, NeedsFeaturesError
@@ -225,11 +225,10 @@ class Session:
         >>> session.labels.tolist(), np.asarray(session.edited).tolist()
         ([[1, 2, 2]], [[False, True, False]])
         """
-        labels = np.zeros(np.shape(maps[0])[-2:], label_dtype(len(maps)))
+        maps = [np.asarray(data) for data in maps]
+        labels = merge_masks(maps)
         edited = np.zeros(labels.shape, bool)
-        for k, data in enumerate(maps, start=1):
-            data = np.asarray(data)
-            labels[data != 0] = k
+        for data in maps:
             edited |= data == stroke
         ids = [i or new_class_id() for i in class_ids]
         return cls(labels, edited, class_list=tuple(classes),
@@ -534,9 +533,9 @@ def steps_together(session: Session, planes: Iterable[Session], method: str) -> 
     steps = session.history if method == "undo" else session.future
     if not steps:
         raise BadInputError(f"nothing to {method}")
-    others = [s for s in planes if s is not session]
     if steps[-1].group is None:
         return [session]
+    others = [s for s in planes if s is not session]
     tops = [s.history if method == "undo" else s.future for s in others]
     if not all(top and top[-1].group is steps[-1].group for top in tops):
         raise BadInputError(f"{method} the later steps of the other planes first: this class change spans them all")
